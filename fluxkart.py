@@ -1,0 +1,846 @@
+"""FluxKart Identity: links a shop's orders to one customer by email and phone.
+
+Routes
+    GET  /                 status
+    GET  /health/live      liveness: the process answers
+    GET  /health/ready     readiness: the database answers (503 when it does not)
+    POST /identify         {"email", "phoneNumber"} -> the consolidated customer
+    GET  /customers        read-only lookup by ?email= and/or ?phoneNumber=
+    GET  /contacts         contact rows, ?limit= ?after= ?email= ?phoneNumber=
+    GET  /contacts/<id>    one contact row
+
+Environment (or a .env file)
+    MYSQL_HOST, MYSQL_PORT, MYSQL_USER, MYSQL_PASSWORD, MYSQL_DATABASE
+                           any of them set selects MySQL/MariaDB (database
+                           "Fluxkart" unless named); none set selects SQLite
+    FLUXKART_SQLITE_PATH   the embedded database file (default fluxkart.db)
+    FLUXKART_API_TOKEN     when set, every route but / and /health/* requires
+                           "Authorization: Bearer <token>"
+    FLUXKART_PHONE_REGION  e.g. IN: store numbers valid there in E.164 form
+
+The contract is ../shared/SPEC.md; the design is in README.md.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import random
+import re
+import sqlite3
+import threading
+import time
+import unicodedata
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import phonenumbers
+import pymysql
+import pymysql.cursors
+from dotenv import load_dotenv
+from flask import Flask, Response, current_app, g, jsonify, request, url_for
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger("fluxkart")
+
+Row = dict[str, Any]
+T = TypeVar("T")
+
+# --------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------
+
+MYSQL_SETTINGS = ("MYSQL_HOST", "MYSQL_PORT", "MYSQL_USER", "MYSQL_PASSWORD", "MYSQL_DATABASE")
+SETTINGS = (*MYSQL_SETTINGS, "FLUXKART_SQLITE_PATH", "FLUXKART_API_TOKEN", "FLUXKART_PHONE_REGION")
+
+DEFAULTS: dict[str, Any] = {
+    "MYSQL_HOST": "",
+    "MYSQL_PORT": "",
+    "MYSQL_USER": "",
+    "MYSQL_PASSWORD": "",
+    "MYSQL_DATABASE": "",
+    "FLUXKART_SQLITE_PATH": "fluxkart.db",
+    "FLUXKART_API_TOKEN": "",
+    "FLUXKART_PHONE_REGION": "",
+    # A request body is two short strings; anything near this limit is abuse.
+    "MAX_CONTENT_LENGTH": 64 * 1024,
+    # How often a unit of work is tried before the client gets a 503.
+    "FLUXKART_MAX_ATTEMPTS": 12,
+}
+
+
+def load_settings(overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Defaults, then the environment (and .env), then the caller's overrides."""
+    load_dotenv()  # never overrides a variable the environment already sets
+    settings = dict(DEFAULTS)
+    settings.update({name: os.environ[name] for name in SETTINGS if name in os.environ})
+    settings.update(overrides or {})
+    return settings
+
+
+def uses_mysql(settings: dict[str, Any]) -> bool:
+    """MySQL when any MYSQL_* setting is given, else the embedded SQLite file."""
+    return any(settings.get(name) for name in MYSQL_SETTINGS)
+
+
+# --------------------------------------------------------------------------
+# SQL loading: named statements from sql/*.sql
+# --------------------------------------------------------------------------
+
+SQL_DIR = Path(__file__).with_name("sql")
+NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+PYMYSQL_PARAM = re.compile(r"%\((\w+)\)s")
+
+
+def parse_queries(text: str) -> dict[str, str]:
+    """Split a file of `-- name: x` blocks into {name: statement}."""
+    parts = NAME_LINE.split(text)
+    queries = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        lines = [line for line in body.strip().splitlines() if not line.startswith("--")]
+        queries[name] = "\n".join(lines).strip()
+    return queries
+
+
+def load_queries(dialect: str) -> dict[str, str]:
+    """Portable statements plus the dialect's own, in the dialect's parameter style."""
+    queries = parse_queries((SQL_DIR / "contacts.sql").read_text())
+    queries.update(parse_queries((SQL_DIR / dialect / "queries.sql").read_text()))
+    if dialect == "sqlite":
+        # sqlite3 binds :name; it has no row locks (BEGIN IMMEDIATE is the lock).
+        queries = {
+            name: PYMYSQL_PARAM.sub(r":\1", sql).replace("\nFOR UPDATE", "")
+            for name, sql in queries.items()
+        }
+    return queries
+
+
+def check_dialects_agree() -> None:
+    """Fail fast when one dialect lacks a statement the other has."""
+    mysql = set(parse_queries((SQL_DIR / "mysql" / "queries.sql").read_text()))
+    sqlite = set(parse_queries((SQL_DIR / "sqlite" / "queries.sql").read_text()))
+    if mysql != sqlite:
+        raise RuntimeError(f"sql/mysql and sql/sqlite name different statements: {mysql ^ sqlite}")
+
+
+def schema_statements(dialect: str) -> list[str]:
+    """The dialect's schema file as separate statements, comments removed."""
+    text = (SQL_DIR / dialect / "schema.sql").read_text()
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+    return [statement.strip() for statement in code.split(";") if statement.strip()]
+
+
+# --------------------------------------------------------------------------
+# Database: one connection per thread, the same face for both drivers
+# --------------------------------------------------------------------------
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached or stayed busy through every retry (HTTP 503)."""
+
+
+class RetryTransaction(Exception):
+    """The unit of work must start over: a lock conflict or a concurrent merge."""
+
+
+# MySQL errors after which the whole transaction is tried again: deadlock (the
+# server rolled it back, or a Galera certification failure), lock-wait timeout
+# (only the statement was rolled back; we roll back the rest), and a Galera
+# node that is not ready yet.
+MYSQL_RETRY_CODES = {1205, 1213, 1047}
+# Client-side errors that mean the connection is gone (server restarted, network).
+MYSQL_CONNECTION_CODES = {2003, 2006, 2013, 2014, 2055}
+
+# Statements that wait on a lock give up after this long; the transaction is then retried.
+LOCK_WAIT_TIMEOUT_S = 5
+# A query that has not answered in this long means the server is in trouble.
+MYSQL_READ_TIMEOUT_S = 30
+
+
+def adapt_datetime(value: datetime) -> str:
+    """Store timestamps as fixed-width UTC text, which SQLite sorts correctly."""
+    return value.isoformat(sep=" ", timespec="microseconds")
+
+
+def convert_datetime(value: bytes) -> datetime:
+    """Parse a DATETIME column back into a naive UTC datetime."""
+    return datetime.fromisoformat(value.decode())
+
+
+class Database:
+    """One thread's connection to MySQL or SQLite, opened lazily, dropped on failure."""
+
+    def __init__(self, settings: dict[str, Any], queries: dict[str, str], schema: list[str]):
+        self.settings = settings
+        self.queries = queries
+        self.schema = schema
+        self.dialect = "mysql" if uses_mysql(settings) else "sqlite"
+        self.conn: Any = None
+
+    # -- connecting ------------------------------------------------------
+
+    def connect(self) -> Any:
+        """The open connection, opening it (and the schema) when there is none."""
+        if self.conn is None:
+            self.conn = self.connect_mysql() if self.dialect == "mysql" else self.connect_sqlite()
+        return self.conn
+
+    def connect_mysql(self) -> pymysql.connections.Connection:
+        s = self.settings
+        params = dict(
+            host=s["MYSQL_HOST"] or "127.0.0.1",
+            port=int(s["MYSQL_PORT"] or 3306),
+            user=s["MYSQL_USER"] or "root",
+            password=s["MYSQL_PASSWORD"] or "",
+            charset="utf8mb4",
+            autocommit=True,
+            connect_timeout=5,
+            read_timeout=MYSQL_READ_TIMEOUT_S,
+            write_timeout=MYSQL_READ_TIMEOUT_S,
+            cursorclass=pymysql.cursors.DictCursor,
+        )
+        database = s["MYSQL_DATABASE"] or "Fluxkart"
+        try:
+            conn = pymysql.connect(database=database, **params)
+        except pymysql.err.OperationalError as exc:
+            if exc.args[0] != 1049:  # unknown database: create it below
+                raise
+            conn = pymysql.connect(**params)
+            with conn.cursor() as cur:
+                cur.execute(f"CREATE DATABASE IF NOT EXISTS `{database}`")  # noqa: S608 (a setting, not input)
+            conn.select_db(database)
+        with conn.cursor() as cur:
+            # Our own isolation level: the lock protocol relies on READ COMMITTED
+            # reads seeing every committed row, whatever the server default is.
+            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            cur.execute(
+                "SET time_zone = '+00:00', innodb_lock_wait_timeout = %s", (LOCK_WAIT_TIMEOUT_S,)
+            )
+        self.ensure_schema(conn)
+        return conn
+
+    def connect_sqlite(self) -> sqlite3.Connection:
+        sqlite3.register_adapter(datetime, adapt_datetime)
+        sqlite3.register_converter("DATETIME", convert_datetime)
+        conn = sqlite3.connect(
+            self.settings["FLUXKART_SQLITE_PATH"],
+            timeout=LOCK_WAIT_TIMEOUT_S,  # how long BEGIN IMMEDIATE waits for another writer
+            isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+            detect_types=sqlite3.PARSE_DECLTYPES,
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode = WAL")  # readers never wait for the writer
+        conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe with WAL
+        self.ensure_schema(conn)
+        return conn
+
+    def ensure_schema(self, conn: Any) -> None:
+        """Create the tables if missing (idempotent, so safe on every new connection)."""
+        for statement in self.schema:
+            if self.dialect == "mysql":
+                with conn.cursor() as cur:
+                    cur.execute(statement)
+            else:
+                conn.execute(statement)
+
+    def close(self) -> None:
+        """Drop the connection; the next call opens a new one."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # already broken: nothing to release
+                pass
+
+    # -- running statements ----------------------------------------------
+
+    def execute(self, name: str, params: dict[str, Any]) -> Any:
+        """Run a named statement; returns the driver's cursor."""
+        sql = self.queries[name]
+        conn = self.connect()
+        try:
+            if self.dialect == "mysql":
+                cur = conn.cursor()
+                cur.execute(sql, params)
+                return cur
+            return conn.execute(sql, params)
+        except Exception as exc:
+            raise self.translate(exc) from exc
+
+    def all(self, name: str, **params: Any) -> list[Row]:
+        """Every row of a named query, as dicts."""
+        return [dict(row) for row in self.execute(name, params).fetchall()]
+
+    def one(self, name: str, **params: Any) -> Row | None:
+        """The first row of a named query, or None."""
+        row = self.execute(name, params).fetchone()
+        return dict(row) if row is not None else None
+
+    def run(self, name: str, **params: Any) -> int:
+        """Run a named write; returns the new row's id for an INSERT."""
+        return int(self.execute(name, params).lastrowid or 0)
+
+    def begin(self) -> None:
+        """Start a write transaction (SQLite: take the write lock now, not at first write)."""
+        try:
+            if self.dialect == "mysql":
+                self.connect().begin()
+            else:
+                self.connect().execute("BEGIN IMMEDIATE")
+        except Exception as exc:
+            raise self.translate(exc) from exc
+
+    def commit(self) -> None:
+        try:
+            self.connect().commit() if self.dialect == "mysql" else self.conn.execute("COMMIT")
+        except Exception as exc:
+            raise self.translate(exc) from exc
+
+    def rollback(self) -> None:
+        """Roll back whatever is open; a broken connection is simply dropped."""
+        if self.conn is None:
+            return
+        try:
+            if self.dialect == "mysql":
+                self.conn.rollback()
+            elif self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        except Exception:
+            self.close()
+
+    def translate(self, exc: Exception) -> Exception:
+        """Map a driver error to RetryTransaction, DatabaseUnavailable, or itself."""
+        if isinstance(exc, pymysql.err.OperationalError | pymysql.err.InterfaceError):
+            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+            if code in MYSQL_RETRY_CODES:
+                return RetryTransaction(f"MySQL error {code}")
+            if code in MYSQL_CONNECTION_CODES or isinstance(exc, pymysql.err.InterfaceError):
+                self.close()
+                return RetryTransaction(f"MySQL connection lost ({code})")
+            self.close()
+            return DatabaseUnavailable(f"MySQL error {code}")
+        if isinstance(exc, sqlite3.OperationalError):
+            if "locked" in str(exc) or "busy" in str(exc):
+                return RetryTransaction("SQLite database is locked")
+            self.close()
+            return DatabaseUnavailable("SQLite error")
+        if isinstance(exc, pymysql.err.MySQLError | OSError):
+            self.close()
+            return DatabaseUnavailable(type(exc).__name__)
+        return exc
+
+
+def get_db() -> Database:
+    """This thread's Database for the current app, created on first use."""
+    state: threading.local = current_app.extensions["fluxkart"]["local"]
+    db = getattr(state, "db", None)
+    if db is None:
+        ext = current_app.extensions["fluxkart"]
+        db = state.db = Database(ext["settings"], ext["queries"], ext["schema"])
+    return db
+
+
+# --------------------------------------------------------------------------
+# Transactions: the whole unit of work is retried, never one statement
+# --------------------------------------------------------------------------
+
+
+def in_transaction(db: Database, work: Callable[[Database], T], attempts: int) -> T:
+    """Run work(db) in one transaction, retrying the whole of it on lock conflicts.
+
+    A deadlock has already rolled everything back and a lock-wait timeout
+    rolled back one statement, so we roll back the rest and start over from
+    the first read. `work` must have no side effects outside the database.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            db.begin()
+            result = work(db)
+            db.commit()
+            return result
+        except RetryTransaction as exc:
+            db.rollback()
+            if attempt == attempts:
+                raise DatabaseUnavailable(f"gave up after {attempts} attempts: {exc}") from exc
+            log.warning("retrying identify transaction (attempt %d): %s", attempt, exc)
+            # Jittered exponential backoff, capped: lets the winner commit first.
+            time.sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))
+        except BaseException:
+            db.rollback()
+            raise
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------
+# Domain: normalization, identify, answers
+# --------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """An error the client caused or can act on, answered as JSON."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+PHONE_FORMATTING = str.maketrans("", "", " -.()")
+MAX_EMAIL_LENGTH = 254
+MAX_PHONE_DIGITS = 20
+
+
+def is_clean_text(value: str) -> bool:
+    """No control characters and nothing the database could not store (lone surrogates)."""
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
+        return False
+    return True
+
+
+def normalize_email(value: Any, field: str = "email") -> str | None:
+    """The canonical email (trimmed, NFC, lower-cased), None when absent; 400 when invalid."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, "invalid_email", f"{field} must be a string or null")
+    email = value.strip()
+    if not email:
+        return None
+    email = unicodedata.normalize("NFC", email).lower()
+    local, at, domain = email.partition("@")
+    if (
+        not at
+        or not local
+        or not domain
+        or "@" in domain
+        or any(ch.isspace() for ch in email)
+        or not is_clean_text(email)
+    ):
+        raise ApiError(400, "invalid_email", f"{field} must look like name@domain, without spaces")
+    if len(email) > MAX_EMAIL_LENGTH:
+        raise ApiError(400, "invalid_email", f"{field} must be at most {MAX_EMAIL_LENGTH} characters")
+    return email
+
+
+def normalize_phone(value: Any, region: str = "", field: str = "phoneNumber") -> str | None:
+    """The canonical phone number, None when absent; 400 when invalid.
+
+    Digits with an optional leading +, formatting (spaces - . ( )) dropped; in
+    E.164 form when a region is configured and the number is valid there.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ApiError(400, "invalid_phone_number", f"{field} must be a string, a whole number or null")
+    if isinstance(value, int):
+        if value < 0:
+            raise ApiError(400, "invalid_phone_number", f"{field} must not be negative")
+        value = str(value)
+    phone = value.strip()
+    if not phone:
+        return None
+    phone = phone.translate(PHONE_FORMATTING)
+    digits = phone[1:] if phone.startswith("+") else phone
+    if not digits or not all("0" <= ch <= "9" for ch in digits):
+        raise ApiError(
+            400,
+            "invalid_phone_number",
+            f"{field} may hold only digits, a leading +, spaces, '-', '.', '(' and ')'",
+        )
+    if len(digits) > MAX_PHONE_DIGITS:
+        raise ApiError(400, "invalid_phone_number", f"{field} must have 1 to {MAX_PHONE_DIGITS} digits")
+    if region:
+        try:
+            parsed = phonenumbers.parse(phone, region)
+        except phonenumbers.NumberParseException:
+            return phone
+        if phonenumbers.is_valid_number(parsed):
+            return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return phone
+
+
+def utcnow() -> datetime:
+    """Now in UTC, naive, microsecond precision: what DATETIME(6) stores."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def oldest_first(rows: Iterable[Row]) -> list[Row]:
+    """Rows by (createdAt, id): "oldest" never means id alone."""
+    return sorted(rows, key=lambda row: (row["createdAt"], row["id"]))
+
+
+def primaries_of(rows: Iterable[Row]) -> list[Row]:
+    return [row for row in rows if row["linkPrecedence"] == "primary"]
+
+
+def is_settled(rows: list[Row], email: str | None, phone: str | None) -> bool:
+    """True when the request would change nothing: one customer that has every identifier."""
+    return (
+        len(primaries_of(rows)) == 1
+        and (email is None or any(row["email"] == email for row in rows))
+        and (phone is None or any(row["phoneNumber"] == phone for row in rows))
+    )
+
+
+def customer_answer(rows: list[Row]) -> dict[str, Any]:
+    """The identify answer for one customer's rows (any order)."""
+    rows = oldest_first(rows)
+    primary = primaries_of(rows)[0]
+    others = [row for row in rows if row is not primary]
+    ordered = [primary, *others]
+    return {
+        "contact": {
+            "primaryContactId": primary["id"],
+            # The original Bitespeed specification's spelling, kept for its clients.
+            "primaryContatctId": primary["id"],
+            "emails": list(dict.fromkeys(r["email"] for r in ordered if r["email"] is not None)),
+            "phoneNumbers": list(
+                dict.fromkeys(r["phoneNumber"] for r in ordered if r["phoneNumber"] is not None)
+            ),
+            "secondaryContactIds": [row["id"] for row in others],
+        }
+    }
+
+
+def identify(db: Database, email: str | None, phone: str | None, attempts: int) -> tuple[dict[str, Any], str]:
+    """Link this order's identifiers to their customer; returns (answer, outcome).
+
+    A repeat customer whose identifiers are all known is answered from one
+    consistent read, with no transaction and no lock. Anything else runs the
+    locked merge in `apply_identify`.
+    """
+    rows = db.all("select_customer", email=email, phone=phone)
+    if is_settled(rows, email, phone):
+        return customer_answer(rows), "unchanged"
+    return in_transaction(db, lambda db: apply_identify(db, email, phone), attempts)
+
+
+def apply_identify(db: Database, email: str | None, phone: str | None) -> tuple[dict[str, Any], str]:
+    """The SPEC's identify rules, inside one transaction.
+
+    Lock protocol (README, "Concurrency"): 1. write the request's identifier
+    rows, in sorted order; 2. lock the primaries of the customers they belong
+    to and start over if one was demoted meanwhile; 3. read those customers,
+    whose rows cannot change while we hold their primaries; 4. write.
+    """
+    for kind, value in sorted([("email", email), ("phone", phone)]):
+        if value is not None:
+            db.run("touch_identifier", kind=kind, value=value)
+
+    primaries = db.all("lock_primaries", email=email, phone=phone)
+    if any(row["linkPrecedence"] != "primary" or row["deletedAt"] is not None for row in primaries):
+        raise RetryTransaction("a customer was merged into another meanwhile")
+
+    now = utcnow()
+    if not primaries:
+        new_id = db.run(
+            "insert_contact",
+            email=email,
+            phone=phone,
+            linked_id=None,
+            link_precedence="primary",
+            created_at=now,
+        )
+        row = {"id": new_id, "email": email, "phoneNumber": phone, "linkPrecedence": "primary", "createdAt": now}
+        return customer_answer([row]), "created"
+
+    rows = db.all("select_customer", email=email, phone=phone)
+    survivor, *demoted = oldest_first(primaries)
+    for primary in demoted:
+        db.run("touch_customer_identifiers", primary_id=primary["id"])
+        db.run("relink_customer", primary_id=survivor["id"], demoted_id=primary["id"], updated_at=now)
+    for row in rows:
+        if row["id"] != survivor["id"]:
+            row["linkPrecedence"], row["linkedId"] = "secondary", survivor["id"]
+    outcome = "merged" if demoted else "unchanged"
+
+    if (email is not None and all(row["email"] != email for row in rows)) or (
+        phone is not None and all(row["phoneNumber"] != phone for row in rows)
+    ):
+        # Never older than its primary, even if this host's clock is behind the one that made it.
+        created_at = max(now, survivor["createdAt"] + timedelta(microseconds=1))
+        new_id = db.run(
+            "insert_contact",
+            email=email,
+            phone=phone,
+            linked_id=survivor["id"],
+            link_precedence="secondary",
+            created_at=created_at,
+        )
+        rows.append(
+            {
+                "id": new_id,
+                "email": email,
+                "phoneNumber": phone,
+                "linkPrecedence": "secondary",
+                "createdAt": created_at,
+            }
+        )
+        outcome = "merged" if demoted else "linked"
+    return customer_answer(rows), outcome
+
+
+def contact_to_json(row: Row) -> dict[str, Any]:
+    """A Contact row as JSON: all columns, timestamps ISO 8601 UTC."""
+
+    def stamp(value: datetime | None) -> str | None:
+        return None if value is None else value.isoformat(timespec="microseconds") + "Z"
+
+    return {
+        "id": row["id"],
+        "phoneNumber": row["phoneNumber"],
+        "email": row["email"],
+        "linkedId": row["linkedId"],
+        "linkPrecedence": row["linkPrecedence"],
+        "createdAt": stamp(row["createdAt"]),
+        "updatedAt": stamp(row["updatedAt"]),
+        "deletedAt": stamp(row["deletedAt"]),
+    }
+
+
+# --------------------------------------------------------------------------
+# Errors: one JSON shape for every failure
+# --------------------------------------------------------------------------
+
+HTTP_ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def api_error(exc: ApiError) -> Response:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        # Keep werkzeug's status and headers (Allow on 405), swap the body for JSON.
+        response = exc.get_response()
+        status = exc.code or 500
+        code = HTTP_ERROR_CODES.get(status, "http_error")
+        message = exc.description or exc.name
+        if status == 413:
+            message = f"request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes"
+        body = error_response(status, code, message)
+        for name, value in response.headers.items():
+            if name.lower() not in ("content-type", "content-length"):
+                body.headers[name] = value
+        return body
+
+    @app.errorhandler(DatabaseUnavailable)
+    def database_unavailable(exc: DatabaseUnavailable) -> Response:
+        log.error("database unavailable: %s", exc)
+        return error_response(
+            503,
+            "database_unavailable",
+            "the database is unavailable or busy; retry shortly",
+            {"Retry-After": "1"},
+        )
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "internal error; it has been logged")
+
+
+# --------------------------------------------------------------------------
+# Routes: parse, call the domain, answer JSON
+# --------------------------------------------------------------------------
+
+PUBLIC_ENDPOINTS = {"status", "live", "ready", "static"}
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+MAX_ID = 2**63 - 1
+
+
+def require_token() -> None:
+    """Bearer-token check for every non-public route when FLUXKART_API_TOKEN is set."""
+    token: str = current_app.config["FLUXKART_API_TOKEN"]
+    if not token or request.endpoint in PUBLIC_ENDPOINTS:
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise ApiError(
+            401,
+            "unauthorized",
+            "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+            {"WWW-Authenticate": 'Bearer realm="fluxkart"'},
+        )
+
+
+def json_body() -> dict[str, Any]:
+    """The request body as a JSON object, whatever the Content-Type says."""
+    raw = request.get_data(cache=False)
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "invalid_json", "request body must be valid UTF-8 JSON") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", "request body must be a JSON object")
+    return body
+
+
+def query_identifiers() -> tuple[str | None, str | None]:
+    region = current_app.config["FLUXKART_PHONE_REGION"]
+    email = normalize_email(request.args.get("email"))
+    phone = normalize_phone(request.args.get("phoneNumber"), region)
+    return email, phone
+
+
+def query_int(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
+        raise ApiError(400, "invalid_parameter", f"{name} must be a whole number from {low} to {high}")
+    return int(raw)
+
+
+def register_routes(app: Flask) -> None:
+    @app.get("/")
+    def status() -> Response:
+        """Who is answering, and where to start."""
+        return jsonify(status="ok", message="FluxKart Identity is running: POST /identify")
+
+    @app.get("/health/live")
+    def live() -> Response:
+        """Liveness: the process answers. Never touches the database."""
+        return jsonify(status="ok")
+
+    @app.get("/health/ready")
+    def ready() -> Response:
+        """Readiness: 200 when the database answers a query, else 503."""
+        db = get_db()
+        try:
+            db.one("select_one")
+        except (RetryTransaction, DatabaseUnavailable) as exc:
+            db.close()
+            raise DatabaseUnavailable(str(exc)) from exc
+        return jsonify(status="ok", database=db.dialect)
+
+    @app.post("/identify")
+    def identify_contact() -> Response:
+        """Link an order's email and/or phone to its customer and answer the customer."""
+        body = json_body()
+        region = current_app.config["FLUXKART_PHONE_REGION"]
+        email = normalize_email(body.get("email"))
+        phone = normalize_phone(body.get("phoneNumber"), region)
+        if email is None and phone is None:
+            raise ApiError(400, "missing_identifier", "send an email, a phoneNumber, or both")
+        answer, outcome = run_retrying_reads(
+            lambda db: identify(db, email, phone, current_app.config["FLUXKART_MAX_ATTEMPTS"])
+        )
+        g.identify_outcome = outcome
+        return jsonify(answer)
+
+    @app.get("/customers")
+    def lookup_customer() -> Response:
+        """Support staff's read-only lookup: the identify answer, writing nothing."""
+        email, phone = query_identifiers()
+        if email is None and phone is None:
+            raise ApiError(400, "missing_identifier", "give ?email= and/or ?phoneNumber=")
+        rows = run_retrying_reads(lambda db: db.all("select_customer", email=email, phone=phone))
+        if not rows:
+            raise ApiError(404, "not_found", "no customer has this email or phone number")
+        primaries = primaries_of(rows)
+        if len(primaries) > 1:
+            ids = ", ".join(str(row["id"]) for row in oldest_first(primaries))
+            raise ApiError(
+                409,
+                "several_customers",
+                f"the email and phone number belong to different customers ({ids}); look them up one at a time",
+            )
+        return jsonify(customer_answer(rows))
+
+    @app.get("/contacts")
+    def list_contacts() -> Response:
+        """Contact rows by id, paginated (?limit, ?after) and filtered (?email, ?phoneNumber)."""
+        limit = query_int("limit", DEFAULT_PAGE, 1, MAX_PAGE)
+        after = query_int("after", 0, 0, MAX_ID)
+        email, phone = query_identifiers()
+        rows = run_retrying_reads(
+            lambda db: db.all("select_contacts", after=after, limit=limit + 1, email=email, phone=phone)
+        )
+        page = rows[:limit]
+        response = jsonify([contact_to_json(row) for row in page])
+        if len(rows) > limit:
+            args = {k: v for k, v in request.args.items() if k != "after"}
+            next_url = url_for("list_contacts", **{**args, "limit": limit, "after": page[-1]["id"]})
+            response.headers["Link"] = f'<{next_url}>; rel="next"'
+        return response
+
+    @app.get("/contacts/<int:contact_id>")
+    def get_contact(contact_id: int) -> Response:
+        """One contact row, or 404."""
+        row = None
+        if contact_id <= MAX_ID:
+            row = run_retrying_reads(lambda db: db.one("select_contact_by_id", id=contact_id))
+        if row is None:
+            raise ApiError(404, "not_found", f"no contact with id {contact_id}")
+        return jsonify(contact_to_json(row))
+
+
+def run_retrying_reads(work: Callable[[Database], T]) -> T:
+    """Run work against this thread's database, reconnecting once if the connection was stale.
+
+    A pooled connection the server has closed (restart, idle timeout) fails on
+    first use; one fresh connection is tried before answering 503.
+    """
+    db = get_db()
+    try:
+        return work(db)
+    except RetryTransaction:
+        db.close()
+        try:
+            return work(db)
+        except RetryTransaction as exc:
+            raise DatabaseUnavailable(str(exc)) from exc
+
+
+# --------------------------------------------------------------------------
+# The app factory and the init-db command
+# --------------------------------------------------------------------------
+
+
+def create_app(overrides: dict[str, Any] | None = None) -> Flask:
+    """Build the app. No connection is opened here: the first request opens one per thread."""
+    settings = load_settings(overrides)
+    app = Flask(__name__)
+    app.config.update(settings)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    check_dialects_agree()
+    dialect = "mysql" if uses_mysql(settings) else "sqlite"
+    app.extensions["fluxkart"] = {
+        "settings": settings,
+        "queries": load_queries(dialect),
+        "schema": schema_statements(dialect),
+        "local": threading.local(),
+    }
+    app.before_request(require_token)
+    register_error_handlers(app)
+    register_routes(app)
+
+    @app.cli.command("init-db")
+    def init_db() -> None:
+        """Create the database and tables if they do not exist (never drops anything)."""
+        db = get_db()
+        db.connect()
+        click.echo(f"schema ready on {db.dialect}")
+
+    return app

@@ -1,0 +1,29 @@
+-- MySQL/MariaDB spellings of the statements whose syntax differs from SQLite's.
+
+-- name: touch_identifier
+-- Creates this identifier's row, or bumps its version when it exists. Taken
+-- first in every identify transaction, in sorted order: the row lock
+-- serializes requests for the same identifier (the row exists even before any
+-- contact carries it, so there is something to lock without gap locks), and
+-- the version write makes two such requests conflict on a multi-primary
+-- cluster, where row locks are local to one node.
+INSERT INTO ContactIdentifier (kind, value, version)
+VALUES (%(kind)s, %(value)s, 1)
+ON DUPLICATE KEY UPDATE version = version + 1
+
+-- name: touch_customer_identifiers
+-- Bumps the version of every identifier of the customer whose primary is
+-- about to be demoted. Any request that linked rows to that primary wrote one
+-- of these rows too, so on a multi-primary cluster the two write sets overlap
+-- and one of the transactions is aborted instead of leaving a chain.
+INSERT INTO ContactIdentifier (kind, value, version)
+SELECT 'email', email, 1
+FROM Contact
+WHERE (id = %(primary_id)s OR linkedId = %(primary_id)s)
+  AND email IS NOT NULL
+UNION
+SELECT 'phone', phoneNumber, 1
+FROM Contact
+WHERE (id = %(primary_id)s OR linkedId = %(primary_id)s)
+  AND phoneNumber IS NOT NULL
+ON DUPLICATE KEY UPDATE version = version + 1

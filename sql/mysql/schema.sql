@@ -1,0 +1,31 @@
+-- FluxKart schema for MySQL 8 / MariaDB 10.6+. Idempotent: every statement is
+-- IF NOT EXISTS, so it is safe at every start-up and never destroys data.
+-- Identifier columns are utf8mb4_bin: the service decides equality by
+-- normalizing, so the database must compare byte for byte.
+
+CREATE TABLE IF NOT EXISTS Contact (
+    id INT NOT NULL AUTO_INCREMENT,
+    phoneNumber VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+    email VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+    linkedId INT NULL,
+    linkPrecedence ENUM('primary', 'secondary') NOT NULL,
+    createdAt DATETIME(6) NOT NULL,
+    updatedAt DATETIME(6) NOT NULL,
+    deletedAt DATETIME(6) NULL,
+    PRIMARY KEY (id),
+    KEY Contact_email (email),
+    KEY Contact_phoneNumber (phoneNumber),
+    KEY Contact_linkedId (linkedId)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- One row per identifier ever sent. It exists before any contact carries the
+-- identifier, so two first orders with the same email have a row to lock, and
+-- its version is written by every identify that depends on the identifier, so
+-- such requests also conflict on multi-primary clusters (Galera), where row
+-- locks are local to one node and only overlapping writes collide.
+CREATE TABLE IF NOT EXISTS ContactIdentifier (
+    kind ENUM('email', 'phone') NOT NULL,
+    value VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    version BIGINT UNSIGNED NOT NULL DEFAULT 0,
+    PRIMARY KEY (kind, value)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;

@@ -1,0 +1,28 @@
+-- SQLite spellings of the statements whose syntax differs from MySQL's. The
+-- comments in sql/mysql/queries.sql say why each exists.
+
+-- name: touch_identifier
+-- Creates this identifier's row, or bumps its version when it exists.
+INSERT INTO ContactIdentifier (kind, value, version)
+VALUES (%(kind)s, %(value)s, 1)
+ON CONFLICT (kind, value) DO UPDATE SET version = version + 1
+
+-- name: touch_customer_identifiers
+-- Bumps the version of every identifier of the customer whose primary is
+-- about to be demoted. (`WHERE true` tells SQLite's parser that ON CONFLICT
+-- belongs to the INSERT, not to a join.)
+INSERT INTO ContactIdentifier (kind, value, version)
+SELECT kind, value, 1
+FROM (
+    SELECT 'email' AS kind, email AS value
+    FROM Contact
+    WHERE (id = %(primary_id)s OR linkedId = %(primary_id)s)
+      AND email IS NOT NULL
+    UNION
+    SELECT 'phone' AS kind, phoneNumber AS value
+    FROM Contact
+    WHERE (id = %(primary_id)s OR linkedId = %(primary_id)s)
+      AND phoneNumber IS NOT NULL
+)
+WHERE true
+ON CONFLICT (kind, value) DO UPDATE SET version = version + 1

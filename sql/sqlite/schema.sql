@@ -1,0 +1,28 @@
+-- FluxKart schema for the embedded SQLite file. Idempotent, like the MySQL one.
+-- TEXT compares byte for byte (BINARY collation) by default. Timestamps are
+-- stored as fixed-width 'YYYY-MM-DD HH:MM:SS.ffffff' UTC text and parsed back
+-- into datetimes by the DATETIME converter the app registers.
+
+CREATE TABLE IF NOT EXISTS Contact (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    phoneNumber TEXT,
+    email TEXT,
+    linkedId INTEGER,
+    linkPrecedence TEXT NOT NULL CHECK (linkPrecedence IN ('primary', 'secondary')),
+    createdAt DATETIME NOT NULL,
+    updatedAt DATETIME NOT NULL,
+    deletedAt DATETIME
+);
+
+CREATE INDEX IF NOT EXISTS Contact_email ON Contact (email);
+
+CREATE INDEX IF NOT EXISTS Contact_phoneNumber ON Contact (phoneNumber);
+
+CREATE INDEX IF NOT EXISTS Contact_linkedId ON Contact (linkedId);
+
+CREATE TABLE IF NOT EXISTS ContactIdentifier (
+    kind TEXT NOT NULL CHECK (kind IN ('email', 'phone')),
+    value TEXT NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (kind, value)
+) WITHOUT ROWID;
