@@ -1,0 +1,174 @@
+"""Fixtures: every API test runs against both backends through real HTTP.
+
+backend -> settings -> app -> server (a real HTTP server on 127.0.0.1) -> api
+
+SQLite gets a temporary file per test. MySQL gets a fresh database per test
+on a throwaway MariaDB server that this session starts from the installed
+binaries (or on the server named by FLUXKART_TEST_MYSQL_HOST/PORT/USER/
+PASSWORD, in databases the tests create and drop). Without MariaDB installed
+the MySQL tests skip locally and fail in CI (CI=true or FLUXKART_REQUIRE_MYSQL=1).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from werkzeug.serving import make_server
+
+from fluxkart import SETTINGS, create_app
+from tests.mariadb import ExistingServer, MariaDBServer, server_binaries
+
+MYSQL_REQUIRED = bool(os.environ.get("CI") or os.environ.get("FLUXKART_REQUIRE_MYSQL"))
+database_numbers = itertools.count(1)
+
+
+def blank_settings() -> dict[str, Any]:
+    """Every setting explicitly empty, so no developer .env or environment leaks in."""
+    return {name: "" for name in SETTINGS}
+
+
+@pytest.fixture(scope="session")
+def mysql_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDBServer | ExistingServer]:
+    """The session's MySQL server: a throwaway mariadbd, or the one the developer named."""
+    if os.environ.get("FLUXKART_TEST_MYSQL_HOST"):
+        yield ExistingServer()
+        return
+    if server_binaries() is None:
+        message = "MariaDB is not installed (apt-get install mariadb-server); MySQL tests need it"
+        if MYSQL_REQUIRED:
+            pytest.fail(message)
+        pytest.skip(message)
+    server = MariaDBServer(tmp_path_factory.mktemp("mariadb"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mysql_database(mysql_server: MariaDBServer | ExistingServer) -> Iterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    name = f"fluxkart_test_{os.getpid()}_{next(database_numbers)}"
+    conn = mysql_server.connect()
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        cur.execute(f"CREATE DATABASE `{name}`")
+    yield name
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    conn.close()
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def settings(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """App settings for this test's own database on the chosen backend."""
+    config = blank_settings()
+    config["FLUXKART_SQLITE_PATH"] = str(tmp_path / "fluxkart.db")
+    if backend == "mysql":
+        server = request.getfixturevalue("mysql_server")
+        config.update(server.settings(request.getfixturevalue("mysql_database")))
+    config.update(getattr(request, "param", {}) or {})
+    return config
+
+
+@pytest.fixture
+def app(settings: dict[str, Any]) -> Any:
+    return create_app(settings)
+
+
+class LiveServer:
+    """The app served over real HTTP on 127.0.0.1 by a threaded werkzeug server."""
+
+    def __init__(self, app: Any):
+        self.httpd = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class Api:
+    """requests against the live server: api.post("/identify", json=...)."""
+
+    def __init__(self, base_url: str):
+        self.base_url = base_url
+        self.session = requests.Session()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", 30)
+        return self.session.request(method, self.base_url + path, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("POST", path, **kwargs)
+
+    def identify(self, email: Any = None, phone: Any = None) -> dict[str, Any]:
+        """POST /identify, asserting 200; returns the "contact" object."""
+        response = self.post("/identify", json={"email": email, "phoneNumber": phone})
+        assert response.status_code == 200, response.text
+        return dict(response.json()["contact"])
+
+
+@pytest.fixture
+def server(app: Any) -> Iterator[LiveServer]:
+    live = LiveServer(app)
+    yield live
+    live.close()
+
+
+@pytest.fixture
+def api(server: LiveServer) -> Iterator[Api]:
+    client = Api(server.url)
+    yield client
+    client.session.close()
+
+
+def read_contacts(settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every Contact row straight from the database (not through the app), by id."""
+    sql = (
+        "SELECT id, phoneNumber, email, linkedId, linkPrecedence, createdAt, updatedAt, deletedAt "
+        "FROM Contact ORDER BY id"
+    )
+    if settings.get("MYSQL_HOST"):
+        import pymysql.cursors
+
+        conn = pymysql.connect(
+            host=settings["MYSQL_HOST"],
+            port=int(settings["MYSQL_PORT"]),
+            user=settings["MYSQL_USER"],
+            password=settings["MYSQL_PASSWORD"],
+            database=settings["MYSQL_DATABASE"],
+            cursorclass=pymysql.cursors.DictCursor,
+        )
+        with conn, conn.cursor() as cur:
+            cur.execute(sql)
+            return list(cur.fetchall())
+    conn = sqlite3.connect(settings["FLUXKART_SQLITE_PATH"])
+    conn.row_factory = sqlite3.Row
+    with conn:
+        rows = [dict(row) for row in conn.execute(sql)]
+    conn.close()
+    return rows
+
+
+@pytest.fixture
+def contacts(settings: dict[str, Any]) -> Any:
+    """A function returning the Contact table as it is now."""
+    return lambda: read_contacts(settings)

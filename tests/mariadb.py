@@ -1,0 +1,170 @@
+"""A throwaway MariaDB/MySQL server for the tests, started from the installed binaries.
+
+The tests never touch a user's server: each session gets its own data
+directory, port and socket under a temporary folder, and the fault tests can
+stop and start it at will. (pytest-mysql does the first part, but not the
+stop/start the fault tests need, so we keep this small class instead.)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pymysql
+
+SERVER_NAMES = ("mariadbd", "mysqld")
+INSTALL_NAMES = ("mariadb-install-db", "mysql_install_db")
+SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
+
+
+def find_binary(names: tuple[str, ...]) -> str | None:
+    for name in names:
+        path = shutil.which(name, path=SEARCH_PATH)
+        if path:
+            return path
+    return None
+
+
+def server_binaries() -> tuple[str, str] | None:
+    """(server, install-db) paths, or None when MariaDB/MySQL is not installed."""
+    server, install = find_binary(SERVER_NAMES), find_binary(INSTALL_NAMES)
+    return (server, install) if server and install else None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class MariaDBServer:
+    """One mariadbd process on 127.0.0.1 with its own data directory."""
+
+    def __init__(self, base: Path, isolation: str = "REPEATABLE-READ"):
+        binaries = server_binaries()
+        if binaries is None:
+            raise RuntimeError("mariadbd/mysqld is not installed")
+        self.server_bin, self.install_bin = binaries
+        self.base = base
+        self.datadir = base / "data"
+        self.port = free_port()
+        self.isolation = isolation
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def install(self) -> None:
+        subprocess.run(
+            [
+                self.install_bin,
+                "--no-defaults",
+                f"--datadir={self.datadir}",
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+
+    def start(self, timeout: float = 30) -> None:
+        if not self.datadir.exists():
+            self.install()
+        with open(self.base / "server.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    self.server_bin,
+                    "--no-defaults",
+                    f"--datadir={self.datadir}",
+                    f"--port={self.port}",
+                    "--bind-address=127.0.0.1",
+                    f"--socket={self.base / 'mysqld.sock'}",
+                    f"--pid-file={self.base / 'mysqld.pid'}",
+                    "--user=root",
+                    "--skip-name-resolve",
+                    "--skip-log-bin",
+                    "--max-connections=1000",
+                    f"--transaction-isolation={self.isolation}",
+                    # A throwaway server: durability at commit buys the tests nothing.
+                    "--innodb-flush-log-at-trx-commit=2",
+                    "--innodb-buffer-pool-size=256M",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mariadbd exited; see {self.base / 'server.log'}")
+            try:
+                self.connect().close()
+                return
+            except pymysql.err.OperationalError:
+                time.sleep(0.1)
+        raise RuntimeError(f"mariadbd did not answer within {timeout}s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def connect(self, database: str | None = None) -> pymysql.connections.Connection:
+        return pymysql.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user="root",
+            password="",
+            database=database,
+            autocommit=True,
+            connect_timeout=2,
+        )
+
+    def settings(self, database: str) -> dict[str, str]:
+        """The app settings that point at `database` on this server."""
+        return {
+            "MYSQL_HOST": "127.0.0.1",
+            "MYSQL_PORT": str(self.port),
+            "MYSQL_USER": "root",
+            "MYSQL_PASSWORD": "",
+            "MYSQL_DATABASE": database,
+        }
+
+
+class ExistingServer:
+    """A server the developer names with FLUXKART_TEST_MYSQL_* (tests use their own databases on it)."""
+
+    def __init__(self) -> None:
+        env = os.environ
+        self.host = env.get("FLUXKART_TEST_MYSQL_HOST", "127.0.0.1")
+        self.port = int(env.get("FLUXKART_TEST_MYSQL_PORT", "3306"))
+        self.user = env.get("FLUXKART_TEST_MYSQL_USER", "root")
+        self.password = env.get("FLUXKART_TEST_MYSQL_PASSWORD", "")
+
+    def connect(self, database: str | None = None) -> pymysql.connections.Connection:
+        return pymysql.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            database=database,
+            autocommit=True,
+            connect_timeout=2,
+        )
+
+    def settings(self, database: str) -> dict[str, str]:
+        return {
+            "MYSQL_HOST": self.host,
+            "MYSQL_PORT": str(self.port),
+            "MYSQL_USER": self.user,
+            "MYSQL_PASSWORD": self.password,
+            "MYSQL_DATABASE": database,
+        }
