@@ -19,8 +19,8 @@ threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 # A request that takes this long is stuck (every database wait is bounded far below it).
 timeout = 60
 graceful_timeout = 30
-# Shorter than a typical load balancer's idle timeout (60 s), so the balancer,
-# not gunicorn, decides when an idle connection closes.
+# Longer than a typical load balancer's idle timeout (60 s), so the balancer
+# closes idle connections first and never sends a request on one we just closed.
 keepalive = 75
 
 # Logs go to stdout/stderr for the platform to collect.
