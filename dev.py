@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Set up and run FluxKart Identity on a machine that has only Python 3.11+.
+
+    python3 dev.py serve      # the service on http://127.0.0.1:3000 (embedded SQLite)
+    python3 dev.py test       # the whole test suite (extra arguments go to pytest)
+    python3 dev.py lint       # ruff and mypy, as CI runs them
+
+Each command first makes ./.venv and installs the pinned requirements into it
+(again only when a requirements file changed), then runs the tool from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+
+
+def ensure_venv(requirements: str) -> None:
+    """Create .venv and install `requirements` unless the same files are installed already."""
+    files = sorted(ROOT.glob("requirements*.txt"))
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
+    stamp = VENV / f".installed-{requirements}-{digest}"
+    if stamp.exists():
+        return
+    if not (BIN / "python").exists():
+        print("creating .venv ...", flush=True)
+        venv.create(VENV, with_pip=True)
+    print(f"installing {requirements} into .venv ...", flush=True)
+    pip = [str(BIN / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, "-r", str(ROOT / requirements)], check=True)
+    for old in VENV.glob(f".installed-{requirements}-*"):
+        old.unlink()
+    stamp.touch()
+
+
+def run(argv: list[str]) -> int:
+    """Run a command with the venv first on PATH; returns its exit code."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(argv, cwd=ROOT, env=env).returncode
+
+
+def main(args: list[str]) -> int:
+    if sys.version_info < (3, 11):
+        sys.exit("FluxKart needs Python 3.11 or newer")
+    command, rest = (args[0], args[1:]) if args else ("help", [])
+    if command == "serve":
+        ensure_venv("requirements.txt")
+        os.environ.setdefault("PORT", "3000")
+        print(f"FluxKart Identity on http://127.0.0.1:{os.environ['PORT']} (Ctrl-C stops it)", flush=True)
+        return run([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "fluxkart:create_app()", *rest])
+    if command == "test":
+        ensure_venv("requirements-dev.txt")
+        return run([str(BIN / "python"), "-m", "pytest", *rest])
+    if command == "lint":
+        ensure_venv("requirements-dev.txt")
+        checks = [
+            ["ruff", "check", "."],
+            ["ruff", "format", "--check", "."],
+            ["mypy", "fluxkart.py"],
+        ]
+        return max(run([str(BIN / tool), *argv]) for tool, *argv in checks)
+    print(__doc__)
+    return 0 if command in ("help", "-h", "--help") else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
