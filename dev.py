@@ -48,7 +48,7 @@ def run(argv: list[str]) -> int:
 
 
 def main(args: list[str]) -> int:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 (a clear message on an older python3)
         sys.exit("FluxKart needs Python 3.11 or newer")
     command, rest = (args[0], args[1:]) if args else ("help", [])
     if command == "serve":

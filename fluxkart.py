@@ -30,9 +30,11 @@ import os
 import random
 import re
 import sqlite3
+import sys
 import threading
 import time
 import unicodedata
+import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,13 +42,16 @@ from typing import Any, TypeVar
 
 import click
 import phonenumbers
+import prometheus_client
+import prometheus_client.multiprocess as prometheus_multiprocess
 import pymysql
 import pymysql.cursors
 from dotenv import load_dotenv
-from flask import Flask, Response, current_app, g, jsonify, request, url_for
+from flask import Flask, Response, current_app, g, has_request_context, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("fluxkart")
+access_log = logging.getLogger("fluxkart.access")
 
 Row = dict[str, Any]
 T = TypeVar("T")
@@ -114,8 +119,7 @@ def load_queries(dialect: str) -> dict[str, str]:
     if dialect == "sqlite":
         # sqlite3 binds :name; it has no row locks (BEGIN IMMEDIATE is the lock).
         queries = {
-            name: PYMYSQL_PARAM.sub(r":\1", sql).replace("\nFOR UPDATE", "")
-            for name, sql in queries.items()
+            name: PYMYSQL_PARAM.sub(r":\1", sql).replace("\nFOR UPDATE", "") for name, sql in queries.items()
         }
     return queries
 
@@ -147,12 +151,16 @@ class DatabaseUnavailable(Exception):
 class RetryTransaction(Exception):
     """The unit of work must start over: a lock conflict or a concurrent merge."""
 
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason  # a metric label: a few fixed words, no data
+
 
 # MySQL errors after which the whole transaction is tried again: deadlock (the
 # server rolled it back, or a Galera certification failure), lock-wait timeout
 # (only the statement was rolled back; we roll back the rest), and a Galera
 # node that is not ready yet.
-MYSQL_RETRY_CODES = {1205, 1213, 1047}
+MYSQL_RETRY_CODES = {1205: "lock_wait_timeout", 1213: "deadlock", 1047: "node_not_ready"}
 # Client-side errors that mean the connection is gone (server restarted, network).
 MYSQL_CONNECTION_CODES = {2003, 2006, 2013, 2014, 2055}
 
@@ -218,9 +226,7 @@ class Database:
             # Our own isolation level: the lock protocol relies on READ COMMITTED
             # reads seeing every committed row, whatever the server default is.
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            cur.execute(
-                "SET time_zone = '+00:00', innodb_lock_wait_timeout = %s", (LOCK_WAIT_TIMEOUT_S,)
-            )
+            cur.execute("SET time_zone = '+00:00', innodb_lock_wait_timeout = %s", (LOCK_WAIT_TIMEOUT_S,))
         self.ensure_schema(conn)
         return conn
 
@@ -318,15 +324,15 @@ class Database:
         if isinstance(exc, pymysql.err.OperationalError | pymysql.err.InterfaceError):
             code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
             if code in MYSQL_RETRY_CODES:
-                return RetryTransaction(f"MySQL error {code}")
+                return RetryTransaction(MYSQL_RETRY_CODES[code])
             if code in MYSQL_CONNECTION_CODES or isinstance(exc, pymysql.err.InterfaceError):
                 self.close()
-                return RetryTransaction(f"MySQL connection lost ({code})")
+                return RetryTransaction("connection_lost")
             self.close()
             return DatabaseUnavailable(f"MySQL error {code}")
         if isinstance(exc, sqlite3.OperationalError):
             if "locked" in str(exc) or "busy" in str(exc):
-                return RetryTransaction("SQLite database is locked")
+                return RetryTransaction("database_locked")
             self.close()
             return DatabaseUnavailable("SQLite error")
         if isinstance(exc, pymysql.err.MySQLError | OSError):
@@ -367,7 +373,8 @@ def in_transaction(db: Database, work: Callable[[Database], T], attempts: int) -
             db.rollback()
             if attempt == attempts:
                 raise DatabaseUnavailable(f"gave up after {attempts} attempts: {exc}") from exc
-            log.warning("retrying identify transaction (attempt %d): %s", attempt, exc)
+            log.warning("retrying identify transaction (attempt %d): %s", attempt, exc.reason)
+            IDENTIFY_RETRIES.labels(exc.reason).inc()
             # Jittered exponential backoff, capped: lets the winner commit first.
             time.sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))
         except BaseException:
@@ -440,7 +447,7 @@ def normalize_phone(value: Any, region: str = "", field: str = "phoneNumber") ->
         if value < 0:
             raise ApiError(400, "invalid_phone_number", f"{field} must not be negative")
         value = str(value)
-    phone = value.strip()
+    phone: str = value.strip()
     if not phone:
         return None
     phone = phone.translate(PHONE_FORMATTING)
@@ -459,7 +466,7 @@ def normalize_phone(value: Any, region: str = "", field: str = "phoneNumber") ->
         except phonenumbers.NumberParseException:
             return phone
         if phonenumbers.is_valid_number(parsed):
-            return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+            return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
     return phone
 
 
@@ -533,20 +540,11 @@ def apply_identify(db: Database, email: str | None, phone: str | None) -> tuple[
 
     primaries = db.all("lock_primaries", email=email, phone=phone)
     if any(row["linkPrecedence"] != "primary" or row["deletedAt"] is not None for row in primaries):
-        raise RetryTransaction("a customer was merged into another meanwhile")
+        raise RetryTransaction("customer_moved")  # merged into another while we waited
 
     now = utcnow()
     if not primaries:
-        new_id = db.run(
-            "insert_contact",
-            email=email,
-            phone=phone,
-            linked_id=None,
-            link_precedence="primary",
-            created_at=now,
-        )
-        row = {"id": new_id, "email": email, "phoneNumber": phone, "linkPrecedence": "primary", "createdAt": now}
-        return customer_answer([row]), "created"
+        return customer_answer([insert_contact(db, email, phone, None, now)]), "created"
 
     rows = db.all("select_customer", email=email, phone=phone)
     survivor, *demoted = oldest_first(primaries)
@@ -563,25 +561,32 @@ def apply_identify(db: Database, email: str | None, phone: str | None) -> tuple[
     ):
         # Never older than its primary, even if this host's clock is behind the one that made it.
         created_at = max(now, survivor["createdAt"] + timedelta(microseconds=1))
-        new_id = db.run(
-            "insert_contact",
-            email=email,
-            phone=phone,
-            linked_id=survivor["id"],
-            link_precedence="secondary",
-            created_at=created_at,
-        )
-        rows.append(
-            {
-                "id": new_id,
-                "email": email,
-                "phoneNumber": phone,
-                "linkPrecedence": "secondary",
-                "createdAt": created_at,
-            }
-        )
+        rows.append(insert_contact(db, email, phone, survivor["id"], created_at))
         outcome = "merged" if demoted else "linked"
     return customer_answer(rows), outcome
+
+
+def insert_contact(
+    db: Database, email: str | None, phone: str | None, linked_id: int | None, created_at: datetime
+) -> Row:
+    """Insert a primary (no linked_id) or a secondary row; returns it as select_customer would."""
+    precedence = "primary" if linked_id is None else "secondary"
+    new_id = db.run(
+        "insert_contact",
+        email=email,
+        phone=phone,
+        linked_id=linked_id,
+        link_precedence=precedence,
+        created_at=created_at,
+    )
+    return {
+        "id": new_id,
+        "email": email,
+        "phoneNumber": phone,
+        "linkedId": linked_id,
+        "linkPrecedence": precedence,
+        "createdAt": created_at,
+    }
 
 
 def contact_to_json(row: Row) -> dict[str, Any]:
@@ -660,10 +665,106 @@ def register_error_handlers(app: Flask) -> None:
 
 
 # --------------------------------------------------------------------------
+# Observability: request ids, one JSON access log line per request, metrics
+# --------------------------------------------------------------------------
+
+# Under gunicorn, gunicorn.conf.py points PROMETHEUS_MULTIPROC_DIR at a shared
+# folder, so every worker's counts reach /metrics whichever worker serves it.
+HTTP_REQUESTS = prometheus_client.Counter(
+    "fluxkart_http_requests", "HTTP requests answered", ["method", "route", "status"]
+)
+HTTP_LATENCY = prometheus_client.Histogram(
+    "fluxkart_http_request_duration_seconds",
+    "Time to answer an HTTP request",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+)
+IDENTIFY_OUTCOMES = prometheus_client.Counter(
+    "fluxkart_identify_outcomes", "identify results: created, linked, merged, unchanged", ["outcome"]
+)
+IDENTIFY_RETRIES = prometheus_client.Counter(
+    "fluxkart_identify_retries", "identify transactions started over, by reason", ["reason"]
+)
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the current request's id when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if has_request_context() and "request_id" in g:
+            entry["request_id"] = g.request_id
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging() -> None:
+    """Send the service's logs to stdout as JSON lines (once per process)."""
+    logger = logging.getLogger("fluxkart")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(JsonFormatter())
+        logger.addHandler(handler)
+        logger.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
+        logger.propagate = False
+
+
+def start_request() -> None:
+    """Take the caller's X-Request-ID when it is sane, else make one."""
+    given = request.headers.get("X-Request-ID", "")
+    g.request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    g.started = time.perf_counter()
+
+
+def finish_request(response: Response) -> Response:
+    """Echo the request id, count the request, and write its access log line.
+
+    Only the path is logged, never the query string or body: they carry
+    customers' emails and phone numbers.
+    """
+    elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+    route = request.url_rule.rule if request.url_rule else "unmatched"
+    response.headers["X-Request-ID"] = g.get("request_id", "")
+    HTTP_REQUESTS.labels(request.method, route, response.status_code).inc()
+    HTTP_LATENCY.labels(request.method, route).observe(elapsed)
+    fields = {
+        "method": request.method,
+        "path": request.path,
+        "status": response.status_code,
+        "duration_ms": round(elapsed * 1000, 2),
+    }
+    if "identify_outcome" in g:
+        IDENTIFY_OUTCOMES.labels(g.identify_outcome).inc()
+        fields["outcome"] = g.identify_outcome
+    access_log.info("request", extra={"fields": fields})
+    return response
+
+
+def metrics_page() -> Response:
+    """Prometheus text format, summed over every gunicorn worker when multiprocess."""
+    registry: Any = prometheus_client.REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = prometheus_client.CollectorRegistry()
+        prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return Response(
+        prometheus_client.generate_latest(registry), content_type=prometheus_client.CONTENT_TYPE_LATEST
+    )
+
+
+# --------------------------------------------------------------------------
 # Routes: parse, call the domain, answer JSON
 # --------------------------------------------------------------------------
 
-PUBLIC_ENDPOINTS = {"status", "live", "ready", "static"}
+PUBLIC_ENDPOINTS = {"status", "live", "ready"}
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 MAX_ID = 2**63 - 1
@@ -749,6 +850,16 @@ def register_routes(app: Flask) -> None:
         g.identify_outcome = outcome
         return jsonify(answer)
 
+    @app.get("/metrics")
+    def metrics() -> Response:
+        """Prometheus metrics: requests and latency by route and status, identify outcomes, retries."""
+        return metrics_page()
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        """The OpenAPI 3 description of this API."""
+        return Response(OPENAPI_PATH.read_bytes(), content_type="application/json")
+
     @app.get("/customers")
     def lookup_customer() -> Response:
         """Support staff's read-only lookup: the identify answer, writing nothing."""
@@ -764,7 +875,8 @@ def register_routes(app: Flask) -> None:
             raise ApiError(
                 409,
                 "several_customers",
-                f"the email and phone number belong to different customers ({ids}); look them up one at a time",
+                f"the email and phone number belong to different customers ({ids}); "
+                "look them up one at a time",
             )
         return jsonify(customer_answer(rows))
 
@@ -821,7 +933,8 @@ def run_retrying_reads(work: Callable[[Database], T]) -> T:
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     """Build the app. No connection is opened here: the first request opens one per thread."""
     settings = load_settings(overrides)
-    app = Flask(__name__)
+    configure_logging()
+    app = Flask(__name__, static_folder=None)
     app.config.update(settings)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     check_dialects_agree()
@@ -832,7 +945,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         "schema": schema_statements(dialect),
         "local": threading.local(),
     }
+    app.before_request(start_request)
     app.before_request(require_token)
+    app.after_request(finish_request)
     register_error_handlers(app)
     register_routes(app)
 

@@ -1,6 +1,6 @@
 """gunicorn settings for FluxKart Identity (12-factor: everything from the environment).
 
-    gunicorn -c gunicorn.conf.py 'fluxkart:create_app()'
+gunicorn -c gunicorn.conf.py 'fluxkart:create_app()'
 """
 
 import multiprocessing
@@ -26,3 +26,23 @@ keepalive = 75
 # Logs go to stdout/stderr for the platform to collect.
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
+
+# Prometheus counts from every worker: each writes to files in a shared folder
+# that /metrics sums. A fresh folder per gunicorn run, so counts start at zero.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    import tempfile
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="fluxkart-metrics-")
+
+    def on_exit(server):  # noqa: ANN001, ANN201 (gunicorn's hook signature)
+        """Remove the metrics folder this run made."""
+        import shutil
+
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
+
+def child_exit(server, worker):  # noqa: ANN001, ANN201 (gunicorn's hook signature)
+    """Fold a dead worker's gauges away so /metrics does not report it forever."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
