@@ -161,13 +161,18 @@ class RetryTransaction(Exception):
 # (only the statement was rolled back; we roll back the rest), and a Galera
 # node that is not ready yet.
 MYSQL_RETRY_CODES = {1205: "lock_wait_timeout", 1213: "deadlock", 1047: "node_not_ready"}
-# Client-side errors that mean the connection is gone (server restarted, network).
-MYSQL_CONNECTION_CODES = {2003, 2006, 2013, 2014, 2055}
+# Client-side errors that mean an open connection broke (server restarted,
+# network): worth one fresh connection. Failing to connect at all (2003) is not
+# retried: the server is down, and the client gets a 503 at once.
+MYSQL_CONNECTION_CODES = {2006, 2013, 2014, 2055}
 
 # Statements that wait on a lock give up after this long; the transaction is then retried.
 LOCK_WAIT_TIMEOUT_S = 5
 # A query that has not answered in this long means the server is in trouble.
-MYSQL_READ_TIMEOUT_S = 30
+MYSQL_READ_TIMEOUT_S = 10
+# Retries stop after this long, whatever the attempt count: a client (and a
+# load balancer) would rather have a prompt 503 than a request that hangs.
+RETRY_BUDGET_S = 10
 
 
 def adapt_datetime(value: datetime) -> str:
@@ -268,8 +273,8 @@ class Database:
     def execute(self, name: str, params: dict[str, Any]) -> Any:
         """Run a named statement; returns the driver's cursor."""
         sql = self.queries[name]
-        conn = self.connect()
         try:
+            conn = self.connect()
             if self.dialect == "mysql":
                 cur = conn.cursor()
                 cur.execute(sql, params)
@@ -363,6 +368,7 @@ def in_transaction(db: Database, work: Callable[[Database], T], attempts: int) -
     rolled back one statement, so we roll back the rest and start over from
     the first read. `work` must have no side effects outside the database.
     """
+    deadline = time.monotonic() + RETRY_BUDGET_S
     for attempt in range(1, attempts + 1):
         try:
             db.begin()
@@ -371,8 +377,8 @@ def in_transaction(db: Database, work: Callable[[Database], T], attempts: int) -
             return result
         except RetryTransaction as exc:
             db.rollback()
-            if attempt == attempts:
-                raise DatabaseUnavailable(f"gave up after {attempts} attempts: {exc}") from exc
+            if attempt == attempts or time.monotonic() > deadline:
+                raise DatabaseUnavailable(f"gave up after {attempt} attempts: {exc}") from exc
             log.warning("retrying identify transaction (attempt %d): %s", attempt, exc.reason)
             IDENTIFY_RETRIES.labels(exc.reason).inc()
             # Jittered exponential backoff, capped: lets the winner commit first.
