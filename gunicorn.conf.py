@@ -23,6 +23,10 @@ graceful_timeout = 30
 # closes idle connections first and never sends a request on one we just closed.
 keepalive = 75
 
+# gunicorn 27's control socket lives at one path per user (~/.gunicorn), shared
+# by every gunicorn on the host; we do not use gunicornc, so leave it off.
+control_socket_disable = True
+
 # Logs go to stdout/stderr for the platform to collect.
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")

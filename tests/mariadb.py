@@ -72,8 +72,17 @@ class MariaDBServer:
         )
 
     def start(self, timeout: float = 30) -> None:
+        """Start mariadbd; on a port another process grabbed meanwhile, try a new port."""
         if not self.datadir.exists():
             self.install()
+        for _ in range(3):
+            if self.launch(timeout):
+                return
+            self.port = free_port()
+        raise RuntimeError(f"mariadbd did not start; see {self.base / 'server.log'}")
+
+    def launch(self, timeout: float) -> bool:
+        """One start attempt on self.port; False when the port turned out to be taken."""
         with open(self.base / "server.log", "ab") as log:
             self.process = subprocess.Popen(
                 [
@@ -99,13 +108,22 @@ class MariaDBServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"mariadbd exited; see {self.base / 'server.log'}")
+                return False  # most likely the port was taken between free_port() and bind
             try:
-                self.connect().close()
-                return
+                conn = self.connect()
             except pymysql.err.OperationalError:
                 time.sleep(0.1)
-        raise RuntimeError(f"mariadbd did not answer within {timeout}s")
+                continue
+            with conn, conn.cursor() as cur:
+                cur.execute("SELECT @@datadir")
+                (datadir,) = cur.fetchone()
+            if Path(datadir).resolve() == self.datadir.resolve():
+                return True
+            # Someone else's server answers on this port: ours cannot bind it.
+            self.stop()
+            return False
+        self.stop()
+        raise RuntimeError(f"mariadbd did not answer within {timeout}s; see {self.base / 'server.log'}")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -1,0 +1,521 @@
+"""identify stays correct under concurrent workers (SPEC, "Concurrency").
+
+The service runs under gunicorn, as in production (several gthread workers of
+several threads each), against a throwaway MariaDB server at REPEATABLE READ, one
+at READ COMMITTED, and SQLite. A bounded burst of identify requests over tiny
+alphabets of emails and phones makes creations and merges collide constantly:
+
+- "barrier" rounds: every client thread waits at a threading.Barrier, then all
+  fire at once over a fresh alphabet, each distinct request sent by several
+  threads, so identical requests and brand-new customers race each other;
+- "stream" rounds: a few hundred requests over a slightly larger alphabet,
+  taken from a shared queue by all clients, so customers grow and merge while
+  other requests read and link to them.
+
+Afterwards the stored rows must be what some sequential order of the answered
+requests produces (tests/checker.py), every answer must name the customer its
+request belongs to, and no request may get a 5xx. The same burst against a copy
+of the service with the locking taken out (tests/unlocked.py) must find
+violations: `pytest -m unlocked tests/test_concurrency.py` (excluded by default).
+
+The service sets its own sessions to READ COMMITTED, so the two MariaDB servers
+differ only in what a connection would get if that ever stopped happening; both
+are run because the SPEC promises the guarantee whatever the server's default.
+
+Retries are expected (deadlocks, lock waits, "merged meanwhile"): the service
+logs "retrying identify transaction" at WARNING; the lines are counted in
+gunicorn's output (stdout and stderr, kept per run under the test's tmp_path)
+and the reasons read from /metrics. Run with -s to see each burst's figures:
+
+    .venv/bin/pytest -s -m stress tests/test_concurrency.py
+    .venv/bin/pytest -s -m unlocked tests/test_concurrency.py
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pymysql.cursors
+import pytest
+import requests
+
+from fluxkart import SETTINGS
+from tests.checker import check_answers, check_invariants, violation_kinds
+from tests.mariadb import MariaDBServer, free_port, server_binaries
+from tests.unlocked import SERVICE_DIR, build_unlocked_copy
+
+MYSQL_REQUIRED = bool(os.environ.get("CI") or os.environ.get("FLUXKART_REQUIRE_MYSQL"))
+
+# Load shape: 3 workers x 8 threads = 24 requests in the service at once, 32 clients
+# so the service always has a queue. Sized for a 2-core machine: each burst takes a
+# few seconds, all three locked configurations well under a minute.
+WORKERS = 3
+THREADS = 8
+CLIENTS = 32
+CYCLES = 12  # each: BARRIER_ROUNDS barrier rounds (of CLIENTS requests), then a stream round
+BARRIER_ROUNDS = 3
+STREAM_SIZE = 200
+BURST_LIMIT_S = 120  # wall-clock bound on one burst; the test fails if it is reached
+REQUEST_TIMEOUT = (5, 65)  # connect, read: above the service's worst case of bounded retries
+
+RETRY_LINE = "retrying identify transaction"
+CONFIGS = {
+    "mariadb-repeatable-read": "REPEATABLE-READ",
+    "mariadb-read-committed": "READ-COMMITTED",
+    "sqlite": None,
+}
+
+Pair = tuple[str | None, str | None]
+
+
+# --------------------------------------------------------------------------
+# The burst: a deterministic plan, then client threads that follow it
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Round:
+    """Requests for all clients: with a barrier, client i sends requests[i] when all are ready."""
+
+    requests: list[Pair]
+    barrier: bool
+
+
+def random_request(rng: random.Random, emails: list[str], phones: list[str]) -> Pair:
+    """Mostly both identifiers (links and merges), sometimes only one of them."""
+    kind = rng.random()
+    email = rng.choice(emails) if kind > 0.15 else None
+    phone = rng.choice(phones) if kind < 0.85 else None
+    return email, phone
+
+
+def alphabet(number: int, size: int) -> tuple[list[str], list[str]]:
+    """`size` emails and phone numbers used by round `number` only, in canonical form (so sent == stored)."""
+    return [f"e{i}@r{number}.test" for i in range(size)], [f"9{number:05d}{i:02d}" for i in range(size)]
+
+
+def plan_burst(
+    seed: int, cycles: int = CYCLES, clients: int = CLIENTS, stream_size: int = STREAM_SIZE
+) -> list[Round]:
+    """BARRIER_ROUNDS barrier rounds then a stream round, repeated; every round on its own alphabet."""
+    rng = random.Random(seed)
+    rounds: list[Round] = []
+    for _ in range(cycles):
+        for _ in range(BARRIER_ROUNDS):
+            # About clients/3 distinct requests over 3 emails x 3 phones, each sent by ~3 threads at once.
+            emails, phones = alphabet(len(rounds), 3)
+            distinct = [random_request(rng, emails, phones) for _ in range(clients // 3)]
+            slots = [distinct[i % len(distinct)] for i in range(clients)]
+            rng.shuffle(slots)
+            rounds.append(Round(slots, barrier=True))
+        emails, phones = alphabet(len(rounds), 6)
+        rounds.append(Round([random_request(rng, emails, phones) for _ in range(stream_size)], barrier=False))
+    return rounds
+
+
+@dataclass
+class Exchange:
+    """One request and what came back: a status and the answer's "contact", or a transport error."""
+
+    request: Pair
+    status: int | None = None
+    contact: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass
+class Burst:
+    planned: int
+    exchanges: list[Exchange] = field(default_factory=list)
+    seconds: float = 0.0
+    timed_out: bool = False
+
+    def statuses(self) -> Counter[int | str]:
+        return Counter(x.status if x.status is not None else "transport error" for x in self.exchanges)
+
+    def answered(self) -> list[Exchange]:
+        return [x for x in self.exchanges if x.status == 200 and x.contact is not None]
+
+
+def run_burst(
+    base_url: str, rounds: list[Round], clients: int = CLIENTS, limit_s: float = BURST_LIMIT_S
+) -> Burst:
+    """Send the plan from `clients` threads; bounded by the plan's size and by `limit_s`."""
+    burst = Burst(planned=sum(len(r.requests) for r in rounds))
+    barrier = threading.Barrier(clients)
+    stop = threading.Event()
+    deadline = time.monotonic() + limit_s
+    cursors = [itertools.count() for _ in rounds]  # the stream rounds' shared queues
+    lock = threading.Lock()
+
+    def send(session: requests.Session, pair: Pair) -> None:
+        exchange = Exchange(pair)
+        try:
+            # Connection: close spreads requests over all workers (keep-alive can
+            # pile every client onto one gthread worker); localhost handshakes are cheap.
+            response = session.post(
+                base_url + "/identify",
+                json={"email": pair[0], "phoneNumber": pair[1]},
+                headers={"Connection": "close"},
+                timeout=REQUEST_TIMEOUT,
+            )
+            exchange.status = response.status_code
+            if response.status_code == 200:
+                exchange.contact = response.json()["contact"]
+        except (requests.RequestException, ValueError, KeyError) as exc:
+            exchange.error = f"{type(exc).__name__}: {exc}"
+        with lock:
+            burst.exchanges.append(exchange)
+
+    def client(index: int) -> None:
+        finished = False
+        try:
+            with requests.Session() as session:
+                for number, round_ in enumerate(rounds):
+                    if stop.is_set() or time.monotonic() > deadline:
+                        return
+                    if round_.barrier:
+                        barrier.wait(timeout=max(0.0, deadline - time.monotonic()))
+                        send(session, round_.requests[index % len(round_.requests)])
+                        continue
+                    while (position := next(cursors[number])) < len(round_.requests):
+                        if stop.is_set() or time.monotonic() > deadline:
+                            return
+                        send(session, round_.requests[position])
+            finished = True
+        except threading.BrokenBarrierError:
+            pass
+        finally:
+            if not finished:
+                # Out of time (or broken): nobody may be left waiting at the next barrier.
+                burst.timed_out = True
+                stop.set()
+                barrier.abort()
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(i,), name=f"client-{i}") for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(1.0, deadline + REQUEST_TIMEOUT[1] - time.monotonic()))
+    burst.seconds = time.monotonic() - started
+    if any(thread.is_alive() for thread in threads):
+        burst.timed_out = True
+    return burst
+
+
+# --------------------------------------------------------------------------
+# gunicorn and the databases
+# --------------------------------------------------------------------------
+
+
+# As in production (Procfile), plus --no-control-socket: gunicorn 27 otherwise opens
+# ~/.gunicorn/gunicorn.ctl, one path shared by every instance on the host.
+COMMAND = [
+    sys.executable,
+    "-m",
+    "gunicorn",
+    "-c",
+    "gunicorn.conf.py",
+    "--no-control-socket",
+    "fluxkart:create_app()",
+]
+
+
+class Gunicorn:
+    """`gunicorn -c gunicorn.conf.py 'fluxkart:create_app()'` in `app_dir`, on a free port of 127.0.0.1."""
+
+    def __init__(self, app_dir: Path, settings: dict[str, str], log_dir: Path, workers: int, threads: int):
+        self.app_dir = app_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.stderr_path = log_dir / f"gunicorn-{self.port}.stderr"
+        self.stdout_path = log_dir / f"gunicorn-{self.port}.stdout"
+        # No PYTHONPATH (the app must come from app_dir), no shared metrics folder.
+        dropped = ("PYTHONPATH", "PROMETHEUS_MULTIPROC_DIR")
+        self.env = {name: value for name, value in os.environ.items() if name not in dropped}
+        self.env.update({name: "" for name in SETTINGS})  # nothing leaks in from the developer's shell
+        self.env.update(settings)
+        self.env.update(
+            PORT=str(self.port),
+            HOST="127.0.0.1",
+            WEB_CONCURRENCY=str(workers),
+            GUNICORN_THREADS=str(threads),
+            GUNICORN_WORKER_CLASS="gthread",
+            LOG_LEVEL="info",
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> None:
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.process = subprocess.Popen(
+                COMMAND,
+                cwd=self.app_dir,
+                env=self.env,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,  # its own process group, so stop() can reach the workers too
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited ({self.process.returncode}):\n{self.stderr()}")
+            # Our own master must be listening (not some other process on a reused port).
+            if f"Listening at: {self.url}" in self.stderr():
+                try:
+                    if requests.get(self.url + "/health/ready", timeout=2).status_code == 200:
+                        return
+                except requests.RequestException:
+                    pass
+            time.sleep(0.1)
+        raise RuntimeError(f"gunicorn did not become ready within {timeout}s:\n{self.stderr()}")
+
+    def stop(self) -> None:
+        """SIGTERM (graceful), then SIGKILL to the whole process group if it lingers."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait(10)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    def logs(self) -> str:
+        """stdout (the service's JSON log lines) and stderr (gunicorn's own log), together."""
+        out = self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
+        return out + self.stderr()
+
+    def metric(self, name: str) -> dict[str, float]:
+        """A counter from /metrics summed by its first label ({} when the service has none)."""
+        try:
+            response = requests.get(self.url + "/metrics", timeout=10)
+        except requests.RequestException:
+            return {}
+        if response.status_code != 200:
+            return {}
+        totals: dict[str, float] = {}
+        for line in response.text.splitlines():
+            match = re.match(rf'^{name}_total\{{\w+="([^"]*)"[^}}]*\}} ([0-9.e+]+)$', line)
+            if match:
+                totals[match.group(1)] = totals.get(match.group(1), 0) + float(match.group(2))
+        return totals
+
+
+Launch = Callable[[Path, dict[str, str]], Gunicorn]
+
+
+@pytest.fixture(scope="module")
+def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], MariaDBServer]]:
+    """Throwaway MariaDB servers by isolation level, started on first use, stopped at the end."""
+    servers: dict[str, MariaDBServer] = {}
+    started: list[MariaDBServer] = []  # every one ever started, to stop them all
+
+    def server(isolation: str) -> MariaDBServer:
+        if isolation in servers:
+            return servers[isolation]
+        if server_binaries() is None:
+            message = "MariaDB is not installed (apt-get install mariadb-server); the stress test needs it"
+            if MYSQL_REQUIRED:
+                pytest.fail(message)
+            pytest.skip(message)
+        candidate = MariaDBServer(tmp_path_factory.mktemp(f"mariadb-{isolation.lower()}"), isolation)
+        started.append(candidate)
+        candidate.start()
+        servers[isolation] = candidate
+        return candidate
+
+    yield server
+    for candidate in started:
+        candidate.stop()
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Launch]:
+    """Start gunicorn for an app directory and settings; every one started is stopped afterwards."""
+    started: list[Gunicorn] = []
+
+    def start(app_dir: Path, settings: dict[str, str]) -> Gunicorn:
+        failures = []
+        for _ in range(3):  # a new port if another process took the one we probed
+            server = Gunicorn(app_dir, settings, tmp_path, WORKERS, THREADS)
+            started.append(server)
+            try:
+                server.start()
+                return server
+            except RuntimeError as exc:
+                server.stop()
+                failures.append(str(exc))
+        raise RuntimeError("gunicorn would not start:\n" + "\n".join(failures))
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+database_numbers = itertools.count(1)
+
+
+def database_settings(config: str, mariadb: Callable[[str], MariaDBServer], tmp_path: Path) -> dict[str, str]:
+    """Settings for a fresh, empty database in the given configuration."""
+    isolation = CONFIGS[config]
+    if isolation is None:
+        return {"FLUXKART_SQLITE_PATH": str(tmp_path / "stress.db")}
+    server = mariadb(isolation)
+    name = f"fluxkart_stress_{next(database_numbers)}"
+    conn = server.connect()
+    with conn.cursor() as cur:
+        cur.execute("SELECT @@GLOBAL.tx_isolation")
+        (level,) = cur.fetchone()
+        assert level == isolation, f"the server runs at {level}, not {isolation}"
+        cur.execute(f"CREATE DATABASE `{name}`")
+    conn.close()
+    return server.settings(name)
+
+
+def read_rows(settings: dict[str, str]) -> list[dict[str, Any]]:
+    """Every Contact row, straight from the database."""
+    sql = (
+        "SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt, updatedAt, deletedAt "
+        "FROM Contact ORDER BY id"
+    )
+    if settings.get("MYSQL_HOST"):
+        conn = pymysql.connect(
+            host=settings["MYSQL_HOST"],
+            port=int(settings["MYSQL_PORT"]),
+            user=settings["MYSQL_USER"],
+            password=settings["MYSQL_PASSWORD"],
+            database=settings["MYSQL_DATABASE"],
+            cursorclass=pymysql.cursors.DictCursor,
+        )
+        with conn, conn.cursor() as cur:
+            cur.execute(sql)
+            return list(cur.fetchall())
+    conn = sqlite3.connect(settings["FLUXKART_SQLITE_PATH"])
+    try:
+        conn.row_factory = sqlite3.Row
+        return [dict(row) for row in conn.execute(sql)]  # createdAt as fixed-width text sorts correctly
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------
+# One stress run: serve, burst, stop, judge
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    config: str
+    burst: Burst
+    rows: list[dict[str, Any]]
+    violations: list[str]
+    retries: int  # "retrying identify transaction" lines in the logs
+    retry_reasons: dict[str, float]  # from /metrics, when the service exports it
+    outcomes: dict[str, float]  # identify outcomes (created, linked, merged, unchanged) from /metrics
+    log_errors: list[str]
+
+    def demoted(self) -> int:
+        """Secondaries changed after their creation: former primaries (or their rows) folded by a merge."""
+        return sum(
+            1
+            for row in self.rows
+            if row["linkPrecedence"] == "secondary" and row["updatedAt"] != row["createdAt"]
+        )
+
+    def five_xx(self) -> int:
+        return sum(1 for x in self.burst.exchanges if x.status is not None and x.status >= 500)
+
+    def summary(self) -> str:
+        burst = self.burst
+        kinds = dict(violation_kinds(self.violations)) or "none"
+        return (
+            f"{self.config}: {len(burst.exchanges)}/{burst.planned} requests from {CLIENTS} clients "
+            f"({WORKERS} workers x {THREADS} threads) in {burst.seconds:.1f}s "
+            f"({len(burst.exchanges) / max(burst.seconds, 1e-9):.0f}/s); statuses {dict(burst.statuses())}; "
+            f"5xx {self.five_xx()}; retries logged {self.retries} {self.retry_reasons or ''}; "
+            f"outcomes {self.outcomes or '?'}; {len(self.rows)} rows ({self.demoted()} relinked by merges); "
+            f"violations {kinds}"
+        )
+
+
+def is_error_line(line: str) -> bool:
+    """A traceback, or an ERROR/CRITICAL line of the service's JSON log or gunicorn's log."""
+    return any(mark in line for mark in ("Traceback", '"level": "ERROR"', '"level": "CRITICAL"', "[ERROR]"))
+
+
+def stress(config: str, app_dir: Path, settings: dict[str, str], launch: Launch, seed: int) -> Outcome:
+    """Serve app_dir under gunicorn, fire the burst, stop gunicorn, judge the stored state."""
+    server = launch(app_dir, settings)
+    try:
+        burst = run_burst(server.url, plan_burst(seed))
+        retry_reasons = server.metric("fluxkart_identify_retries")
+        outcomes = server.metric("fluxkart_identify_outcomes")
+    finally:
+        server.stop()
+    rows = read_rows(settings)
+    answered = burst.answered()
+    violations = check_invariants(rows, [x.request for x in answered])
+    violations += check_answers(rows, [(x.request, x.contact) for x in answered if x.contact is not None])
+    log = server.logs()
+    log_errors = [line for line in log.splitlines() if is_error_line(line)]
+    outcome = Outcome(
+        config, burst, rows, violations, log.count(RETRY_LINE), retry_reasons, outcomes, log_errors
+    )
+    print(outcome.summary())
+    return outcome
+
+
+@pytest.mark.stress
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_identify_stays_correct_under_concurrent_workers(
+    config: str, mariadb: Callable[[str], MariaDBServer], launch: Launch, tmp_path: Path
+) -> None:
+    """A few thousand colliding requests leave a sequentially explainable state and no 5xx."""
+    settings = database_settings(config, mariadb, tmp_path)
+    outcome = stress(config, SERVICE_DIR, settings, launch, seed=sum(map(ord, config)))
+    burst = outcome.burst
+    failed = [x for x in burst.exchanges if x.status != 200]
+    assert not burst.timed_out, f"the burst did not finish within {BURST_LIMIT_S}s: {outcome.summary()}"
+    assert len(burst.exchanges) == burst.planned, outcome.summary()
+    assert outcome.five_xx() == 0, outcome.summary()
+    assert not failed, f"{len(failed)} requests failed, e.g. {failed[:3]}"
+    assert not outcome.log_errors, "\n".join(outcome.log_errors[:20])
+    assert not outcome.violations, f"{outcome.summary()}\n" + "\n".join(outcome.violations[:40])
+    # Not vacuous: customers were created and merged while others linked to them.
+    assert outcome.demoted() > 0 and len(outcome.rows) > 100, outcome.summary()
+
+
+@pytest.mark.unlocked
+def test_the_burst_catches_races_without_the_locking(
+    mariadb: Callable[[str], MariaDBServer], launch: Launch, tmp_path: Path
+) -> None:
+    """The same burst against the service minus FOR UPDATE and the identifier rows finds damage."""
+    app_dir = build_unlocked_copy(tmp_path / "unlocked")
+    settings = database_settings("mariadb-read-committed", mariadb, tmp_path)
+    outcome = stress("unlocked mariadb-read-committed", app_dir, settings, launch, seed=7)
+    print("\n".join(["e.g.", *outcome.violations[:: max(1, len(outcome.violations) // 10)]]))
+    assert not outcome.burst.timed_out, outcome.summary()
+    assert outcome.violations, f"no violation found without the locking: {outcome.summary()}"
