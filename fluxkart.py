@@ -793,7 +793,12 @@ def require_token() -> None:
 
 def json_body() -> dict[str, Any]:
     """The request body as a JSON object, whatever the Content-Type says."""
-    raw = request.get_data(cache=False)
+    # Read to the end: a chunked body (no Content-Length) over MAX_CONTENT_LENGTH
+    # is refused (413) only when we try to read past the limit, not before.
+    chunks = []
+    while chunk := request.stream.read(16384):
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError) as exc:

@@ -1,0 +1,198 @@
+"""The named SQL in sql/: the dialects agree, every statement compiles, the hot ones use indexes.
+
+A typo in a statement that only runs on a rare path (a merge, say) fails here in seconds
+instead of in production. SQLite statements are compiled with EXPLAIN on an in-memory
+database; the MySQL dialect's own syntax (ON DUPLICATE KEY UPDATE, FOR UPDATE) does not
+parse on SQLite, so the MySQL statements are EXPLAINed on the session's MariaDB server.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+import pymysql.cursors
+import pytest
+
+from fluxkart import SQL_DIR, check_dialects_agree, load_queries, parse_queries, schema_statements
+from tests.mariadb import ExistingServer, MariaDBServer
+
+SQLITE_PARAM = re.compile(r"(?<!:):([A-Za-z_]\w*)")
+MYSQL_PARAM = re.compile(r"%\((\w+)\)s")
+SQLITE = load_queries("sqlite")
+MYSQL = load_queries("mysql")
+# The statements every identify runs, and the read endpoints' lookups.
+HOT = ["select_customer", "lock_primaries"]
+# Dummy values for EXPLAIN: numbers where the grammar wants one (LIMIT), else a string.
+NUMBERS = {"limit": 10, "after": 0, "id": 1, "primary_id": 1, "demoted_id": 2, "linked_id": 1}
+
+
+def statement_names(path: str) -> set[str]:
+    """The names a file under sql/ defines."""
+    return set(parse_queries((SQL_DIR / path).read_text()))
+
+
+def test_dialects_name_the_same_statements() -> None:
+    """sql/mysql and sql/sqlite define the same names, so both loaders expose the same set."""
+    assert statement_names("mysql/queries.sql") == statement_names("sqlite/queries.sql")
+    assert set(MYSQL) == set(SQLITE)
+    check_dialects_agree()  # the app's own start-up check agrees
+
+
+def test_sqlite_statements_are_rewritten() -> None:
+    """The loader leaves no PyMySQL placeholders and no FOR UPDATE in the SQLite statements."""
+    for name, sql in SQLITE.items():
+        assert "%(" not in sql, name
+        assert "FOR UPDATE" not in sql.upper(), name
+
+
+# --------------------------------------------------------------------------
+# SQLite: every statement compiles
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sqlite_db() -> Iterator[sqlite3.Connection]:
+    """An in-memory database with the schema applied twice (it must be idempotent)."""
+    conn = sqlite3.connect(":memory:")
+    for _ in range(2):
+        for statement in schema_statements("sqlite"):
+            conn.execute(statement)
+    yield conn
+    conn.close()
+
+
+@pytest.mark.parametrize("name", sorted(SQLITE))
+def test_statement_compiles_on_sqlite(sqlite_db: sqlite3.Connection, name: str) -> None:
+    """EXPLAIN prepares the statement without running it: syntax, tables and columns are checked."""
+    sql = SQLITE[name]
+    params = {param: NUMBERS.get(param, "x") for param in SQLITE_PARAM.findall(sql)}
+    sqlite_db.execute("EXPLAIN " + sql, params).fetchall()
+
+
+@pytest.mark.parametrize("name", HOT)
+def test_sqlite_plan_uses_the_identifier_indexes(sqlite_db: sqlite3.Connection, name: str) -> None:
+    """No full scan of Contact: matching by email and phone goes through their indexes."""
+    sql = SQLITE[name]
+    params = dict.fromkeys(SQLITE_PARAM.findall(sql), "x")
+    plan = [row[3] for row in sqlite_db.execute("EXPLAIN QUERY PLAN " + sql, params)]
+    assert any("USING INDEX Contact_email" in step for step in plan), plan
+    assert any("USING INDEX Contact_phoneNumber" in step for step in plan), plan
+    assert not [step for step in plan if re.match(r"SCAN (Contact|c)\b", step)], plan
+
+
+# --------------------------------------------------------------------------
+# MySQL: every statement compiles; the hot ones use indexes at a few thousand rows
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mysql_conn(
+    mysql_server: MariaDBServer | ExistingServer, mysql_database: str
+) -> Iterator[pymysql.connections.Connection]:
+    """A connection to a fresh database with the MySQL schema applied twice (idempotent)."""
+    conn = pymysql.connect(
+        **connect_args(mysql_server.settings(mysql_database)), cursorclass=pymysql.cursors.DictCursor
+    )
+    with conn.cursor() as cur:
+        for _ in range(2):
+            for statement in schema_statements("mysql"):
+                cur.execute(statement)
+    yield conn
+    conn.close()
+
+
+def connect_args(settings: dict[str, str]) -> dict[str, Any]:
+    """PyMySQL arguments for the app settings of a test database."""
+    return {
+        "host": settings["MYSQL_HOST"],
+        "port": int(settings["MYSQL_PORT"]),
+        "user": settings["MYSQL_USER"],
+        "password": settings["MYSQL_PASSWORD"],
+        "database": settings["MYSQL_DATABASE"],
+        "autocommit": True,
+    }
+
+
+def explain(conn: pymysql.connections.Connection, name: str, **values: Any) -> list[dict[str, Any]]:
+    """EXPLAIN a named MySQL statement; parameters not given get a dummy value."""
+    sql = MYSQL[name]
+    params = {param: values.get(param, NUMBERS.get(param, "x")) for param in MYSQL_PARAM.findall(sql)}
+    with conn.cursor() as cur:
+        cur.execute("EXPLAIN " + sql, params)
+        return list(cur.fetchall())
+
+
+@pytest.mark.parametrize("name", sorted(MYSQL))
+def test_statement_compiles_on_mysql(mysql_conn: pymysql.connections.Connection, name: str) -> None:
+    """MariaDB accepts EXPLAIN of every statement (SELECT, INSERT, UPDATE) as the app sends it."""
+    assert explain(mysql_conn, name, created_at="2024-01-01 00:00:00.000000", updated_at=None)
+
+
+def fill(conn: pymysql.connections.Connection, customers: int) -> None:
+    """`customers` customers of one primary and two secondaries each, then fresh statistics."""
+    rows = []
+    for n in range(customers):
+        primary_id = 3 * n + 1
+        created = f"2024-01-01 00:00:00.{n:06d}"
+        rows.append((primary_id, f"p{n}@x.io", f"{n}", None, "primary", created))
+        rows.append((primary_id + 1, f"s{n}@x.io", f"{n}", primary_id, "secondary", created))
+        rows.append((primary_id + 2, f"p{n}@x.io", f"9{n}", primary_id, "secondary", created))
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO Contact (id, email, phoneNumber, linkedId, linkPrecedence, createdAt, updatedAt)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            [(*row, row[-1]) for row in rows],
+        )
+        cur.execute("ANALYZE TABLE Contact")
+        cur.fetchall()
+
+
+@pytest.mark.parametrize("name", HOT)
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"email": "s500@x.io", "phone": "700"},
+        {"email": "p10@x.io", "phone": None},
+        {"email": None, "phone": "9123"},
+    ],
+    ids=["email and phone", "email only", "phone only"],
+)
+def test_mysql_plan_uses_indexes(
+    mysql_conn: pymysql.connections.Connection, name: str, values: dict[str, str | None]
+) -> None:
+    """At 3000 rows, no access to Contact is a full table scan (type ALL).
+
+    Under FOR UPDATE a scan would lock every row it reads; at a million rows it would also
+    be slow (STYLE "SQL": every column a query filters or locks on has an index).
+    """
+    fill(mysql_conn, 1000)
+    plan = explain(mysql_conn, name, **values)
+    contact_steps = [step for step in plan if step["table"] in ("Contact", "c")]
+    assert contact_steps, plan
+    scans = [step for step in contact_steps if step["type"] == "ALL"]
+    assert not scans, plan
+    used = {step["key"] for step in contact_steps}
+    if values["email"]:
+        assert "Contact_email" in used, plan
+    if values["phone"]:
+        assert "Contact_phoneNumber" in used, plan
+
+
+@pytest.mark.parametrize(
+    ("name", "values"),
+    [
+        ("relink_customer", {"primary_id": 1, "demoted_id": 4}),
+        ("touch_customer_identifiers", {"primary_id": 4}),
+        ("select_contact_by_id", {"id": 5}),
+    ],
+)
+def test_mysql_merge_statements_use_indexes(
+    mysql_conn: pymysql.connections.Connection, name: str, values: dict[str, int]
+) -> None:
+    """The merge's writes find a customer's rows by id and linkedId without scanning the table."""
+    fill(mysql_conn, 1000)
+    plan = explain(mysql_conn, name, **values)
+    assert not [step for step in plan if step["table"] == "Contact" and step["type"] == "ALL"], plan
