@@ -536,13 +536,11 @@ def apply_identify(db: Database, email: str | None, phone: str | None) -> tuple[
     """The SPEC's identify rules, inside one transaction.
 
     Lock protocol (README, "Concurrency"): 1. write the request's identifier
-    rows, in sorted order; 2. lock the primaries of the customers they belong
+    rows, email first; 2. lock the primaries of the customers they belong
     to and start over if one was demoted meanwhile; 3. read those customers,
     whose rows cannot change while we hold their primaries; 4. write.
     """
-    for kind, value in sorted([("email", email), ("phone", phone)]):
-        if value is not None:
-            db.run("touch_identifier", kind=kind, value=value)
+    db.run("touch_identifiers", email=email, phone=phone)
 
     primaries = db.all("lock_primaries", email=email, phone=phone)
     if any(row["linkPrecedence"] != "primary" or row["deletedAt"] is not None for row in primaries):

@@ -1,14 +1,22 @@
 -- MySQL/MariaDB spellings of the statements whose syntax differs from SQLite's.
 
--- name: touch_identifier
--- Creates this identifier's row, or bumps its version when it exists. Taken
--- first in every identify transaction, in sorted order: the row lock
--- serializes requests for the same identifier (the row exists even before any
--- contact carries it, so there is something to lock without gap locks), and
--- the version write makes two such requests conflict on a multi-primary
--- cluster, where row locks are local to one node.
+-- name: touch_identifiers
+-- Creates the row of each identifier the request carries (email, then phone:
+-- one fixed order), or bumps its version when it exists. Taken first in every
+-- identify transaction: the row lock serializes requests for the same
+-- identifier (the row exists even before any contact carries it, so there is
+-- something to lock without gap locks), and the version write makes two such
+-- requests conflict on a multi-primary cluster, where row locks are local to
+-- one node.
 INSERT INTO ContactIdentifier (kind, value, version)
-VALUES (%(kind)s, %(value)s, 1)
+SELECT kind, value, 1
+FROM (
+    SELECT 'email' AS kind, %(email)s AS value
+    UNION ALL
+    SELECT 'phone' AS kind, %(phone)s AS value
+) AS request
+WHERE value IS NOT NULL
+ORDER BY kind
 ON DUPLICATE KEY UPDATE version = version + 1
 
 -- name: touch_customer_identifiers

@@ -1,10 +1,17 @@
 -- SQLite spellings of the statements whose syntax differs from MySQL's. The
 -- comments in sql/mysql/queries.sql say why each exists.
 
--- name: touch_identifier
--- Creates this identifier's row, or bumps its version when it exists.
+-- name: touch_identifiers
+-- Creates the row of each identifier the request carries, or bumps its version.
 INSERT INTO ContactIdentifier (kind, value, version)
-VALUES (%(kind)s, %(value)s, 1)
+SELECT kind, value, 1
+FROM (
+    SELECT 'email' AS kind, %(email)s AS value
+    UNION ALL
+    SELECT 'phone' AS kind, %(phone)s AS value
+) AS request
+WHERE value IS NOT NULL
+ORDER BY kind
 ON CONFLICT (kind, value) DO UPDATE SET version = version + 1
 
 -- name: touch_customer_identifiers
