@@ -48,7 +48,7 @@ import pymysql
 import pymysql.cursors
 from dotenv import load_dotenv
 from flask import Flask, Response, current_app, g, has_request_context, jsonify, request, url_for
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 log = logging.getLogger("fluxkart")
 access_log = logging.getLogger("fluxkart.access")
@@ -423,7 +423,8 @@ def normalize_email(value: Any, field: str = "email") -> str | None:
     email = value.strip()
     if not email:
         return None
-    email = unicodedata.normalize("NFC", email).lower()
+    # NFC again after lower-casing: a few Greek capitals lower to a decomposed form.
+    email = unicodedata.normalize("NFC", unicodedata.normalize("NFC", email).lower())
     local, at, domain = email.partition("@")
     if (
         not at
@@ -731,8 +732,8 @@ def start_request() -> None:
 def finish_request(response: Response) -> Response:
     """Echo the request id, count the request, and write its access log line.
 
-    Only the path is logged, never the query string or body: they carry
-    customers' emails and phone numbers.
+    The query string and body are never logged, nor the path of a request that
+    matched no route: they can carry customers' emails and phone numbers.
     """
     elapsed = time.perf_counter() - g.get("started", time.perf_counter())
     route = request.url_rule.rule if request.url_rule else "unmatched"
@@ -741,7 +742,8 @@ def finish_request(response: Response) -> Response:
     HTTP_LATENCY.labels(request.method, route).observe(elapsed)
     fields = {
         "method": request.method,
-        "path": request.path,
+        "route": route,
+        "path": request.path if path_is_known() else None,
         "status": response.status_code,
         "duration_ms": round(elapsed * 1000, 2),
     }
@@ -750,6 +752,11 @@ def finish_request(response: Response) -> Response:
         fields["outcome"] = g.identify_outcome
     access_log.info("request", extra={"fields": fields})
     return response
+
+
+def path_is_known() -> bool:
+    """True when the path is one of our routes (maybe with another method), so it holds no identifier."""
+    return request.url_rule is not None or isinstance(request.routing_exception, MethodNotAllowed)
 
 
 def metrics_page() -> Response:

@@ -25,6 +25,7 @@ from werkzeug.serving import make_server
 
 from fluxkart import SETTINGS, create_app
 from tests.mariadb import ExistingServer, MariaDBServer, server_binaries
+from tests.openapi_check import check_app_answer
 
 MYSQL_REQUIRED = bool(os.environ.get("CI") or os.environ.get("FLUXKART_REQUIRE_MYSQL"))
 database_numbers = itertools.count(1)
@@ -112,6 +113,8 @@ class Api:
     def __init__(self, base_url: str):
         self.base_url = base_url
         self.session = requests.Session()
+        # Every answer the app gives any test must match openapi.json.
+        self.session.hooks["response"].append(check_app_answer)
 
     def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", 30)
