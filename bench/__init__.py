@@ -1,0 +1,1 @@
+"""The FluxKart Identity benchmark (not imported by the service). Run: .venv/bin/python bench/run.py"""

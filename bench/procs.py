@@ -1,0 +1,184 @@
+"""Processes the benchmark starts and watches: gunicorn, and CPU/memory read from /proc.
+
+CPU comes from /proc/<pid>/stat (utime + stime) read before and after a measured run,
+so it costs nothing while the run is going; the load generator's CPU comes from
+getrusage(RUSAGE_CHILDREN) around its wait (it has exited by then, so /proc has
+nothing left to read). Every process started here is in its own process group and is
+stopped by its own pid, group first politely, then by force.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import resource
+import signal
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds a live process has used so far; zeros when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0, 0.0
+    # The command name (field 2) may contain spaces: fields are counted after its ')'.
+    fields = text[text.rindex(")") + 2 :].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a live process has used so far; 0 when it is gone."""
+    return sum(cpu_times(pid))
+
+
+def total_cpu_seconds(pids: Iterable[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
+def total_system_seconds(pids: Iterable[int]) -> float:
+    """Kernel-mode CPU of these processes: syscalls, mostly socket reads and writes here."""
+    return sum(cpu_times(pid)[1] for pid in pids)
+
+
+def children_cpu_seconds() -> float:
+    """CPU of this process's children that have exited and been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every process on the machine has used (all cores), from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def child_pids(parent: int) -> list[int]:
+    """Direct children of a process (gunicorn's workers), from /proc/*/stat."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2 :].split()[1]) == parent:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def peak_rss_mib(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a live process, in MiB; 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+@dataclass
+class GunicornConfig:
+    """The three settings gunicorn.conf.py reads from the environment; None keeps its default."""
+
+    workers: int | None = None
+    threads: int | None = None
+    worker_class: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> GunicornConfig:
+        """'2:8:gthread', '4:1:sync', ':16:' (empty parts keep gunicorn.conf.py's default)."""
+        parts = (text.split(":") + ["", "", ""])[:3]
+        return cls(int(parts[0]) if parts[0] else None, int(parts[1]) if parts[1] else None, parts[2] or None)
+
+    def env(self) -> dict[str, str]:
+        values = {
+            "WEB_CONCURRENCY": self.workers,
+            "GUNICORN_THREADS": self.threads,
+            "GUNICORN_WORKER_CLASS": self.worker_class,
+        }
+        return {name: str(value) for name, value in values.items() if value is not None}
+
+    def label(self) -> str:
+        """What gunicorn will run, defaults resolved as gunicorn.conf.py resolves them."""
+        workers = self.workers or os.cpu_count() or 1
+        worker_class = self.worker_class or "gthread"
+        threads = self.threads or 8
+        if worker_class == "sync" and threads > 1:
+            worker_class = "gthread"  # what gunicorn itself does with sync and threads > 1
+        return f"{workers} {worker_class} workers" + (
+            f" x {threads} threads" if worker_class == "gthread" else ""
+        )
+
+
+class Gunicorn:
+    """gunicorn started exactly as the Procfile does, on 127.0.0.1, logging to a file."""
+
+    def __init__(self, repo: Path, app: str, port: int, env: dict[str, str], log_path: Path):
+        self.repo, self.app, self.port, self.env, self.log_path = repo, app, port, env, log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> None:
+        """Start the master and wait until every worker answers GET /health/live."""
+        env = {**os.environ, **self.env, "PORT": str(self.port), "HOST": "127.0.0.1"}
+        gunicorn = self.repo / ".venv" / "bin" / "gunicorn"
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [str(gunicorn), "-c", "gunicorn.conf.py", self.app],
+                cwd=self.repo,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop() reaches every worker
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited at start-up; see {self.log_path}")
+            if self.answers("/health/live") == 200:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"gunicorn did not answer within {timeout}s; see {self.log_path}")
+
+    def answers(self, path: str) -> int:
+        """Status of one GET, 0 when nothing answers."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            conn.request("GET", path)
+            return conn.getresponse().status
+        except OSError:
+            return 0
+        finally:
+            conn.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def worker_pids(self) -> list[int]:
+        return child_pids(self.pid)
+
+    def all_pids(self) -> list[int]:
+        return [self.pid, *self.worker_pids()]
+
+    def stop(self) -> None:
+        """SIGTERM (graceful), then SIGKILL to the whole group if it lingers."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
