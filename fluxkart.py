@@ -492,7 +492,11 @@ def primaries_of(rows: Iterable[Row]) -> list[Row]:
 
 
 def is_settled(rows: list[Row], email: str | None, phone: str | None) -> bool:
-    """True when the request would change nothing: one customer that has every identifier."""
+    """True when the request would change nothing: one customer that has every identifier.
+
+    `rows` is one customer's rows (select_customer). Each identifier belongs to
+    at most one customer, so if this one has them all, no other customer does.
+    """
     return (
         len(primaries_of(rows)) == 1
         and (email is None or any(row["email"] == email for row in rows))
@@ -551,7 +555,7 @@ def apply_identify(db: Database, email: str | None, phone: str | None) -> tuple[
     if not primaries:
         return customer_answer([insert_contact(db, email, phone, None, now)]), "created"
 
-    rows = db.all("select_customer", email=email, phone=phone)
+    rows = [row for p in primaries for row in db.all("select_customer_by_primary", primary_id=p["id"])]
     survivor, *demoted = oldest_first(primaries)
     for primary in demoted:
         db.run("touch_customer_identifiers", primary_id=primary["id"])
@@ -750,7 +754,14 @@ def finish_request(response: Response) -> Response:
     if "identify_outcome" in g:
         IDENTIFY_OUTCOMES.labels(g.identify_outcome).inc()
         fields["outcome"] = g.identify_outcome
-    access_log.info("request", extra={"fields": fields})
+    if access_log.isEnabledFor(logging.INFO):
+        # makeRecord + handle: Logger.info would also walk the stack for a
+        # caller we never print, on every request.
+        access_log.handle(
+            access_log.makeRecord(
+                access_log.name, logging.INFO, "", 0, "request", (), None, extra={"fields": fields}
+            )
+        )
     return response
 
 
@@ -882,7 +893,7 @@ def register_routes(app: Flask) -> None:
         email, phone = query_identifiers()
         if email is None and phone is None:
             raise ApiError(400, "missing_identifier", "give ?email= and/or ?phoneNumber=")
-        rows = run_retrying_reads(lambda db: db.all("select_customer", email=email, phone=phone))
+        rows = run_retrying_reads(lambda db: db.all("select_customers", email=email, phone=phone))
         if not rows:
             raise ApiError(404, "not_found", "no customer has this email or phone number")
         primaries = primaries_of(rows)

@@ -4,10 +4,35 @@
 -- sql/mysql/queries.sql and sql/sqlite/queries.sql under the same names.
 
 -- name: select_customer
--- Every live row of the customers that own this email or this phone number,
--- oldest first. One statement, so one consistent snapshot: the answer for a
--- repeat customer is read without a transaction or a lock. A NULL parameter
--- matches nothing (`email = NULL` is never true), which is what identify wants.
+-- Every live row of the customer that owns this email or this phone number
+-- (if two customers do, one of them: the caller then finds an identifier
+-- missing and takes the locked path). One statement, so one consistent
+-- snapshot: a repeat customer is answered from it without a transaction or a
+-- lock. Two index merges, no temporary table: the hot path's only query. A
+-- NULL parameter matches nothing (`email = NULL` is never true).
+SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt
+FROM Contact
+WHERE deletedAt IS NULL
+  AND (
+    id = (
+        SELECT COALESCE(linkedId, id)
+        FROM Contact
+        WHERE (email = %(email)s OR phoneNumber = %(phone)s)
+          AND deletedAt IS NULL
+        LIMIT 1
+    )
+    OR linkedId = (
+        SELECT COALESCE(linkedId, id)
+        FROM Contact
+        WHERE (email = %(email)s OR phoneNumber = %(phone)s)
+          AND deletedAt IS NULL
+        LIMIT 1
+    )
+  )
+
+-- name: select_customers
+-- Every live row of every customer that owns this email or this phone number,
+-- oldest first: the read-only lookup, which must see when there are two.
 WITH matched AS (
     SELECT COALESCE(linkedId, id) AS primaryId
     FROM Contact
@@ -29,6 +54,14 @@ FROM matched AS m
 JOIN Contact AS c ON c.linkedId = m.primaryId
 WHERE c.deletedAt IS NULL
 ORDER BY createdAt, id
+
+-- name: select_customer_by_primary
+-- Every live row of the customer with this primary. Inside identify's
+-- transaction, once the primary is locked, nobody else can change them.
+SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt
+FROM Contact
+WHERE (id = %(primary_id)s OR linkedId = %(primary_id)s)
+  AND deletedAt IS NULL
 
 -- name: lock_primaries
 -- Locks the primary row of each customer that owns this email or phone, so
