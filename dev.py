@@ -4,6 +4,7 @@
     python3 dev.py serve      # the service on http://127.0.0.1:3000 (embedded SQLite)
     python3 dev.py test       # the whole test suite (extra arguments go to pytest)
     python3 dev.py lint       # ruff and mypy, as CI runs them
+    python3 dev.py bench      # the benchmark (bench/README.md; needs wrk and mariadb-server)
 
 Each command first makes ./.venv and installs the pinned requirements into it
 (again only when a requirements file changed), then runs the tool from there.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -25,9 +27,10 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 
 def ensure_venv(requirements: str) -> None:
     """Create .venv and install `requirements` unless the same files are installed already."""
-    files = sorted(ROOT.glob("requirements*.txt"))
+    files = sorted([*ROOT.glob("requirements*.txt"), *ROOT.glob("bench/requirements.txt")])
     digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
-    stamp = VENV / f".installed-{requirements}-{digest}"
+    tag = requirements.replace("/", "-")
+    stamp = VENV / f".installed-{tag}-{digest}"
     if stamp.exists():
         return
     if not (BIN / "python").exists():
@@ -36,7 +39,7 @@ def ensure_venv(requirements: str) -> None:
     print(f"installing {requirements} into .venv ...", flush=True)
     pip = [str(BIN / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run([*pip, "-r", str(ROOT / requirements)], check=True)
-    for old in VENV.glob(f".installed-{requirements}-*"):
+    for old in VENV.glob(f".installed-{tag}-*"):
         old.unlink()
     stamp.touch()
 
@@ -67,6 +70,11 @@ def main(args: list[str]) -> int:
             ["mypy", "fluxkart.py"],
         ]
         return max(run([str(BIN / tool), *argv]) for tool, *argv in checks)
+    if command == "bench":
+        if not shutil.which("wrk"):
+            sys.exit("the benchmark drives load with wrk: apt-get install -y wrk mariadb-server")
+        ensure_venv("bench/requirements.txt")
+        return run([str(BIN / "python"), "bench/run.py", *rest])
     print(__doc__)
     return 0 if command in ("help", "-h", "--help") else 2
 
