@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pymysql
+import pymysql.cursors
 import pytest
 import requests
 from werkzeug.serving import make_server
@@ -147,32 +149,45 @@ def api(server: LiveServer) -> Iterator[Api]:
     client.session.close()
 
 
-def read_contacts(settings: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every Contact row straight from the database (not through the app), by id."""
-    sql = (
-        "SELECT id, phoneNumber, email, linkedId, linkPrecedence, createdAt, updatedAt, deletedAt "
-        "FROM Contact ORDER BY id"
-    )
-    if settings.get("MYSQL_HOST"):
-        import pymysql.cursors
+def run_sql(settings: dict[str, Any], sql: str, params: Any = (), many: bool = False) -> list[dict[str, Any]]:
+    """Run one statement on the test's database, bypassing the app; returns its rows as dicts.
 
+    `sql` uses %s placeholders (rewritten to ? for SQLite); `many` runs it once per
+    parameter tuple. SQLite timestamps come back as their stored text.
+    """
+    if settings.get("MYSQL_HOST"):
         conn = pymysql.connect(
             host=settings["MYSQL_HOST"],
             port=int(settings["MYSQL_PORT"]),
             user=settings["MYSQL_USER"],
             password=settings["MYSQL_PASSWORD"],
             database=settings["MYSQL_DATABASE"],
+            autocommit=True,
             cursorclass=pymysql.cursors.DictCursor,
         )
         with conn, conn.cursor() as cur:
-            cur.execute(sql)
+            if many:
+                cur.executemany(sql, params)
+            else:
+                cur.execute(sql, params)
             return list(cur.fetchall())
-    conn = sqlite3.connect(settings["FLUXKART_SQLITE_PATH"])
-    conn.row_factory = sqlite3.Row
-    with conn:
-        rows = [dict(row) for row in conn.execute(sql)]
-    conn.close()
-    return rows
+    db = sqlite3.connect(settings["FLUXKART_SQLITE_PATH"])
+    db.row_factory = sqlite3.Row
+    try:
+        with db:
+            run = db.executemany if many else db.execute
+            return [dict(row) for row in run(sql.replace("%s", "?"), params)]
+    finally:
+        db.close()
+
+
+def read_contacts(settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every Contact row straight from the database (not through the app), by id."""
+    return run_sql(
+        settings,
+        "SELECT id, phoneNumber, email, linkedId, linkPrecedence, createdAt, updatedAt, deletedAt "
+        "FROM Contact ORDER BY id",
+    )
 
 
 @pytest.fixture

@@ -38,7 +38,6 @@ import os
 import random
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -49,13 +48,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pymysql
-import pymysql.cursors
 import pytest
 import requests
 
 from fluxkart import SETTINGS
 from tests.checker import check_answers, check_invariants, violation_kinds
+from tests.conftest import read_contacts
 from tests.mariadb import MariaDBServer, free_port, server_binaries
 from tests.unlocked import SERVICE_DIR, build_unlocked_copy
 
@@ -395,32 +393,6 @@ def database_settings(config: str, mariadb: Callable[[str], MariaDBServer], tmp_
     return server.settings(name)
 
 
-def read_rows(settings: dict[str, str]) -> list[dict[str, Any]]:
-    """Every Contact row, straight from the database."""
-    sql = (
-        "SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt, updatedAt, deletedAt "
-        "FROM Contact ORDER BY id"
-    )
-    if settings.get("MYSQL_HOST"):
-        conn = pymysql.connect(
-            host=settings["MYSQL_HOST"],
-            port=int(settings["MYSQL_PORT"]),
-            user=settings["MYSQL_USER"],
-            password=settings["MYSQL_PASSWORD"],
-            database=settings["MYSQL_DATABASE"],
-            cursorclass=pymysql.cursors.DictCursor,
-        )
-        with conn, conn.cursor() as cur:
-            cur.execute(sql)
-            return list(cur.fetchall())
-    conn = sqlite3.connect(settings["FLUXKART_SQLITE_PATH"])
-    try:
-        conn.row_factory = sqlite3.Row
-        return [dict(row) for row in conn.execute(sql)]  # createdAt as fixed-width text sorts correctly
-    finally:
-        conn.close()
-
-
 # --------------------------------------------------------------------------
 # One stress run: serve, burst, stop, judge
 # --------------------------------------------------------------------------
@@ -475,7 +447,7 @@ def stress(config: str, app_dir: Path, settings: dict[str, str], launch: Launch,
         outcomes = server.metric("fluxkart_identify_outcomes")
     finally:
         server.stop()
-    rows = read_rows(settings)
+    rows = read_contacts(settings)
     answered = burst.answered()
     violations = check_invariants(rows, [x.request for x in answered])
     violations += check_answers(rows, [(x.request, x.contact) for x in answered if x.contact is not None])

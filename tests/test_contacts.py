@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-import pymysql
 import pytest
 import requests
 
-from tests.conftest import Api
+from tests.conftest import Api, run_sql
 
 LORRAINE = "lorraine@hillvalley.edu"
 MCFLY = "mcfly@hillvalley.edu"
@@ -55,22 +53,7 @@ def seed(
         "INSERT INTO Contact (email, phoneNumber, linkPrecedence, createdAt, updatedAt, deletedAt)"
         " VALUES (%s, %s, 'primary', %s, %s, %s)"
     )
-    if settings["MYSQL_HOST"]:
-        conn = pymysql.connect(
-            host=settings["MYSQL_HOST"],
-            port=int(settings["MYSQL_PORT"]),
-            user=settings["MYSQL_USER"],
-            password=settings["MYSQL_PASSWORD"],
-            database=settings["MYSQL_DATABASE"],
-            autocommit=True,
-        )
-        with conn, conn.cursor() as cur:
-            cur.executemany(sql, params)
-        return
-    db = sqlite3.connect(settings["FLUXKART_SQLITE_PATH"])
-    with db:
-        db.executemany(sql.replace("%s", "?"), params)
-    db.close()
+    run_sql(settings, sql, params, many=True)
 
 
 @pytest.fixture

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pymysql
 import pytest
 
-from tests.conftest import Api
+from tests.conftest import Api, run_sql
 
 Request = tuple[str | int | None, str | int | None]  # (email, phoneNumber) as sent
 Row = tuple[int, str | None, str | None, int | None, str]  # id, email, phone, linkedId, precedence
@@ -384,28 +383,6 @@ def test_new_rows_have_created_equal_updated(api: Api, contacts: Any) -> None:
 # --------------------------------------------------------------------------
 # Rows written straight into the database: "oldest" and deletedAt
 # --------------------------------------------------------------------------
-
-
-def run_sql(settings: dict[str, Any], sql: str, params: tuple[Any, ...] = ()) -> None:
-    """One statement on the test's database, bypassing the app (%s placeholders)."""
-    if settings["MYSQL_HOST"]:
-        conn = pymysql.connect(
-            host=settings["MYSQL_HOST"],
-            port=int(settings["MYSQL_PORT"]),
-            user=settings["MYSQL_USER"],
-            password=settings["MYSQL_PASSWORD"],
-            database=settings["MYSQL_DATABASE"],
-            autocommit=True,
-        )
-        with conn, conn.cursor() as cur:
-            cur.execute(sql, params)
-        return
-    import sqlite3
-
-    conn = sqlite3.connect(settings["FLUXKART_SQLITE_PATH"])
-    with conn:
-        conn.execute(sql.replace("%s", "?"), params)
-    conn.close()
 
 
 def stamp(moment: datetime) -> str:
