@@ -12,12 +12,13 @@ from __future__ import annotations
 import http.client
 import os
 import resource
-import signal
 import subprocess
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.processes import stop_process
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -174,11 +175,4 @@ class Gunicorn:
     def stop(self) -> None:
         """SIGTERM (graceful), then SIGKILL to the whole group if it lingers."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process(process, grace=20)

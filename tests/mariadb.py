@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pymysql
 
+from tests.processes import stop_process
+
 SERVER_NAMES = ("mariadbd", "mysqld")
 INSTALL_NAMES = ("mariadb-install-db", "mysql_install_db")
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
@@ -126,14 +128,8 @@ class MariaDBServer:
         raise RuntimeError(f"mariadbd did not answer within {timeout}s; see {self.base / 'server.log'}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+        process, self.process = self.process, None
+        stop_process(process, grace=30)
 
     def connect(self, database: str | None = None) -> pymysql.connections.Connection:
         return pymysql.connect(

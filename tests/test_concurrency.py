@@ -37,7 +37,6 @@ import itertools
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -55,6 +54,7 @@ from fluxkart import SETTINGS
 from tests.checker import check_answers, check_invariants, violation_kinds
 from tests.conftest import read_contacts
 from tests.mariadb import MariaDBServer, free_port, server_binaries
+from tests.processes import stop_process
 from tests.unlocked import SERVICE_DIR, build_unlocked_copy
 
 MYSQL_REQUIRED = bool(os.environ.get("CI") or os.environ.get("FLUXKART_REQUIRE_MYSQL"))
@@ -286,17 +286,7 @@ class Gunicorn:
     def stop(self) -> None:
         """SIGTERM (graceful), then SIGKILL to the whole process group if it lingers."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            process.wait(10)
+        stop_process(process)
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""

@@ -48,6 +48,7 @@ from fluxkart import SETTINGS
 from tests.checker import check_answers, check_invariants
 from tests.conftest import MYSQL_REQUIRED, read_contacts
 from tests.mariadb import MariaDBServer, free_port, server_binaries
+from tests.processes import stop_process
 
 pytestmark = pytest.mark.fault
 
@@ -135,19 +136,9 @@ class Gunicorn:
         return sorted(pids)
 
     def stop(self) -> None:
-        """SIGTERM (graceful), then SIGKILL to its own process group if it lingers."""
+        """SIGTERM (graceful), then SIGKILL to the whole process group if it lingers."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)  # the group gunicorn leads (start_new_session)
-            except ProcessLookupError:
-                pass
-            process.wait(10)
+        stop_process(process)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
