@@ -62,8 +62,9 @@ MYSQL_REQUIRED = bool(os.environ.get("CI") or os.environ.get("FLUXKART_REQUIRE_M
 # Load shape: 3 workers x 8 threads = 24 requests in the service at once, 32 clients
 # so the service always has a queue. Sized for a 2-core machine: each burst takes a
 # few seconds, all three locked configurations well under a minute.
-WORKERS = 3
-THREADS = 8
+# gunicorn as the tests run it: threads sharing connections' processes, and the
+# default of gunicorn.conf.py (sync workers, one request per process at a time).
+WORKER_CONFIGS = {"gthread-3x8": (3, 8, "gthread"), "sync-6": (6, 1, "sync")}
 CLIENTS = 32
 CYCLES = 12  # each: BARRIER_ROUNDS barrier rounds (of CLIENTS requests), then a stream round
 BARRIER_ROUNDS = 3
@@ -238,8 +239,9 @@ COMMAND = [
 class Gunicorn:
     """`gunicorn -c gunicorn.conf.py 'fluxkart:create_app()'` in `app_dir`, on a free port of 127.0.0.1."""
 
-    def __init__(self, app_dir: Path, settings: dict[str, str], log_dir: Path, workers: int, threads: int):
+    def __init__(self, app_dir: Path, settings: dict[str, str], log_dir: Path, workers: tuple[int, int, str]):
         self.app_dir = app_dir
+        self.workers = workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.stderr_path = log_dir / f"gunicorn-{self.port}.stderr"
@@ -252,9 +254,9 @@ class Gunicorn:
         self.env.update(
             PORT=str(self.port),
             HOST="127.0.0.1",
-            WEB_CONCURRENCY=str(workers),
-            GUNICORN_THREADS=str(threads),
-            GUNICORN_WORKER_CLASS="gthread",
+            WEB_CONCURRENCY=str(workers[0]),
+            GUNICORN_THREADS=str(workers[1]),
+            GUNICORN_WORKER_CLASS=workers[2],
             LOG_LEVEL="info",
         )
         self.process: subprocess.Popen[bytes] | None = None
@@ -312,7 +314,7 @@ class Gunicorn:
         return totals
 
 
-Launch = Callable[[Path, dict[str, str]], Gunicorn]
+Launch = Callable[[Path, dict[str, str], tuple[int, int, str]], Gunicorn]
 
 
 @pytest.fixture(scope="module")
@@ -345,10 +347,10 @@ def launch(tmp_path: Path) -> Iterator[Launch]:
     """Start gunicorn for an app directory and settings; every one started is stopped afterwards."""
     started: list[Gunicorn] = []
 
-    def start(app_dir: Path, settings: dict[str, str]) -> Gunicorn:
+    def start(app_dir: Path, settings: dict[str, str], workers: tuple[int, int, str]) -> Gunicorn:
         failures = []
         for _ in range(3):  # a new port if another process took the one we probed
-            server = Gunicorn(app_dir, settings, tmp_path, WORKERS, THREADS)
+            server = Gunicorn(app_dir, settings, tmp_path, workers)
             started.append(server)
             try:
                 server.start()
@@ -415,7 +417,7 @@ class Outcome:
         kinds = dict(violation_kinds(self.violations)) or "none"
         return (
             f"{self.config}: {len(burst.exchanges)}/{burst.planned} requests from {CLIENTS} clients "
-            f"({WORKERS} workers x {THREADS} threads) in {burst.seconds:.1f}s "
+            f"in {burst.seconds:.1f}s "
             f"({len(burst.exchanges) / max(burst.seconds, 1e-9):.0f}/s); statuses {dict(burst.statuses())}; "
             f"5xx {self.five_xx()}; retries logged {self.retries} {self.retry_reasons or ''}; "
             f"outcomes {self.outcomes or '?'}; {len(self.rows)} rows ({self.demoted()} relinked by merges); "
@@ -428,9 +430,16 @@ def is_error_line(line: str) -> bool:
     return any(mark in line for mark in ("Traceback", '"level": "ERROR"', '"level": "CRITICAL"', "[ERROR]"))
 
 
-def stress(config: str, app_dir: Path, settings: dict[str, str], launch: Launch, seed: int) -> Outcome:
+def stress(
+    config: str,
+    app_dir: Path,
+    settings: dict[str, str],
+    launch: Launch,
+    seed: int,
+    workers: tuple[int, int, str] = WORKER_CONFIGS["gthread-3x8"],
+) -> Outcome:
     """Serve app_dir under gunicorn, fire the burst, stop gunicorn, judge the stored state."""
-    server = launch(app_dir, settings)
+    server = launch(app_dir, settings, workers)
     try:
         burst = run_burst(server.url, plan_burst(seed))
         retry_reasons = server.metric("fluxkart_identify_retries")
@@ -451,13 +460,15 @@ def stress(config: str, app_dir: Path, settings: dict[str, str], launch: Launch,
 
 
 @pytest.mark.stress
+@pytest.mark.parametrize("workers", list(WORKER_CONFIGS))
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_identify_stays_correct_under_concurrent_workers(
-    config: str, mariadb: Callable[[str], MariaDBServer], launch: Launch, tmp_path: Path
+    config: str, workers: str, mariadb: Callable[[str], MariaDBServer], launch: Launch, tmp_path: Path
 ) -> None:
     """A few thousand colliding requests leave a sequentially explainable state and no 5xx."""
     settings = database_settings(config, mariadb, tmp_path)
-    outcome = stress(config, SERVICE_DIR, settings, launch, seed=sum(map(ord, config)))
+    label = f"{config}, {workers}"
+    outcome = stress(label, SERVICE_DIR, settings, launch, sum(map(ord, label)), WORKER_CONFIGS[workers])
     burst = outcome.burst
     failed = [x for x in burst.exchanges if x.status != 200]
     assert not burst.timed_out, f"the burst did not finish within {BURST_LIMIT_S}s: {outcome.summary()}"
