@@ -166,6 +166,8 @@ MYSQL_RETRY_CODES = {1205: "lock_wait_timeout", 1213: "deadlock", 1047: "node_no
 # retried: the server is down, and the client gets a 503 at once.
 MYSQL_CONNECTION_CODES = {2006, 2013, 2014, 2055}
 
+# Refusals of CREATE to a user without the privilege: table, database access denied.
+MYSQL_NO_CREATE_CODES = {1142, 1044}
 # Statements that wait on a lock give up after this long; the transaction is then retried.
 LOCK_WAIT_TIMEOUT_S = 5
 # A query that has not answered in this long means the server is in trouble.
@@ -251,13 +253,23 @@ class Database:
         return conn
 
     def ensure_schema(self, conn: Any) -> None:
-        """Create the tables if missing (idempotent, so safe on every new connection)."""
+        """Create the tables if missing (idempotent, so safe on every new connection).
+
+        A MySQL user without CREATE is refused even when the tables exist: then
+        an operator ran init-db with more rights, and we go on without it.
+        """
         for statement in self.schema:
-            if self.dialect == "mysql":
+            if self.dialect == "sqlite":
+                conn.execute(statement)
+                continue
+            try:
                 with conn.cursor() as cur:
                     cur.execute(statement)
-            else:
-                conn.execute(statement)
+            except (pymysql.err.OperationalError, pymysql.err.ProgrammingError) as exc:
+                if exc.args[0] not in MYSQL_NO_CREATE_CODES:
+                    raise
+                log.warning("no CREATE privilege; expecting the schema to exist (flask init-db)")
+                return
 
     def close(self) -> None:
         """Drop the connection; the next call opens a new one."""

@@ -16,7 +16,16 @@ from typing import Any
 import pymysql.cursors
 import pytest
 
-from fluxkart import SQL_DIR, check_dialects_agree, load_queries, parse_queries, schema_statements
+from fluxkart import (
+    SQL_DIR,
+    check_dialects_agree,
+    create_app,
+    get_db,
+    load_queries,
+    parse_queries,
+    schema_statements,
+)
+from tests.conftest import Api, LiveServer, blank_settings
 from tests.mariadb import ExistingServer, MariaDBServer
 
 SQLITE_PARAM = re.compile(r"(?<!:):([A-Za-z_]\w*)")
@@ -197,3 +206,30 @@ def test_mysql_merge_statements_use_indexes(
     fill(mysql_conn, 1000)
     plan = explain(mysql_conn, name, **values)
     assert not [step for step in plan if step["table"] == "Contact" and step["type"] == "ALL"], plan
+
+
+def test_a_user_without_create_privilege_runs_on_an_existing_schema(
+    mysql_server: MariaDBServer | ExistingServer, mysql_database: str
+) -> None:
+    """README "Production": the service's user needs only SELECT, INSERT, UPDATE once init-db ran."""
+    root_settings = {**blank_settings(), **mysql_server.settings(mysql_database)}
+    with create_app(root_settings).app_context():
+        get_db().connect()  # what `flask init-db` does, with root's rights
+    user = f"fluxkart_svc_{mysql_database[-12:]}"
+    conn = mysql_server.connect()
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'")
+        cur.execute(f"GRANT SELECT, INSERT, UPDATE ON `{mysql_database}`.* TO '{user}'@'%'")
+    try:
+        live = LiveServer(create_app({**root_settings, "MYSQL_USER": user, "MYSQL_PASSWORD": "pw"}))
+        try:
+            api = Api(live.url)
+            assert api.identify("least@privilege.io", "1")["secondaryContactIds"] == []
+            assert api.identify("least@privilege.io", "2")["phoneNumbers"] == ["1", "2"]
+            api.session.close()
+        finally:
+            live.close()
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP USER '{user}'@'%'")
+        conn.close()
