@@ -909,6 +909,14 @@ def register_routes(app: Flask) -> None:
         if not rows:
             raise ApiError(404, "not_found", "no customer has this email or phone number")
         primaries = primaries_of(rows)
+        if not primaries:
+            # Only data written behind the service's back (a secondary whose primary
+            # is missing or itself a secondary) reads like this.
+            raise ApiError(
+                409,
+                "inconsistent_customer",
+                "this customer's stored rows have no primary; they were not written by this service",
+            )
         if len(primaries) > 1:
             ids = ", ".join(str(row["id"]) for row in oldest_first(primaries))
             raise ApiError(

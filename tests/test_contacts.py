@@ -317,6 +317,24 @@ def test_lookup_of_two_customers_is_a_conflict(api: Api, contacts: Any, family: 
     assert contacts() == before
 
 
+def test_lookup_of_rows_without_a_primary_is_a_conflict_not_a_crash(
+    api: Api, settings: dict[str, Any]
+) -> None:
+    """Rows written behind the service's back (a chain, as buggy implementations leave) get 409, not 500."""
+    assert api.get("/health/ready").status_code == 200  # the app creates the schema
+    created = "2024-01-01 00:00:00.000001"
+    run_sql(
+        settings,
+        "INSERT INTO Contact (id, email, phoneNumber, linkedId, linkPrecedence, createdAt, updatedAt)"
+        " VALUES (%s, %s, %s, %s, 'secondary', %s, %s)",
+        [(7, "chain@x.io", "70", 8, created, created), (8, "link@x.io", "80", 9, created, created)],
+        many=True,
+    )
+    response = api.get("/customers", params={"email": "chain@x.io"})
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "inconsistent_customer"
+
+
 def test_lookup_after_a_merge(api: Api, contacts: Any) -> None:
     """After identify merged two customers, the lookup by either side's identifiers finds the survivor."""
     api.identify(GEORGE, "919191")
