@@ -33,6 +33,15 @@ MYSQL_REQUIRED = bool(os.environ.get("CI") or os.environ.get("FLUXKART_REQUIRE_M
 database_numbers = itertools.count(1)
 
 
+def require_mariadb(who: str) -> None:
+    """Skip (locally) or fail (in CI) when the MariaDB binaries are not installed."""
+    if server_binaries() is None:
+        message = f"MariaDB is not installed (apt-get install mariadb-server); {who} need it"
+        if MYSQL_REQUIRED:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 def blank_settings() -> dict[str, Any]:
     """Every setting explicitly empty, so no developer .env or environment leaks in."""
     return {name: "" for name in SETTINGS}
@@ -44,11 +53,7 @@ def mysql_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDBSe
     if os.environ.get("FLUXKART_TEST_MYSQL_HOST"):
         yield ExistingServer()
         return
-    if server_binaries() is None:
-        message = "MariaDB is not installed (apt-get install mariadb-server); MySQL tests need it"
-        if MYSQL_REQUIRED:
-            pytest.fail(message)
-        pytest.skip(message)
+    require_mariadb("the MySQL tests")
     server = MariaDBServer(tmp_path_factory.mktemp("mariadb"))
     server.start()
     yield server

@@ -52,12 +52,10 @@ import requests
 
 from fluxkart import SETTINGS
 from tests.checker import check_answers, check_invariants, violation_kinds
-from tests.conftest import read_contacts
-from tests.mariadb import MariaDBServer, free_port, server_binaries
+from tests.conftest import read_contacts, require_mariadb
+from tests.mariadb import MariaDBServer, free_port
 from tests.processes import stop_process
 from tests.unlocked import SERVICE_DIR, build_unlocked_copy
-
-MYSQL_REQUIRED = bool(os.environ.get("CI") or os.environ.get("FLUXKART_REQUIRE_MYSQL"))
 
 # Load shape: 3 workers x 8 threads = 24 requests in the service at once, 32 clients
 # so the service always has a queue. Sized for a 2-core machine: each burst takes a
@@ -326,11 +324,7 @@ def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str]
     def server(isolation: str) -> MariaDBServer:
         if isolation in servers:
             return servers[isolation]
-        if server_binaries() is None:
-            message = "MariaDB is not installed (apt-get install mariadb-server); the stress test needs it"
-            if MYSQL_REQUIRED:
-                pytest.fail(message)
-            pytest.skip(message)
+        require_mariadb("the stress tests")
         candidate = MariaDBServer(tmp_path_factory.mktemp(f"mariadb-{isolation.lower()}"), isolation)
         started.append(candidate)
         candidate.start()

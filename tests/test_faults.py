@@ -46,8 +46,8 @@ import requests
 
 from fluxkart import SETTINGS
 from tests.checker import check_answers, check_invariants
-from tests.conftest import MYSQL_REQUIRED, read_contacts
-from tests.mariadb import MariaDBServer, free_port, server_binaries
+from tests.conftest import read_contacts, require_mariadb
+from tests.mariadb import MariaDBServer, free_port
 from tests.processes import stop_process
 
 pytestmark = pytest.mark.fault
@@ -165,11 +165,7 @@ def gunicorn(tmp_path: Path) -> Iterator[Any]:
 @pytest.fixture
 def own_mariadb(tmp_path: Path) -> Iterator[MariaDBServer]:
     """A mariadbd this test may stop and start; always stopped at the end."""
-    if server_binaries() is None:
-        message = "MariaDB is not installed (apt-get install mariadb-server); the fault tests need it"
-        if MYSQL_REQUIRED:
-            pytest.fail(message)
-        pytest.skip(message)
+    require_mariadb("the fault tests")
     base = tmp_path / "mariadb"
     base.mkdir()
     server = MariaDBServer(base)
