@@ -14,6 +14,8 @@ suite can run beside other services on a shared host.
 
 `gunicorn(settings, ...)` starts the service under gunicorn as the Procfile does
 (tests/processes.py's Gunicorn); every one a test starts is stopped after it.
+With FLUXKART_TEST_APP_DIR set it serves the copy of the service in that folder
+(tests/mutants.py uses this to show that the fault tests kill a mutant).
 """
 
 from __future__ import annotations
@@ -248,9 +250,11 @@ def gunicorn(tmp_path: Path) -> Iterator[Any]:
         workers: int = 2,
         threads: int = 4,
         worker_class: str = "gthread",
-        app_dir: Path = SERVICE_DIR,
+        app_dir: Path | None = None,
         ready_path: str = "/health/live",
     ) -> Gunicorn:
+        # FLUXKART_TEST_APP_DIR serves a copy of the service instead (tests/mutants.py's mutants).
+        app_dir = app_dir or Path(os.environ.get("FLUXKART_TEST_APP_DIR") or SERVICE_DIR)
         failures = []
         for _ in range(3):
             port = free_port()
