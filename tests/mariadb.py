@@ -91,19 +91,24 @@ class MariaDBServer(Server):
         self.process: subprocess.Popen[bytes] | None = None
 
     def install(self) -> None:
-        subprocess.run(
-            [
-                self.install_bin,
-                "--no-defaults",
-                f"--datadir={self.datadir}",
-                "--user=root",
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
+        """Create the data directory (its output goes to install.log, quoted when it fails)."""
+        log_path = self.base / "install.log"
+        with open(log_path, "ab") as log:
+            result = subprocess.run(
+                [
+                    self.install_bin,
+                    "--no-defaults",
+                    f"--datadir={self.datadir}",
+                    "--user=root",
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        if result.returncode != 0:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{self.install_bin} failed ({result.returncode}):\n{tail}")
 
     def start(self, timeout: float = 30) -> None:
         """Start mariadbd; on a port another process grabbed meanwhile, try a new port."""

@@ -14,8 +14,8 @@ Each answer is checked against openapi.json and classified (created, linked,
 merged) from its contents. Around each fault the test asserts:
 
 - writes of all three kinds were answered in the second before the fault (the
-  test waits for that before it strikes) and again after recovery, including a
-  merge of two customers created before the fault;
+  test waits for that, then strikes: takes its lock, then kills) and again after
+  recovery, including a merge of two customers created before the fault;
 - one identify transaction is open on the victim when it dies: the test holds a
   row lock from its own SQL connection so that a request blocks inside its
   transaction (MySQL: in its FOR UPDATE, after its first writes), checks that it
@@ -528,9 +528,9 @@ def test_database_dies_under_writes(
     held = HeldRequest(service.url, settings, f"db-{how}")
     with Traffic(service.url, clients=4, seed=7) as traffic:
         traffic.wait_writing()
-        held.hold()
-        struck = time.monotonic()
+        struck = time.monotonic()  # the fault starts with the held lock
         writes_before = traffic.kinds_between(struck - 1, struck)
+        held.hold()
         own_mariadb.stop() if how == "stop" else crash(own_mariadb)
         down = time.monotonic()  # from here the server is gone
         victim = held.release()
@@ -613,10 +613,11 @@ def test_worker_killed_mid_request(
             held = HeldRequest(service.url, settings, f"kill-{backend}-{number}")
             helds.append(held)
             traffic.wait_writing()
+            struck = time.monotonic()  # the fault starts with the held lock (on SQLite it stops every write)
+            assert traffic.kinds_between(struck - 1, struck) >= set(KINDS)
             held.hold()
             victim = held.worker(service)
             killed = time.monotonic()
-            assert traffic.kinds_between(killed - 1, killed) >= set(KINDS)
             os.kill(victim, signal.SIGKILL)  # a worker of the gunicorn this test started
             victims.append(held.release())
             wait_for_workers(service, 2, gone=victim)
