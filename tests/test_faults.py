@@ -432,7 +432,7 @@ class HeldRequest:
         if self.settings.get("MYSQL_HOST"):
             self.wait_for_lock_wait()
 
-    def wait_for_lock_wait(self, limit: float = 4) -> None:
+    def wait_for_lock_wait(self, limit: float = 10) -> None:
         """Until a transaction waits for the lock we hold (the request, inside identify's transaction)."""
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
@@ -445,7 +445,7 @@ class HeldRequest:
                 (waiting,) = cur.fetchone()
             if waiting:
                 return
-            time.sleep(0.02)
+            time.sleep(0.15)  # InnoDB refreshes its information_schema snapshot only when unread for 0.1 s
         raise AssertionError("the held request never waited inside a transaction")
 
     def send(self) -> None:

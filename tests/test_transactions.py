@@ -113,11 +113,12 @@ class HeldLock:
             (count,) = cur.fetchone()
         return int(count)
 
-    def wait_for_a_waiter(self, limit: float = 4) -> None:
+    def wait_for_a_waiter(self, limit: float = 10) -> None:
         deadline = time.monotonic() + limit
         while self.waiters() == 0:
             assert time.monotonic() < deadline, "no request came to wait for the held lock"
-            time.sleep(0.02)
+            # InnoDB refreshes its information_schema snapshot only when unread for 0.1 s.
+            time.sleep(0.15)
 
     def release(self) -> None:
         self.conn.rollback()
@@ -154,6 +155,16 @@ def test_unrelated_customers_do_not_wait(api: Api, settings: dict[str, Any]) -> 
     """One customer's primary locked and a request for it waiting: another customer is answered meanwhile."""
     waiting_for = api.identify("locked@x.org", "2000")["primaryContactId"]
     other = api.identify("free@x.org", "3000")["primaryContactId"]
+    # A table of realistic shape: on a handful of rows the optimizer reads Contact by a full
+    # scan, and a locking read then waits for every locked row it passes (see docs/testing.md).
+    run_sql(
+        settings,
+        "INSERT INTO Contact (email, phoneNumber, linkPrecedence, createdAt, updatedAt)"
+        " VALUES (%s, %s, 'primary', %s, %s)",
+        [(f"other{n}@x.org", f"5{n:05d}", "2024-01-01 00:00:00", "2024-01-01 00:00:00") for n in range(300)],
+        many=True,
+    )
+    run_sql(settings, "ANALYZE TABLE Contact")
     lock = HeldLock(settings, waiting_for)
     blocked: dict[str, Any] = {}
 
