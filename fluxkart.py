@@ -398,13 +398,14 @@ def connect_mysql(settings: dict[str, Any]) -> Any:
         cur.execute("SELECT @@log_bin AS log_bin, @@binlog_format AS binlog_format")
         server = cur.fetchone()
         if server["log_bin"] and server["binlog_format"] == "STATEMENT":
-            # READ COMMITTED writes cannot be logged as statements; ROW can be set per
-            # session by a user with BINLOG ADMIN. Without it, the 1665 that follows
-            # on the first write is reported as a setting to fix.
+            # READ COMMITTED writes cannot be logged as statements (error 1665 on the
+            # first write); ROW can be set per session by a user with BINLOG ADMIN.
+            # Without it no write can succeed: say so now, so readiness fails too.
             try:
                 cur.execute("SET SESSION binlog_format = 'ROW'")
-            except pymysql.err.MySQLError:
-                pass
+            except pymysql.err.MySQLError as exc:
+                conn.close()
+                raise DatabaseMisconfigured(f"MySQL error 1665: {MYSQL_SETTING_ERRORS[1665]}") from exc
         cur.execute("SHOW VARIABLES LIKE 'wsrep_on'")
         wsrep = cur.fetchone()
         if wsrep and wsrep["Value"] == "ON":
