@@ -36,6 +36,7 @@ import time
 import unicodedata
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,6 +49,7 @@ import pymysql
 import pymysql.cursors
 from dotenv import load_dotenv
 from flask import Flask, Response, current_app, g, has_request_context, jsonify, request, url_for
+from flask.cli import with_appcontext
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 log = logging.getLogger("fluxkart")
@@ -116,6 +118,9 @@ def load_queries(dialect: str) -> dict[str, str]:
     """Portable statements plus the dialect's own, in the dialect's parameter style."""
     queries = parse_queries((SQL_DIR / "contacts.sql").read_text())
     queries.update(parse_queries((SQL_DIR / dialect / "queries.sql").read_text()))
+    # The migrate command's statements (fills both dialects share, then the dialect's DDL).
+    queries.update(parse_queries((SQL_DIR / "migrate.sql").read_text()))
+    queries.update(parse_queries((SQL_DIR / dialect / "migrate.sql").read_text()))
     if dialect == "sqlite":
         # sqlite3 binds :name; it has no row locks (BEGIN IMMEDIATE is the lock).
         queries = {
@@ -196,6 +201,10 @@ class Database:
         self.schema = schema
         self.dialect = "mysql" if uses_mysql(settings) else "sqlite"
         self.conn: Any = None
+        # migrate turns these off before connecting: it inspects the tables
+        # before creating any, and its ALTERs run far longer than a request.
+        self.create_schema = True
+        self.read_timeout: float | None = MYSQL_READ_TIMEOUT_S
 
     # -- connecting ------------------------------------------------------
 
@@ -215,7 +224,7 @@ class Database:
             charset="utf8mb4",
             autocommit=True,
             connect_timeout=5,
-            read_timeout=MYSQL_READ_TIMEOUT_S,
+            read_timeout=self.read_timeout,
             write_timeout=MYSQL_READ_TIMEOUT_S,
             cursorclass=pymysql.cursors.DictCursor,
         )
@@ -234,7 +243,8 @@ class Database:
             # reads seeing every committed row, whatever the server default is.
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
             cur.execute("SET time_zone = '+00:00', innodb_lock_wait_timeout = %s", (LOCK_WAIT_TIMEOUT_S,))
-        self.ensure_schema(conn)
+        if self.create_schema:
+            self.ensure_schema(conn)
         return conn
 
     def connect_sqlite(self) -> sqlite3.Connection:
@@ -249,7 +259,8 @@ class Database:
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode = WAL")  # readers never wait for the writer
         conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe with WAL
-        self.ensure_schema(conn)
+        if self.create_schema:
+            self.ensure_schema(conn)
         return conn
 
     def ensure_schema(self, conn: Any) -> None:
@@ -973,6 +984,465 @@ def run_retrying_reads(work: Callable[[Database], T]) -> T:
 
 
 # --------------------------------------------------------------------------
+# Migrate: bring an existing Contact table to this schema (SPEC, "Commands")
+# --------------------------------------------------------------------------
+
+# Contact's columns as information_schema describes a table that
+# sql/mysql/schema.sql created: name -> (type, nullable, collation, extra).
+# tests/test_migrate.py checks this against such a table.
+MYSQL_CONTACT_COLUMNS: dict[str, tuple[str, str, str | None, str]] = {
+    "id": ("int", "NO", None, "auto_increment"),
+    "phoneNumber": ("varchar(32)", "YES", "utf8mb4_bin", ""),
+    "email": ("varchar(255)", "YES", "utf8mb4_bin", ""),
+    "linkedId": ("int", "YES", None, ""),
+    "linkPrecedence": ("enum('primary','secondary')", "NO", "utf8mb4_bin", ""),
+    "createdAt": ("datetime(6)", "NO", None, ""),
+    "updatedAt": ("datetime(6)", "NO", None, ""),
+    "deletedAt": ("datetime(6)", "YES", None, ""),
+}
+MYSQL_CONTACT_ENGINE = "InnoDB"
+MYSQL_CONTACT_COLLATION = "utf8mb4_bin"
+# The service's indexes on Contact (both dialects): name -> (column, the
+# statement adding it on MySQL, the index the replaced implementation's
+# `run.sh --indexes` made on that column, the statement renaming that one).
+CONTACT_INDEXES = {
+    "Contact_email": ("email", "add_contact_email_index", "idx_email", "rename_legacy_email_index"),
+    "Contact_phoneNumber": (
+        "phoneNumber",
+        "add_contact_phone_index",
+        "idx_phoneNumber",
+        "rename_legacy_phone_index",
+    ),
+    "Contact_linkedId": (
+        "linkedId",
+        "add_contact_linked_id_index",
+        "idx_linkedId",
+        "rename_legacy_linked_id_index",
+    ),
+}
+# How many of the rows that would lose data migrate names (it also says how many there are).
+MIGRATE_REFUSAL_LIST = 50
+# How long migrate's ALTERs wait for Contact's metadata lock before giving up.
+MIGRATE_LOCK_WAIT_S = 10
+INT_DISPLAY_WIDTH = re.compile(r"^(tinyint|smallint|mediumint|int|bigint)\(\d+\)")
+CREATE_TABLE_NAME = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+)", re.IGNORECASE)
+CREATE_INDEX_NAME = re.compile(r"^CREATE INDEX IF NOT EXISTS (\w+)", re.IGNORECASE)
+
+
+@dataclass
+class MigrationStep:
+    """One change migrate makes: what changes, what it rewrites or locks, and how."""
+
+    change: str
+    locking: str
+    run: Callable[[Database], None]
+    details: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MigrationPlan:
+    """Everything migrate would do to this database, decided before it changes anything."""
+
+    dialect: str
+    server: str
+    contact_rows: int = 0
+    steps: list[MigrationStep] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    # Rows holding a value the new columns cannot hold: the first few, and how many in all.
+    unconvertible: list[Row] = field(default_factory=list)
+    unconvertible_total: int = 0
+
+
+def schema_names(schema: list[str], pattern: re.Pattern[str]) -> list[str]:
+    """The tables (or indexes) the schema's statements create, in file order."""
+    return [m.group(1) for statement in schema if (m := pattern.match(statement))]
+
+
+def plan_migration(db: Database) -> MigrationPlan:
+    """Inspect the database and decide every step migrate takes (changes nothing).
+
+    Out: the plan, whose `unconvertible` rows (when any) mean migrate must refuse.
+    Errors: DatabaseUnavailable / RetryTransaction from the driver; ClickException
+    when Contact lacks a column the service needs (not a table migrate knows).
+    """
+    version = db.one("select_server_version")
+    plan = MigrationPlan(db.dialect, str(version["version"] if version else "?"))
+    tables = {str(row["name"]) for row in db.all("select_table_names")}
+    state: dict[str, str] = {}
+    if "ServiceState" in tables:
+        state = {row["name"]: row["value"] for row in db.all("select_service_state")}
+    if "Contact" in tables:
+        unconvertible = db.all("select_unconvertible_contacts", limit=MIGRATE_REFUSAL_LIST)
+        if unconvertible:
+            plan.unconvertible = unconvertible
+            plan.unconvertible_total = int(unconvertible[0]["total"])
+            return plan
+        plan_fills(db, plan)
+        if db.dialect == "mysql":
+            plan_mysql_contact(db, plan)
+        else:
+            plan_sqlite_contact(db, plan, "sqlite_sequence" in tables)
+    plan_schema(db, plan, tables)
+    plan_service_state(plan, state, adopting="Contact" in tables and state.get("schema") != "2")
+    return plan
+
+
+def plan_fills(db: Database, plan: MigrationPlan) -> None:
+    """Steps filling the NULLs a legacy table holds where the service's columns are NOT NULL."""
+    counts = db.one("count_migrate_fills") or {}
+    plan.contact_rows = int(counts.get("contact_rows") or 0)
+    locking = "UPDATE: locks only the rows it changes, until it commits; no rewrite"
+    if int(counts.get("missing_link_precedence") or 0):
+        plan.steps.append(
+            MigrationStep(
+                f"fill linkPrecedence on {counts['missing_link_precedence']:,} rows that have none: "
+                "'secondary' where linkedId is set, else 'primary'",
+                locking,
+                run_named("fill_link_precedence"),
+            )
+        )
+    if int(counts.get("missing_created_at") or 0):
+        earliest = (db.one("select_earliest_created_at") or {}).get("earliest") or utcnow()
+        plan.steps.append(
+            MigrationStep(
+                f"fill createdAt on {counts['missing_created_at']:,} rows that have none: their "
+                f"updatedAt, else their deletedAt, else the oldest createdAt in the table ({earliest})",
+                locking,
+                run_named("fill_created_at", earliest=earliest),
+            )
+        )
+    if int(counts.get("missing_updated_at") or 0):
+        plan.steps.append(
+            MigrationStep(
+                f"fill updatedAt on {counts['missing_updated_at']:,} rows that have none: their createdAt",
+                locking,
+                run_named("fill_updated_at"),
+            )
+        )
+
+
+def run_named(*names: str, **params: Any) -> Callable[[Database], None]:
+    """A step that runs these named statements in order."""
+
+    def run(db: Database) -> None:
+        for name in names:
+            db.run(name, **params)
+
+    return run
+
+
+def describe_mysql_column(column: tuple[str, str, str | None, str]) -> str:
+    """'varchar(32) utf8mb4_bin NULL' for the plan."""
+    kind, nullable, collation, extra = column
+    words = [kind, collation or "", "NULL" if nullable == "YES" else "NOT NULL", extra]
+    return " ".join(word for word in words if word)
+
+
+def plan_mysql_contact(db: Database, plan: MigrationPlan) -> None:
+    """Steps bringing Contact's columns, table options and indexes to sql/mysql/schema.sql's."""
+    actual = {}
+    for row in db.all("select_contact_columns"):
+        kind = INT_DISPLAY_WIDTH.sub(r"\1", str(row["type"]).lower())  # MariaDB says int(11), MySQL 8 int
+        extra = "auto_increment" if "auto_increment" in str(row["extra"] or "").lower() else ""
+        actual[str(row["name"])] = (kind, str(row["nullable"]), row["collation"], extra)
+    missing = [name for name in MYSQL_CONTACT_COLUMNS if name not in actual]
+    if missing:
+        raise click.ClickException(
+            f"Contact has no column {', '.join(missing)}: it is not a table migrate knows how to adopt"
+        )
+    changes = [
+        f"{name}: {describe_mysql_column(actual[name])} -> {describe_mysql_column(target)}"
+        for name, target in MYSQL_CONTACT_COLUMNS.items()
+        if actual[name] != target
+    ]
+    plan.notes += [
+        f"column {name} is not the service's: left as it is"
+        for name in actual
+        if name not in MYSQL_CONTACT_COLUMNS
+    ]
+    table = db.one("select_contact_table") or {}
+    if table.get("engine") != MYSQL_CONTACT_ENGINE:
+        changes.append(f"storage engine: {table.get('engine')} -> {MYSQL_CONTACT_ENGINE}")
+    if changes:
+        if table.get("collation") != MYSQL_CONTACT_COLLATION:
+            changes.append(f"table default collation: {table.get('collation')} -> {MYSQL_CONTACT_COLLATION}")
+        plan.steps.append(
+            MigrationStep(
+                "convert Contact's columns to the service's types and collations (identifiers compare "
+                "byte for byte from now on; repair re-links what the old collation joined)",
+                "rewrites the table: ALGORITHM=COPY, LOCK=SHARED (reads go on; writes wait until it ends)",
+                run_named("convert_contact_columns"),
+                changes,
+            )
+        )
+    elif table.get("collation") != MYSQL_CONTACT_COLLATION:
+        plan.steps.append(
+            MigrationStep(
+                f"set Contact's default collation: {table.get('collation')} -> {MYSQL_CONTACT_COLLATION}",
+                "metadata only: ALGORITHM=INSTANT, LOCK=NONE",
+                run_named("set_contact_default_collation"),
+            )
+        )
+    indexes = {str(row["name"]): str(row["column_list"]) for row in db.all("select_contact_indexes")}
+    known = {"PRIMARY", *CONTACT_INDEXES}
+    for name, (column, add, legacy, rename) in CONTACT_INDEXES.items():
+        if indexes.get(name) == column:
+            continue
+        if indexes.get(legacy) == column and name not in indexes:
+            known.add(legacy)
+            plan.steps.append(
+                MigrationStep(
+                    f"rename index {legacy} on {column} to {name}",
+                    "metadata only: ALGORITHM=INSTANT, LOCK=NONE",
+                    run_named(rename),
+                )
+            )
+        else:
+            plan.steps.append(
+                MigrationStep(
+                    f"add index {name} on {column}",
+                    "builds the index without rewriting the table: ALGORITHM=INPLACE, LOCK=NONE "
+                    "(reads and writes go on)",
+                    run_named(add),
+                )
+            )
+    plan.notes += [
+        f"index {name} on ({columns}) is not the service's: left as it is"
+        for name, columns in indexes.items()
+        if name not in known
+    ]
+
+
+def sqlite_definitions(create_table: str) -> dict[str, str]:
+    """A CREATE TABLE statement's column and constraint definitions, whitespace collapsed.
+
+    Keyed by column name (unquoted); table constraints by their own text.
+    """
+    body = create_table[create_table.index("(") + 1 : create_table.rindex(")")]
+    parts, depth, current = [], 0, ""
+    for ch in body:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    definitions = {}
+    for part in parts:
+        text = " ".join(part.split())
+        name, _, rest = text.partition(" ")
+        if name.upper() in ("PRIMARY", "UNIQUE", "CHECK", "FOREIGN", "CONSTRAINT"):
+            definitions[text] = text
+        else:
+            definitions[name.strip('"`[]')] = rest
+    return definitions
+
+
+def plan_sqlite_contact(db: Database, plan: MigrationPlan, has_sequence: bool) -> None:
+    """The rebuild step when Contact's definition differs from sql/sqlite/schema.sql's."""
+    current = sqlite_definitions(str((db.one("select_contact_definition") or {})["sql"]))
+    target = sqlite_definitions(db.queries["create_contact_new"])
+    missing = [name for name in target if name not in current and not name.startswith(("CHECK", "PRIMARY"))]
+    if missing:
+        raise click.ClickException(
+            f"Contact has no column {', '.join(missing)}: it is not a table migrate knows how to adopt"
+        )
+    changes = [
+        f"{name}: {current.get(name, '(none)')} -> {target.get(name, '(none)')}"
+        for name in dict.fromkeys([*target, *current])
+        if current.get(name) != target.get(name)
+    ]
+    if not changes:
+        return
+    indexes = {str(row["name"]): str(row["column_list"]) for row in db.all("select_contact_indexes")}
+    for name, columns in indexes.items():
+        covered = [service for service, (column, *_) in CONTACT_INDEXES.items() if column == columns]
+        if name in CONTACT_INDEXES:
+            continue
+        changes.append(
+            f"index {name} on ({columns}) goes with the old table"
+            + (f"; the service's {covered[0]} replaces it" if covered else "; recreate it if you need it")
+        )
+    sequence = "select_contact_sequence" if has_sequence else "select_contact_max_id"
+
+    def rebuild(db: Database) -> None:
+        seq = int((db.one(sequence) or {}).get("seq") or 0)
+        for name in (
+            "create_contact_new",
+            "copy_contacts_to_new",
+            "drop_legacy_contact",
+            "rename_new_contact",
+        ):
+            db.run(name)
+        db.run("forget_contact_sequence")
+        db.run("set_contact_sequence", seq=seq)
+
+    plan.steps.append(
+        MigrationStep(
+            "rebuild Contact with the service's columns (new table, copy every row with its id, drop "
+            "the old one, rename; the AUTOINCREMENT counter is kept; timestamps widened to microseconds)",
+            "rewrites the table inside the migrate transaction, which holds the database's write lock "
+            "until it commits (readers go on; writers wait)",
+            rebuild,
+            changes,
+        )
+    )
+
+
+def plan_schema(db: Database, plan: MigrationPlan, tables: set[str]) -> None:
+    """The step creating the tables (SQLite: and indexes) the schema has and this database lacks."""
+    changes = [
+        f"create table {name} (new and empty)"
+        for name in schema_names(db.schema, CREATE_TABLE_NAME)
+        if name not in tables
+    ]
+    if db.dialect == "sqlite" and "Contact" in tables:
+        rebuilt = any(step.change.startswith("rebuild") for step in plan.steps)
+        present = set() if rebuilt else {str(r["name"]) for r in db.all("select_contact_indexes")}
+        changes += [
+            f"add index {name} on {CONTACT_INDEXES[name][0]} (holds the write lock while it builds)"
+            for name in schema_names(db.schema, CREATE_INDEX_NAME)
+            if name in CONTACT_INDEXES and name not in present
+        ]
+    if changes:
+        plan.steps.append(
+            MigrationStep(
+                "create what the service's schema has and this database lacks (the schema file's "
+                "CREATE ... IF NOT EXISTS statements)",
+                "new tables lock nothing else",
+                lambda db: db.ensure_schema(db.connect()),
+                changes,
+            )
+        )
+
+
+def plan_service_state(plan: MigrationPlan, state: dict[str, str], adopting: bool) -> None:
+    """The last step: ServiceState says the schema is the service's, and whether the data needs repair."""
+    writes: dict[str, str] = {}
+    if state.get("schema") != "2":
+        writes["schema"] = "2"
+    if adopting or "consistent" not in state:
+        writes["consistent"] = "0" if plan.contact_rows else "1"
+    if not writes:
+        return
+    meaning = {
+        ("schema", "2"): "the Contact table has the service's schema",
+        ("consistent", "1"): "the table is empty, so every customer satisfies the rules",
+        ("consistent", "0"): f"the {plan.contact_rows:,} rows were written by something else: "
+        "run `flask --app fluxkart repair` next (the service may serve meanwhile)",
+    }
+    plan.steps.append(
+        MigrationStep(
+            "record in ServiceState: " + ", ".join(f"{name}={value}" for name, value in writes.items()),
+            "one-row writes to ServiceState",
+            write_service_state(writes),
+            [f"{name}={value}: {meaning[(name, value)]}" for name, value in writes.items()],
+        )
+    )
+
+
+def write_service_state(writes: dict[str, str]) -> Callable[[Database], None]:
+    """A step that sets these ServiceState rows."""
+
+    def run(db: Database) -> None:
+        for name, value in writes.items():
+            db.run("write_service_state", state=name, value=value)
+
+    return run
+
+
+def echo_plan(plan: MigrationPlan) -> None:
+    """Print the plan: every step, what it changes, and what it rewrites or locks."""
+    engine = "MySQL/MariaDB" if plan.dialect == "mysql" else "SQLite"
+    click.echo(f"migrate: {engine} {plan.server}; Contact holds {plan.contact_rows:,} rows")
+    for note in plan.notes:
+        click.echo(f"  note: {note}")
+    for number, step in enumerate(plan.steps, 1):
+        click.echo(f"  {number}. {step.change}")
+        for detail in step.details:
+            click.echo(f"       {detail}")
+        click.echo(f"     locks: {step.locking}")
+
+
+def refusal_message(plan: MigrationPlan) -> str:
+    """Why migrate changes nothing: the rows that would lose data, by id."""
+    lines = [
+        f"refusing to migrate, nothing was changed: {plan.unconvertible_total:,} Contact rows hold "
+        "values the new columns cannot hold without losing data:"
+    ]
+    lines += [f"  id {row['id']}: {row['problem']}" for row in plan.unconvertible]
+    if plan.unconvertible_total > len(plan.unconvertible):
+        lines.append(f"  ... and {plan.unconvertible_total - len(plan.unconvertible):,} more")
+    lines.append("Correct or clear these values (UPDATE Contact ... WHERE id = ...), then run migrate again.")
+    return "\n".join(lines)
+
+
+def apply_migration(db: Database, plan: MigrationPlan) -> None:
+    """Run the plan's steps in order, printing each and how long it took.
+
+    MySQL commits each step on its own (DDL commits anyway); SQLite runs them
+    all in one transaction, so a failure leaves the file as it was.
+    Errors: DatabaseUnavailable / RetryTransaction with the driver's error as __cause__.
+    """
+    if db.dialect == "mysql":
+        db.run("set_migrate_session", lock_wait_s=MIGRATE_LOCK_WAIT_S)
+    else:
+        db.begin()
+    try:
+        for number, step in enumerate(plan.steps, 1):
+            started = time.perf_counter()
+            step.run(db)
+            click.echo(f"  {number}. done in {time.perf_counter() - started:.1f} s: {step.change}")
+        if db.dialect == "sqlite":
+            db.commit()
+    except BaseException:
+        db.rollback()
+        raise
+
+
+@click.command("migrate")
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
+@with_appcontext
+def migrate_command(dry_run: bool) -> None:
+    """Bring an existing Contact table (e.g. the replaced implementation's) to this service's schema.
+
+    Prints each change and what it rewrites or locks, refuses (changing
+    nothing) when a value would not fit its new column, and records
+    ServiceState schema=2 last. Idempotent. See docs/switching.md.
+    """
+    db = get_db()
+    # Inspect before creating anything, and let long DDL run past the request timeout.
+    db.create_schema = False
+    db.read_timeout = None
+    started = time.perf_counter()
+    try:
+        plan = plan_migration(db)
+        if plan.unconvertible:
+            raise click.ClickException(refusal_message(plan))
+        echo_plan(plan)
+        if not plan.steps:
+            click.echo("nothing to change: Contact already has the service's schema")
+            return
+        if dry_run:
+            click.echo(f"dry run: {len(plan.steps)} steps planned, nothing changed")
+            return
+        click.echo("applying:")
+        apply_migration(db, plan)
+    except (DatabaseUnavailable, RetryTransaction) as exc:
+        cause = exc.__cause__ or exc
+        raise click.ClickException(f"migrate stopped: {cause}") from exc
+    finally:
+        db.close()
+    click.echo(f"migrated in {time.perf_counter() - started:.1f} s")
+    if plan.contact_rows:
+        click.echo(
+            f"next: flask --app fluxkart repair (the {plan.contact_rows:,} rows still need it; "
+            "see docs/switching.md)"
+        )
+
+
+# --------------------------------------------------------------------------
 # The app factory and the init-db command
 # --------------------------------------------------------------------------
 
@@ -997,6 +1467,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.after_request(finish_request)
     register_error_handlers(app)
     register_routes(app)
+    app.cli.add_command(migrate_command)
 
     @app.cli.command("init-db")
     def init_db() -> None:

@@ -29,3 +29,10 @@ CREATE TABLE IF NOT EXISTS ContactIdentifier (
     version BIGINT UNSIGNED NOT NULL DEFAULT 0,
     PRIMARY KEY (kind, value)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- What the service knows about this database as a whole (name -> value):
+-- ('schema', '2') once Contact has this schema; ('consistent', '1'|'0').
+CREATE TABLE IF NOT EXISTS ServiceState (
+    name VARCHAR(64) NOT NULL PRIMARY KEY,
+    value VARCHAR(255) NOT NULL
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;

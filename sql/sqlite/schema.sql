@@ -26,3 +26,8 @@ CREATE TABLE IF NOT EXISTS ContactIdentifier (
     version INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (kind, value)
 ) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS ServiceState (
+    name TEXT NOT NULL PRIMARY KEY,
+    value TEXT NOT NULL
+);

@@ -1,0 +1,42 @@
+-- Statements of `flask --app fluxkart migrate` that both dialects spell alike.
+-- A table written by another implementation may hold NULL where the service's
+-- columns are NOT NULL; these read and fill those values by the rules in
+-- docs/switching.md ("What migrate changes"). The dialect's own steps are in
+-- sql/<dialect>/migrate.sql.
+
+-- name: count_migrate_fills
+-- One scan of Contact: its rows, and how many rows each fill below changes.
+SELECT COUNT(*) AS contact_rows,
+       COALESCE(SUM(CASE WHEN linkPrecedence IS NULL OR linkPrecedence = '' THEN 1 ELSE 0 END), 0)
+           AS missing_link_precedence,
+       COALESCE(SUM(CASE WHEN createdAt IS NULL THEN 1 ELSE 0 END), 0) AS missing_created_at,
+       COALESCE(SUM(CASE WHEN updatedAt IS NULL THEN 1 ELSE 0 END), 0) AS missing_updated_at
+FROM Contact
+
+-- name: select_earliest_created_at
+-- The oldest creation time in the table: what a row with no timestamp at all gets.
+SELECT MIN(createdAt) AS earliest
+FROM Contact
+WHERE createdAt IS NOT NULL
+
+-- name: fill_link_precedence
+-- Writes: a row without a precedence is a secondary when it links to another
+-- row, else a primary (what the replaced implementation meant by it).
+UPDATE Contact
+SET linkPrecedence = CASE WHEN linkedId IS NULL THEN 'primary' ELSE 'secondary' END
+WHERE linkPrecedence IS NULL
+   OR linkPrecedence = ''
+
+-- name: fill_created_at
+-- Writes: a row without a creation time existed by its last update (or its
+-- deletion); with neither, it counts as old as the oldest row (`earliest`).
+UPDATE Contact
+SET createdAt = COALESCE(updatedAt, deletedAt, %(earliest)s)
+WHERE createdAt IS NULL
+
+-- name: fill_updated_at
+-- Writes: a row without an update time was never updated: its creation time.
+-- Runs after fill_created_at, so createdAt is set.
+UPDATE Contact
+SET updatedAt = createdAt
+WHERE updatedAt IS NULL
