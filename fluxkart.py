@@ -1092,6 +1092,8 @@ def plan_fills(db: Database, plan: MigrationPlan) -> None:
     counts = db.one("count_migrate_fills") or {}
     plan.contact_rows = int(counts.get("contact_rows") or 0)
     locking = "UPDATE: locks only the rows it changes, until it commits; no rewrite"
+    if db.dialect == "sqlite":
+        locking = "UPDATE inside the migrate transaction (the database's write lock); no rewrite"
     if int(counts.get("missing_link_precedence") or 0):
         plan.steps.append(
             MigrationStep(
@@ -1356,6 +1358,11 @@ def echo_plan(plan: MigrationPlan) -> None:
     """Print the plan: every step, what it changes, and what it rewrites or locks."""
     engine = "MySQL/MariaDB" if plan.dialect == "mysql" else "SQLite"
     click.echo(f"migrate: {engine} {plan.server}; Contact holds {plan.contact_rows:,} rows")
+    if plan.dialect == "sqlite" and plan.steps:
+        click.echo(
+            "  all steps run in one transaction holding the database's write lock until it commits: "
+            "readers go on, writers wait"
+        )
     for note in plan.notes:
         click.echo(f"  note: {note}")
     for number, step in enumerate(plan.steps, 1):
@@ -1393,7 +1400,7 @@ def apply_migration(db: Database, plan: MigrationPlan) -> None:
         for number, step in enumerate(plan.steps, 1):
             started = time.perf_counter()
             step.run(db)
-            click.echo(f"  {number}. done in {time.perf_counter() - started:.1f} s: {step.change}")
+            click.echo(f"  step {number} done in {time.perf_counter() - started:.1f} s")
         if db.dialect == "sqlite":
             db.commit()
     except BaseException:
