@@ -1396,6 +1396,7 @@ def apply_migration(db: Database, plan: MigrationPlan) -> None:
         db.run("set_migrate_session", lock_wait_s=MIGRATE_LOCK_WAIT_S)
     else:
         db.begin()
+    number = 0
     try:
         for number, step in enumerate(plan.steps, 1):
             started = time.perf_counter()
@@ -1403,9 +1404,31 @@ def apply_migration(db: Database, plan: MigrationPlan) -> None:
             click.echo(f"  step {number} done in {time.perf_counter() - started:.1f} s")
         if db.dialect == "sqlite":
             db.commit()
+    except (DatabaseUnavailable, RetryTransaction) as exc:
+        db.rollback()
+        raise click.ClickException(migrate_failure(db.dialect, number, exc)) from exc
     except BaseException:
         db.rollback()
         raise
+
+
+def migrate_failure(dialect: str, number: int, exc: Exception) -> str:
+    """What went wrong at step `number`, what is already done, and what to do."""
+    cause = exc.__cause__ or exc
+    done = (
+        "nothing was changed (one transaction)"
+        if dialect == "sqlite"
+        else f"steps 1 to {number - 1} are done and stay done"
+        if number > 1
+        else "nothing was changed"
+    )
+    hint = ""
+    if isinstance(exc, RetryTransaction) and exc.reason in ("lock_wait_timeout", "database_locked"):
+        hint = (
+            "; another connection held Contact longer than migrate waits for it (an open transaction, "
+            "or the old service still writing): stop the writers and run migrate again"
+        )
+    return f"migrate stopped at step {number}: {cause}; {done}{hint}"
 
 
 @click.command("migrate")
@@ -1437,10 +1460,10 @@ def migrate_command(dry_run: bool) -> None:
         click.echo("applying:")
         apply_migration(db, plan)
     except (DatabaseUnavailable, RetryTransaction) as exc:
-        cause = exc.__cause__ or exc
-        raise click.ClickException(f"migrate stopped: {cause}") from exc
+        raise click.ClickException(f"migrate could not inspect the database: {exc.__cause__ or exc}") from exc
     finally:
         db.close()
+        db.create_schema, db.read_timeout = True, MYSQL_READ_TIMEOUT_S
     click.echo(f"migrated in {time.perf_counter() - started:.1f} s")
     if plan.contact_rows:
         click.echo(
