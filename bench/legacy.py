@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -276,7 +277,14 @@ def report(options: argparse.Namespace, facts: dict[str, Any], results: dict[str
     return "\n".join(lines)
 
 
+def stop(signum: int, frame: Any) -> None:
+    """SIGTERM/SIGHUP unwind like Ctrl-C, so the ExitStack stops the server it started."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
