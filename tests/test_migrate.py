@@ -339,7 +339,7 @@ def test_mysql_target_shape_is_the_schema_files(mysql_server: Any, mysql_databas
 def test_sqlite_rebuild_statement_is_the_schema_files() -> None:
     """sql/sqlite/migrate.sql's Contact_new is sql/sqlite/schema.sql's Contact, definition for definition."""
     schema = next(s for s in fluxkart.schema_statements("sqlite") if "TABLE IF NOT EXISTS Contact " in s)
-    rebuild = fluxkart.load_queries("sqlite")["create_contact_new"]
+    rebuild = fluxkart.load_queries("sqlite", fluxkart.MIGRATE_SQL)["create_contact_new"]
     assert fluxkart.sqlite_definitions(rebuild) == fluxkart.sqlite_definitions(schema)
 
 
