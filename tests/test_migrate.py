@@ -357,3 +357,55 @@ def test_migrate_as_a_subprocess(settings: dict[str, Any], backend: str) -> None
     assert done.returncode == 0, done.stderr
     assert "migrated in" in done.stdout
     assert service_state(settings) == {"schema": "2", "consistent": "0"}
+
+
+@pytest.mark.parametrize("backend", ["mysql"])
+def test_partly_migrated_mysql_table_gets_only_what_it_lacks(
+    app: Any, settings: dict[str, Any], tmp_path: Path, mysql_server: Any
+) -> None:
+    """The service's columns already, but the old default collation and one index missing:
+    metadata-only and in-place steps, no table copy."""
+    for statement in fluxkart.schema_statements("mysql"):
+        run_sql(settings, statement)
+    run_sql(settings, "ALTER TABLE Contact DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_general_ci")
+    run_sql(settings, "DROP INDEX Contact_linkedId ON Contact")
+    output = migrate(app)
+    assert "set Contact's default collation: utf8mb4_general_ci -> utf8mb4_bin" in output
+    assert "add index Contact_linkedId on linkedId" in output
+    assert "COPY" not in output
+    assert shape(settings) == fresh_schema_shape(settings, tmp_path, mysql_server)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_sqlite_table_without_autoincrement(app: Any, settings: dict[str, Any], tmp_path: Path) -> None:
+    """A legacy table with a plain INTEGER PRIMARY KEY has no sequence: ids continue after the largest."""
+    run_sql(settings, SQLITE_CONTACT.replace(" AUTOINCREMENT", ""))
+    run_sql(settings, INSERT_CONTACT, LEGACY_ROWS, many=True)
+    migrate(app)
+    assert shape(settings) == fresh_schema_shape(settings, tmp_path)
+    assert stored_rows(settings) == expected_rows(LEGACY_ROWS)
+    run_sql(settings, INSERT_CONTACT, (None, "1", None, None, "primary", EARLIEST, EARLIEST, None))
+    assert run_sql(settings, "SELECT MAX(id) AS id FROM Contact")[0]["id"] == len(LEGACY_ROWS) + 1
+
+
+@pytest.mark.parametrize("backend", ["mysql"])
+def test_a_held_table_stops_migrate_with_what_to_do(
+    app: Any, settings: dict[str, Any], mysql_server: Any
+) -> None:
+    """An open transaction on Contact (the old service still running): the ALTER gives up after
+    migrate's lock wait instead of queueing every query behind it, and says what to do."""
+    create_legacy(settings, LEGACY_ROWS)
+    holder = mysql_server.connect(settings["MYSQL_DATABASE"])
+    with holder.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute("SELECT COUNT(*) FROM Contact")
+        output = migrate(app, exit_code=1)
+        cur.execute("ROLLBACK")
+    holder.close()
+    assert "migrate stopped at step 4" in output
+    assert "steps 1 to 3 are done and stay done" in output
+    assert "stop the writers and run migrate again" in output
+    assert "ServiceState" not in table_names(settings)
+    # Once the table is free, migrate finishes the job.
+    assert "migrated in" in migrate(app)
+    assert service_state(settings) == {"schema": "2", "consistent": "0"}
