@@ -1187,6 +1187,8 @@ class MigrationStep:
     locking: str
     run: Callable[[Database], None]
     details: list[str] = field(default_factory=list)
+    # True when the step changes Contact's values or column types (not only indexes or other tables).
+    rewrites: bool = False
 
 
 @dataclass
@@ -1232,8 +1234,11 @@ def plan_migration(db: Database) -> MigrationPlan:
             plan_mysql_contact(db, plan)
         else:
             plan_sqlite_contact(db, plan, "sqlite_sequence" in tables)
+    # Rows that needed filling or converting were written by something else, whatever
+    # ServiceState says (e.g. a dump of the old table restored over a migrated one).
+    adopting = "Contact" in tables and (state.get("schema") != "2" or any(s.rewrites for s in plan.steps))
     plan_schema(db, plan, tables)
-    plan_service_state(plan, state, adopting="Contact" in tables and state.get("schema") != "2")
+    plan_service_state(plan, state, adopting)
     return plan
 
 
@@ -1251,6 +1256,7 @@ def plan_fills(db: Database, plan: MigrationPlan) -> None:
                 "'secondary' where linkedId is set, else 'primary'",
                 locking,
                 run_named("fill_link_precedence"),
+                rewrites=True,
             )
         )
     if int(counts.get("missing_created_at") or 0):
@@ -1261,6 +1267,7 @@ def plan_fills(db: Database, plan: MigrationPlan) -> None:
                 f"updatedAt, else their deletedAt, else the oldest createdAt in the table ({earliest})",
                 locking,
                 run_named("fill_created_at", earliest=earliest),
+                rewrites=True,
             )
         )
     if int(counts.get("missing_updated_at") or 0):
@@ -1269,6 +1276,7 @@ def plan_fills(db: Database, plan: MigrationPlan) -> None:
                 f"fill updatedAt on {counts['missing_updated_at']:,} rows that have none: their createdAt",
                 locking,
                 run_named("fill_updated_at"),
+                rewrites=True,
             )
         )
 
@@ -1325,6 +1333,7 @@ def plan_mysql_contact(db: Database, plan: MigrationPlan) -> None:
                 "rewrites the table: ALGORITHM=COPY, LOCK=SHARED (reads go on; writes wait until it ends)",
                 run_named("convert_contact_columns"),
                 changes,
+                rewrites=True,
             )
         )
     elif table.get("collation") != MYSQL_CONTACT_COLLATION:
@@ -1438,6 +1447,7 @@ def plan_sqlite_contact(db: Database, plan: MigrationPlan, has_sequence: bool) -
             "until it commits (readers go on; writers wait)",
             rebuild,
             changes,
+            rewrites=True,
         )
     )
 

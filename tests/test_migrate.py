@@ -409,3 +409,18 @@ def test_a_held_table_stops_migrate_with_what_to_do(
     # Once the table is free, migrate finishes the job.
     assert "migrated in" in migrate(app)
     assert service_state(settings) == {"schema": "2", "consistent": "0"}
+
+
+def test_old_table_restored_over_a_migrated_one_needs_repair_again(
+    app: Any, settings: dict[str, Any]
+) -> None:
+    """Going back (the dump restored: Contact legacy again, ServiceState left over from the switch)
+    and forward again: migrate converts the table again and says the data needs repair."""
+    create_legacy(settings, LEGACY_ROWS)
+    migrate(app)
+    run_sql(settings, "UPDATE ServiceState SET value = '1' WHERE name = 'consistent'")  # as repair leaves it
+    run_sql(settings, "DROP TABLE Contact")
+    create_legacy(settings, LEGACY_ROWS)
+    output = migrate(app)
+    assert "record in ServiceState: consistent=0" in output
+    assert service_state(settings) == {"schema": "2", "consistent": "0"}
