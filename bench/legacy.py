@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -230,6 +231,32 @@ def run_cli(port: int, *args: str) -> Command:
     return Command(seconds, usage.ru_maxrss / 1024, output)  # ru_maxrss is in KiB on Linux
 
 
+def dump_and_restore(port: int, base: Path) -> dict[str, float]:
+    """The backup docs/switching.md prescribes, timed: mariadb-dump of the legacy table, and
+    loading that dump into a scratch database (what going back costs)."""
+    dump_bin = shutil.which("mariadb-dump") or shutil.which("mysqldump")
+    client_bin = shutil.which("mariadb") or shutil.which("mysql")
+    if not dump_bin or not client_bin:
+        return {}
+    login = ["--protocol=tcp", "-h127.0.0.1", f"-P{port}", "-uroot"]
+    path = base / "legacy-dump.sql"
+    started = time.perf_counter()
+    with open(path, "wb") as out:
+        subprocess.run([dump_bin, *login, "--single-transaction", TEMPLATE], stdout=out, check=True)
+    dumped = time.perf_counter() - started
+    conn = database.connect(port)
+    with conn, conn.cursor() as cur:
+        cur.execute("DROP DATABASE IF EXISTS restore_check")
+        cur.execute("CREATE DATABASE restore_check")
+    started = time.perf_counter()
+    with open(path, "rb") as dump:
+        subprocess.run([client_bin, *login, "restore_check"], stdin=dump, check=True)
+    restored = time.perf_counter() - started
+    size = path.stat().st_size / 2**20
+    path.unlink()
+    return {"dump": dumped, "restore": restored, "size_mib": size}
+
+
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.1f} s ({min(values):.1f}-{max(values):.1f})"
 
@@ -266,6 +293,18 @@ def report(options: argparse.Namespace, facts: dict[str, Any], results: dict[str
         f"| `migrate --dry-run` (inspection only) | {spread(results['dry_run'])} |",
         f"| second `migrate` (nothing to change) | {spread(results['again'])} |",
         f"| peak RSS of the migrate process | {max(results['rss']):.0f} MiB |",
+        *(
+            [
+                f"| backup: `mariadb-dump --single-transaction` of the legacy table "
+                f"({results['dump']['size_mib']:.0f} MiB) | {results['dump']['dump']:.1f} s |",
+                f"| going back: loading that dump with `mariadb` | {results['dump']['restore']:.1f} s |",
+            ]
+            if results.get("dump")
+            else []
+        ),
+        "",
+        f"Load average (1 min) at the start and the end: {facts['load_start']:.1f}, {facts['load_end']:.1f} "
+        f"on {facts['cpus']} cores (a shared machine: other work ran meanwhile).",
         "",
         "Steps of the last migrate, as it printed them:",
         "",
@@ -311,6 +350,7 @@ def main(argv: list[str]) -> int:
             "when": datetime.now().strftime("%Y-%m-%d %H:%M"),
             "cpus": os.cpu_count(),
             "server": database.server_version(server.port),
+            "load_start": os.getloadavg()[0],
         }
         log(f"building {options.rows:,} legacy rows on port {server.port}")
         started = time.perf_counter()
@@ -343,6 +383,9 @@ def main(argv: list[str]) -> int:
             rows, _ = database.count_contacts(server.port, DATABASE)
             if rows != options.rows:
                 raise RuntimeError(f"migrate left {rows} rows of {options.rows}")
+        log("timing mariadb-dump and its restore")
+        results["dump"] = dump_and_restore(server.port, base)
+        facts["load_end"] = os.getloadavg()[0]
         text = report(options, facts, results)
     options.out.parent.mkdir(parents=True, exist_ok=True)
     options.out.write_text(text)
