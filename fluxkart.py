@@ -1243,42 +1243,36 @@ def plan_migration(db: Database) -> MigrationPlan:
 
 
 def plan_fills(db: Database, plan: MigrationPlan) -> None:
-    """Steps filling the NULLs a legacy table holds where the service's columns are NOT NULL."""
+    """The step filling the NULLs a legacy table holds where the service's columns are NOT NULL."""
     counts = db.one("count_migrate_fills") or {}
     plan.contact_rows = int(counts.get("contact_rows") or 0)
-    locking = "UPDATE: locks only the rows it changes, until it commits; no rewrite"
+    missing = {
+        key: int(counts.get(key) or 0)
+        for key in ("missing_link_precedence", "missing_created_at", "missing_updated_at")
+    }
+    if not any(missing.values()):
+        return
+    earliest = utcnow()
+    if missing["missing_created_at"] or missing["missing_updated_at"]:
+        earliest = (db.one("select_earliest_created_at") or {}).get("earliest") or earliest
+    rules = {
+        "missing_link_precedence": "linkPrecedence: 'secondary' where linkedId is set, else 'primary'",
+        "missing_created_at": "createdAt: the row's updatedAt, else its deletedAt, else the oldest "
+        f"createdAt in the table ({earliest})",
+        "missing_updated_at": "updatedAt: the row's createdAt (as filled)",
+    }
+    locking = "one UPDATE: locks only the rows it changes, until it commits; no rewrite"
     if db.dialect == "sqlite":
-        locking = "UPDATE inside the migrate transaction (the database's write lock); no rewrite"
-    if int(counts.get("missing_link_precedence") or 0):
-        plan.steps.append(
-            MigrationStep(
-                f"fill linkPrecedence on {counts['missing_link_precedence']:,} rows that have none: "
-                "'secondary' where linkedId is set, else 'primary'",
-                locking,
-                run_named("fill_link_precedence"),
-                rewrites=True,
-            )
+        locking = "one UPDATE inside the migrate transaction (the database's write lock); no rewrite"
+    plan.steps.append(
+        MigrationStep(
+            "fill the values the service's columns cannot leave NULL",
+            locking,
+            run_named("fill_missing_values", earliest=earliest),
+            [f"{rules[key]}: {count:,} rows" for key, count in missing.items() if count],
+            rewrites=True,
         )
-    if int(counts.get("missing_created_at") or 0):
-        earliest = (db.one("select_earliest_created_at") or {}).get("earliest") or utcnow()
-        plan.steps.append(
-            MigrationStep(
-                f"fill createdAt on {counts['missing_created_at']:,} rows that have none: their "
-                f"updatedAt, else their deletedAt, else the oldest createdAt in the table ({earliest})",
-                locking,
-                run_named("fill_created_at", earliest=earliest),
-                rewrites=True,
-            )
-        )
-    if int(counts.get("missing_updated_at") or 0):
-        plan.steps.append(
-            MigrationStep(
-                f"fill updatedAt on {counts['missing_updated_at']:,} rows that have none: their createdAt",
-                locking,
-                run_named("fill_updated_at"),
-                rewrites=True,
-            )
-        )
+    )
 
 
 def run_named(*names: str, **params: Any) -> Callable[[Database], None]:
@@ -1346,6 +1340,17 @@ def plan_mysql_contact(db: Database, plan: MigrationPlan) -> None:
         )
     indexes = {str(row["name"]): str(row["column_list"]) for row in db.all("select_contact_indexes")}
     known = {"PRIMARY", *CONTACT_INDEXES}
+    if not any(name in indexes or legacy in indexes for name, (_, _, legacy, _) in CONTACT_INDEXES.items()):
+        # The reference's production shape: all three in one statement, one read of the table.
+        plan.steps.append(
+            MigrationStep(
+                "add indexes " + ", ".join(f"{name} on {c[0]}" for name, c in CONTACT_INDEXES.items()),
+                "builds the indexes in one read of the table, without rewriting it: ALGORITHM=INPLACE, "
+                "LOCK=NONE (reads and writes go on)",
+                run_named("add_contact_indexes"),
+            )
+        )
+        indexes.update({name: column for name, (column, *_) in CONTACT_INDEXES.items()})
     for name, (column, add, legacy, rename) in CONTACT_INDEXES.items():
         if indexes.get(name) == column:
             continue
@@ -1581,13 +1586,12 @@ def apply_migration(db: Database, plan: MigrationPlan) -> None:
 def migrate_failure(dialect: str, number: int, exc: Exception) -> str:
     """What went wrong at step `number`, what is already done, and what to do."""
     cause = exc.__cause__ or exc
-    done = (
-        "nothing was changed (one transaction)"
-        if dialect == "sqlite"
-        else f"steps 1 to {number - 1} are done and stay done"
-        if number > 1
-        else "nothing was changed"
-    )
+    if dialect == "sqlite" or number == 1:
+        done = "nothing was changed" + (" (one transaction)" if dialect == "sqlite" else "")
+    elif number == 2:
+        done = "step 1 is done and stays done"
+    else:
+        done = f"steps 1 to {number - 1} are done and stay done"
     hint = ""
     if isinstance(exc, RetryTransaction) and exc.reason in ("lock_wait_timeout", "database_locked"):
         hint = (

@@ -19,24 +19,23 @@ SELECT MIN(createdAt) AS earliest
 FROM Contact
 WHERE createdAt IS NOT NULL
 
--- name: fill_link_precedence
--- Writes: a row without a precedence is a secondary when it links to another
--- row, else a primary (what the replaced implementation meant by it).
+-- name: fill_missing_values
+-- Writes, in one scan: a row without a precedence is a secondary when it
+-- links to another row, else a primary (what the replaced implementation
+-- meant by it); a row without a creation time existed by its last update,
+-- else by its deletion, else it counts as old as the oldest row (`earliest`);
+-- a row without an update time was never updated: its (filled) creation
+-- time. (MySQL assigns left to right and SQLite all at once; updatedAt comes
+-- out the same whether it reads the old createdAt or the filled one.)
 UPDATE Contact
-SET linkPrecedence = CASE WHEN linkedId IS NULL THEN 'primary' ELSE 'secondary' END
+SET linkPrecedence = CASE
+        WHEN linkPrecedence IS NOT NULL AND linkPrecedence <> '' THEN linkPrecedence
+        WHEN linkedId IS NULL THEN 'primary'
+        ELSE 'secondary'
+    END,
+    createdAt = COALESCE(createdAt, updatedAt, deletedAt, %(earliest)s),
+    updatedAt = COALESCE(updatedAt, createdAt, deletedAt, %(earliest)s)
 WHERE linkPrecedence IS NULL
    OR linkPrecedence = ''
-
--- name: fill_created_at
--- Writes: a row without a creation time existed by its last update (or its
--- deletion); with neither, it counts as old as the oldest row (`earliest`).
-UPDATE Contact
-SET createdAt = COALESCE(updatedAt, deletedAt, %(earliest)s)
-WHERE createdAt IS NULL
-
--- name: fill_updated_at
--- Writes: a row without an update time was never updated: its creation time.
--- Runs after fill_created_at, so createdAt is set.
-UPDATE Contact
-SET updatedAt = createdAt
-WHERE updatedAt IS NULL
+   OR createdAt IS NULL
+   OR updatedAt IS NULL

@@ -187,14 +187,14 @@ def test_migrate_brings_legacy_table_to_the_schema(
     run_sql(settings, INSERT_CONTACT, (None, "1", None, None, "primary", EARLIEST, EARLIEST, None))
     assert run_sql(settings, "SELECT MAX(id) AS id FROM Contact")[0]["id"] == DELETED_TOP_ID + 1
 
-    assert "fill linkPrecedence on 3 rows" in output
-    assert "fill createdAt on 3 rows" in output
-    assert "fill updatedAt on 3 rows" in output
+    assert "linkPrecedence: 'secondary' where linkedId is set, else 'primary': 3 rows" in output
+    assert f"else the oldest createdAt in the table ({EARLIEST}): 3 rows" in output
+    assert "updatedAt: the row's createdAt (as filled): 3 rows" in output
     assert "repair" in output
     if backend == "mysql":
         assert "ALGORITHM=COPY, LOCK=SHARED" in output
         assert "phoneNumber: varchar(255) utf8mb4_general_ci NULL -> varchar(32) utf8mb4_bin NULL" in output
-        assert "add index Contact_email on email" in output
+        assert "add indexes Contact_email on email, Contact_phoneNumber on phoneNumber" in output
         assert "ALGORITHM=INPLACE, LOCK=NONE" in output
     else:
         assert "rebuild Contact" in output
@@ -220,7 +220,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(
     assert fingerprint(settings) == before
     assert table_names(settings) == {"Contact"} | ({"sqlite_sequence"} if backend == "sqlite" else set())
     assert "dry run:" in output and "nothing changed" in output
-    assert "fill linkPrecedence on 3 rows" in output
+    assert "linkPrecedence: 'secondary' where linkedId is set, else 'primary': 3 rows" in output
     assert "create table ServiceState" in output
     assert "record in ServiceState: schema=2, consistent=0" in output
     if backend == "mysql":
@@ -402,8 +402,8 @@ def test_a_held_table_stops_migrate_with_what_to_do(
         output = migrate(app, exit_code=1)
         cur.execute("ROLLBACK")
     holder.close()
-    assert "migrate stopped at step 4" in output
-    assert "steps 1 to 3 are done and stay done" in output
+    assert "migrate stopped at step 2" in output
+    assert "step 1 is done and stays done" in output
     assert "stop the writers and run migrate again" in output
     assert "ServiceState" not in table_names(settings)
     # Once the table is free, migrate finishes the job.
