@@ -424,3 +424,12 @@ def test_old_table_restored_over_a_migrated_one_needs_repair_again(
     output = migrate(app)
     assert "record in ServiceState: consistent=0" in output
     assert service_state(settings) == {"schema": "2", "consistent": "0"}
+
+
+def test_the_service_answers_on_the_migrated_table(app: Any, settings: dict[str, Any], api: Any) -> None:
+    """After migrate, a new customer's order gets the next id the old table would have handed out."""
+    create_legacy(settings, LEGACY_ROWS)
+    migrate(app)
+    answer = api.identify("first.after.switch@x.io", "5550999")
+    assert answer["primaryContactId"] == DELETED_TOP_ID + 1
+    assert answer["emails"] == ["first.after.switch@x.io"]
