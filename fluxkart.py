@@ -1334,7 +1334,7 @@ def plan_mysql_contact(db: Database, plan: MigrationPlan) -> None:
         plan.steps.append(
             MigrationStep(
                 f"set Contact's default collation: {table.get('collation')} -> {MYSQL_CONTACT_COLLATION}",
-                "metadata only: ALGORITHM=INSTANT, LOCK=NONE",
+                "metadata only: ALGORITHM=INSTANT (only the brief metadata lock every ALTER takes)",
                 run_named("set_contact_default_collation"),
             )
         )
@@ -1359,7 +1359,7 @@ def plan_mysql_contact(db: Database, plan: MigrationPlan) -> None:
             plan.steps.append(
                 MigrationStep(
                     f"rename index {legacy} on {column} to {name}",
-                    "metadata only: ALGORITHM=INSTANT, LOCK=NONE",
+                    "metadata only: ALGORITHM=INSTANT (only the brief metadata lock every ALTER takes)",
                     run_named(rename),
                 )
             )
