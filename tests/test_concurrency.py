@@ -330,7 +330,7 @@ def stress(
     server = gunicorn(settings, count, threads, worker_class, app_dir=app_dir, ready_path="/health/ready")
     try:
         burst = run_burst(server.url, plan_burst(seed))
-        retry_reasons = server.metric("fluxkart_identify_retries")
+        retry_reasons = server.metric("fluxkart_transaction_retries")
         outcomes = server.metric("fluxkart_identify_outcomes")
     finally:
         server.stop()
