@@ -138,12 +138,6 @@ SELECT name, value
 FROM ServiceState
 ORDER BY name
 
--- name: write_service_state
--- Sets one ServiceState row, creating it when missing.
-INSERT INTO ServiceState (name, value)
-VALUES (%(state)s, %(value)s)
-ON DUPLICATE KEY UPDATE value = %(value)s
-
 -- name: select_server_version
 -- The server's name and version, for the first line of migrate's report.
 SELECT VERSION() AS version

@@ -121,12 +121,6 @@ SELECT name, value
 FROM ServiceState
 ORDER BY name
 
--- name: write_service_state
--- Sets one ServiceState row, creating it when missing.
-INSERT INTO ServiceState (name, value)
-VALUES (%(state)s, %(value)s)
-ON CONFLICT (name) DO UPDATE SET value = excluded.value
-
 -- name: create_contact_new
 -- The new table: sql/sqlite/schema.sql's Contact under another name (a test
 -- checks that the two agree, column for column).
