@@ -3,8 +3,9 @@
 Each test builds the replaced implementation's table itself (tests/legacy.py),
 runs the real command (Flask's CLI runner, and once as a subprocess), and reads
 the result straight from the database: column types, collations and indexes as
-a table the schema file created has them, every row and value kept, ServiceState
-written; a second run, a dry run and a refusal change nothing.
+a table the schema file created has them, every row kept with its id and its
+values (identifiers in canonical form, NULLs filled by the documented rules),
+ServiceState written; a second run, a dry run and a refusal change nothing.
 """
 
 from __future__ import annotations
