@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pymysql
@@ -47,7 +48,7 @@ def free_port() -> int:
 class MariaDBServer:
     """One mariadbd process on 127.0.0.1 with its own data directory."""
 
-    def __init__(self, base: Path, isolation: str = "REPEATABLE-READ"):
+    def __init__(self, base: Path, isolation: str = "REPEATABLE-READ", extra_args: Sequence[str] = ()):
         binaries = server_binaries()
         if binaries is None:
             raise RuntimeError("mariadbd/mysqld is not installed")
@@ -56,6 +57,8 @@ class MariaDBServer:
         self.datadir = base / "data"
         self.port = free_port()
         self.isolation = isolation
+        # Appended to the command line at every launch (a Galera node's wsrep options; later wins).
+        self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
 
     def install(self) -> None:
@@ -103,6 +106,7 @@ class MariaDBServer:
                     # A throwaway server: durability at commit buys the tests nothing.
                     "--innodb-flush-log-at-trx-commit=2",
                     "--innodb-buffer-pool-size=256M",
+                    *self.extra_args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
