@@ -17,6 +17,8 @@ Environment (or a .env file)
     FLUXKART_API_TOKEN     when set, every route but / and /health/* requires
                            "Authorization: Bearer <token>"
     FLUXKART_PHONE_REGION  e.g. IN: store numbers valid there in E.164 form
+    FLUXKART_WSREP_SYNC_WAIT  on a Galera node, the sessions' wsrep_sync_wait
+                           (default 1: causal reads; 0 only to measure them)
 
 The contract is ../shared/SPEC.md; the design is in README.md.
 """
@@ -61,7 +63,13 @@ T = TypeVar("T")
 # --------------------------------------------------------------------------
 
 MYSQL_SETTINGS = ("MYSQL_HOST", "MYSQL_PORT", "MYSQL_USER", "MYSQL_PASSWORD", "MYSQL_DATABASE")
-SETTINGS = (*MYSQL_SETTINGS, "FLUXKART_SQLITE_PATH", "FLUXKART_API_TOKEN", "FLUXKART_PHONE_REGION")
+SETTINGS = (
+    *MYSQL_SETTINGS,
+    "FLUXKART_SQLITE_PATH",
+    "FLUXKART_API_TOKEN",
+    "FLUXKART_PHONE_REGION",
+    "FLUXKART_WSREP_SYNC_WAIT",
+)
 
 DEFAULTS: dict[str, Any] = {
     "MYSQL_HOST": "",
@@ -72,6 +80,9 @@ DEFAULTS: dict[str, Any] = {
     "FLUXKART_SQLITE_PATH": "fluxkart.db",
     "FLUXKART_API_TOKEN": "",
     "FLUXKART_PHONE_REGION": "",
+    # Galera only: causal reads for every session (1: reads wait until this node has
+    # applied what the cluster committed before them). 0 turns them off, for measuring.
+    "FLUXKART_WSREP_SYNC_WAIT": "1",
     # A request body is two short strings; anything near this limit is abuse.
     "MAX_CONTENT_LENGTH": 64 * 1024,
     # How often a unit of work is tried before the client gets a 503.
@@ -234,6 +245,14 @@ class Database:
             # reads seeing every committed row, whatever the server default is.
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
             cur.execute("SET time_zone = '+00:00', innodb_lock_wait_timeout = %s", (LOCK_WAIT_TIMEOUT_S,))
+            # A Galera node applies other nodes' writes asynchronously: without causal
+            # reads, an answer here could miss a write another node already acknowledged
+            # (SPEC, "Concurrency": reads are as fresh as writes, on any node).
+            cur.execute("SHOW VARIABLES LIKE 'wsrep_on'")
+            wsrep = cur.fetchone()
+            if wsrep is not None and str(wsrep["Value"]).upper() == "ON":
+                sync_wait = int(s["FLUXKART_WSREP_SYNC_WAIT"] or DEFAULTS["FLUXKART_WSREP_SYNC_WAIT"])
+                cur.execute("SET SESSION wsrep_sync_wait = %s", (sync_wait,))
         self.ensure_schema(conn)
         return conn
 
