@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import statistics
 import threading
 import time
 from collections import Counter
@@ -465,3 +466,136 @@ def test_the_workloads_catch_races_without_the_locking(
         failures[workload] = len(verdict.violations) + verdict.run.five_xx() + len(verdict.differing)
     print(f"failures without the locking, by workload: {failures}")
     assert any(failures.values()), f"no workload caught the unlocked copy: {failures}"
+
+
+# --------------------------------------------------------------------------
+# Read-your-writes across nodes
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Freshness:
+    """Reads on node 2 right after writes answered by node 1: how many missed the write."""
+
+    reads: int = 0
+    stale_lookups: int = 0  # GET /customers: 404, or without the phone number just written
+    stale_identifies: int = 0  # POST /identify (email only): without the phone number just linked
+    failures: list[str] = field(default_factory=list)  # any answer but 200
+    seconds: dict[str, list[float]] = field(default_factory=dict)  # latencies by request kind
+
+    def stale(self) -> int:
+        return self.stale_lookups + self.stale_identifies
+
+    def timing(self, kind: str, seconds: float) -> None:
+        self.seconds.setdefault(kind, []).append(seconds)
+
+    def summary(self, label: str) -> str:
+        medians = {kind: f"{statistics.median(s) * 1000:.1f} ms" for kind, s in sorted(self.seconds.items())}
+        return (
+            f"{label}: {self.reads} reads on node 2 after writes on node 1; stale: {self.stale()} "
+            f"(lookups {self.stale_lookups}, identifies {self.stale_identifies}); "
+            f"failures {len(self.failures)}; p50 {medians}"
+        )
+
+
+def write_then_read_elsewhere(writer: str, reader: str, tag: str, iterations: int) -> Freshness:
+    """`iterations` times, from RYW_CLIENTS threads: write on `writer`, then read at once on `reader`.
+
+    1. writer: identify (email, phone 1), a new customer;
+    2. reader: GET /customers?email= must answer it, with phone 1;
+    3. writer: identify (email, phone 2), which links phone 2;
+    4. reader: identify (email) alone, answered by the lock-free fast path when the
+       reader thinks nothing changes: it must list phone 2.
+    """
+    result = Freshness()
+    lock = threading.Lock()
+    numbers = iter(range(iterations))
+
+    def client() -> None:
+        with requests.Session() as session:
+
+            def call(kind: str, method: str, url: str, **kwargs: Any) -> requests.Response | None:
+                started = time.perf_counter()
+                try:
+                    response = session.request(method, url, timeout=REQUEST_TIMEOUT, **kwargs)
+                except requests.RequestException as exc:
+                    with lock:
+                        result.failures.append(f"{kind}: {type(exc).__name__}")
+                    return None
+                with lock:
+                    result.timing(kind, time.perf_counter() - started)
+                    if response.status_code not in (200, 404):
+                        result.failures.append(f"{kind}: {response.status_code} {response.text[:200]}")
+                return response
+
+            with lock:
+                number = next(numbers, None)
+            while number is not None:
+                email, phone1, phone2 = f"ryw{number}@{tag}.test", f"5{number:06d}1", f"5{number:06d}2"
+                written = call(
+                    "identify on node 1",
+                    "POST",
+                    writer + "/identify",
+                    json={"email": email, "phoneNumber": phone1},
+                )
+                if written is not None and written.status_code == 200:
+                    read = call("lookup on node 2", "GET", reader + "/customers", params={"email": email})
+                    if read is not None:
+                        with lock:
+                            result.reads += 1
+                            if read.status_code == 404 or (
+                                read.status_code == 200
+                                and phone1 not in read.json()["contact"]["phoneNumbers"]
+                            ):
+                                result.stale_lookups += 1
+                written = call(
+                    "identify on node 1",
+                    "POST",
+                    writer + "/identify",
+                    json={"email": email, "phoneNumber": phone2},
+                )
+                if written is not None and written.status_code == 200:
+                    read = call("identify on node 2", "POST", reader + "/identify", json={"email": email})
+                    if read is not None and read.status_code == 200:
+                        with lock:
+                            result.reads += 1
+                            if phone2 not in read.json()["contact"]["phoneNumbers"]:
+                                result.stale_identifies += 1
+                with lock:
+                    number = next(numbers, None)
+
+    threads = [threading.Thread(target=client, name=f"ryw-{i}") for i in range(RYW_CLIENTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(RUN_LIMIT_S)
+    assert not any(thread.is_alive() for thread in threads), (
+        f"read-your-writes did not finish in {RUN_LIMIT_S}s"
+    )
+    return result
+
+
+def freshness(cluster: GaleraCluster, serve: Serve, sync_wait: str) -> Freshness:
+    """Instances on nodes 1 and 2 with FLUXKART_WSREP_SYNC_WAIT=sync_wait; run the check."""
+    database = fresh_database(cluster)
+    settings = [{**s, "FLUXKART_WSREP_SYNC_WAIT": sync_wait} for s in cluster.settings(database)[:2]]
+    writer, reader = serve(SERVICE_DIR, settings)
+    result = write_then_read_elsewhere(writer.url, reader.url, f"w{sync_wait}", RYW_ITERATIONS)
+    print(result.summary(f"wsrep_sync_wait={sync_wait}"))
+    return result
+
+
+def test_reads_on_another_node_see_acknowledged_writes(cluster: GaleraCluster, serve: Serve) -> None:
+    """Causal reads (the service's default on Galera): 0 stale answers in thousands of reads."""
+    result = freshness(cluster, serve, "1")
+    assert not result.failures, result.failures[:10]
+    assert result.reads == 2 * RYW_ITERATIONS, result.summary("causal reads")
+    assert result.stale() == 0, result.summary("causal reads")
+
+
+@pytest.mark.unlocked
+def test_without_causal_reads_answers_go_stale(cluster: GaleraCluster, serve: Serve) -> None:
+    """FLUXKART_WSREP_SYNC_WAIT=0: the same check finds stale answers, so it can fail."""
+    result = freshness(cluster, serve, "0")
+    assert not result.failures, result.failures[:10]
+    assert result.stale() > 0, result.summary("no causal reads")
