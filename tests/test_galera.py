@@ -68,6 +68,8 @@ MERGE_HEAVY_REQUESTS = 1500
 BRIDGE_SHARE = 0.3
 RYW_ITERATIONS = 1000  # each: 2 writes on node 1, 2 reads on node 2 (2,000 checked reads)
 RYW_CLIENTS = 4
+LOST = 2  # the node killed under load: node 3
+NODE_LOSS_MAX_REQUESTS = 6000  # the load stops earlier, once the lost node's instance has recovered
 
 Pair = tuple[str | None, str | None]
 Item = tuple[int, Pair]  # (node index, request)
@@ -260,11 +262,12 @@ class Exchange:
     contact: dict[str, Any] | None = None
     error: str | None = None
     seconds: float = 0.0
+    sent_at: float = 0.0  # time.monotonic() when it was sent
 
 
 def post_identify(session: requests.Session, url: str, node: int, pair: Pair) -> Exchange:
     """POST /identify on one instance; never raises."""
-    exchange = Exchange(node, pair)
+    exchange = Exchange(node, pair, sent_at=time.monotonic())
     started = time.perf_counter()
     try:
         response = session.post(
@@ -599,3 +602,124 @@ def test_without_causal_reads_answers_go_stale(cluster: GaleraCluster, serve: Se
     result = freshness(cluster, serve, "0")
     assert not result.failures, result.failures[:10]
     assert result.stale() > 0, result.summary("no causal reads")
+
+
+# --------------------------------------------------------------------------
+# A node lost under load
+# --------------------------------------------------------------------------
+
+
+def readiness(server: Gunicorn) -> int | None:
+    """GET /health/ready's status, None when the instance does not answer."""
+    try:
+        return requests.get(server.url + "/health/ready", timeout=REQUEST_TIMEOUT).status_code
+    except requests.RequestException:
+        return None
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll until `condition` holds; returns the seconds it took; fails the test after `timeout`."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def test_a_node_lost_under_load(cluster: GaleraCluster, serve: Serve) -> None:
+    """SIGKILL node 3 mid-stream: 503s (never 500) from its instance only, rejoin by IST, nothing lost."""
+    database = fresh_database(cluster)
+    instances = serve(SERVICE_DIR, cluster.settings(database))
+    urls = [server.url for server in instances]
+    lost, lost_instance = cluster.nodes[LOST], instances[LOST]
+    pairs = merge_heavy_requests(random.Random(13))
+    exchanges: list[Exchange] = []
+    lock, stop = threading.Lock(), threading.Event()
+    numbers = itertools.count()
+    deadline = time.monotonic() + RUN_LIMIT_S
+
+    def client() -> None:
+        with requests.Session() as session:
+            while not stop.is_set() and time.monotonic() < deadline:
+                with lock:
+                    number = next(numbers)
+                    if number >= NODE_LOSS_MAX_REQUESTS:
+                        return
+                    pair = next(pairs)
+                exchange = post_identify(session, urls[number % 3], number % 3, pair)
+                with lock:
+                    exchanges.append(exchange)
+                if exchange.status == 503:
+                    time.sleep(0.05)  # a client backs off on 503 (Retry-After)
+
+    def answered() -> int:
+        with lock:
+            return len(exchanges)
+
+    def recovered_answers(since: float) -> int:
+        with lock:
+            return sum(1 for x in exchanges if x.node == LOST and x.status == 200 and x.sent_at > since)
+
+    threads = [threading.Thread(target=client, name=f"load-{i}") for i in range(CLIENTS)]
+    load_started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: answered() >= 300, 90, "300 requests answered before the kill")
+        killed_at = time.monotonic()
+        lost.kill()
+        wait_for(lambda: readiness(lost_instance) == 503, 15, "the lost node's instance fails readiness")
+        others_ready = [readiness(server) for server in instances if server is not lost_instance]
+        during = answered()
+        wait_for(lambda: answered() >= during + 300, 90, "300 more requests answered while the node is down")
+        log_before = len(lost.log())
+        restarted_at = time.monotonic()
+        cluster.start_node(lost)
+        cluster.wait_synced(timeout=120)
+        rejoin_s = time.monotonic() - restarted_at
+        recover_s = wait_for(lambda: readiness(lost_instance) == 200, 60, "the instance recovers by itself")
+        recovered_at = time.monotonic()
+        wait_for(lambda: recovered_answers(recovered_at) >= 30, 60, "the recovered instance answers identify")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(REQUEST_TIMEOUT[1] + 5)
+    load_s = time.monotonic() - load_started
+    rejoin_log = lost.log()[log_before:]
+
+    # Clients retry what got a 503, now that every node is back.
+    with requests.Session() as session:
+        retried = [
+            post_identify(session, urls[x.node], x.node, x.request) for x in exchanges if x.status == 503
+        ]
+    run = Run(planned=len(exchanges) + len(retried), exchanges=exchanges + retried, seconds=load_s)
+    down = [x for x in exchanges if x.node == LOST and killed_at <= x.sent_at < restarted_at]
+    rejoining = [x for x in exchanges if x.node == LOST and restarted_at <= x.sent_at < recovered_at]
+    after = [x for x in exchanges if x.node == LOST and x.sent_at >= recovered_at]
+    others = [x for x in exchanges if x.node != LOST]
+    stalled = max((x.seconds for x in others if killed_at - 1 <= x.sent_at < restarted_at), default=0.0)
+    print(
+        f"\nnode loss: {len(exchanges)} requests in {load_s:.1f}s; lost node's instance: "
+        f"{Counter(x.status for x in down)} while down, {Counter(x.status for x in rejoining)} while "
+        f"rejoining, {Counter(x.status for x in after)} after; others: {Counter(x.status for x in others)}, "
+        f"slowest answer around the kill {stalled:.2f}s; readiness of the others while down: {others_ready}; "
+        f"rejoined in {rejoin_s:.1f}s ({'IST' if 'rsync IST completed on joiner' in rejoin_log else 'SST'}), "
+        f"instance ready {recover_s:.1f}s later; {len(retried)} 503'd requests retried: "
+        f"{Counter(x.status for x in retried)}"
+    )
+    verdict = judge("node loss", cluster, database, instances, run)
+
+    assert all(x.status in (200, 503) for x in exchanges), Counter(x.status for x in exchanges)
+    assert all(x.status == 200 for x in others), (
+        f"other nodes' instances: {Counter(x.status for x in others)}"
+    )
+    assert others_ready == [200, 200], others_ready
+    assert down and all(x.status == 503 for x in down), Counter(x.status for x in down)
+    assert all(x.status in (200, 503) for x in rejoining), Counter(x.status for x in rejoining)
+    assert all(x.status == 200 for x in after), Counter(x.status for x in after)
+    assert "rsync IST completed on joiner" in rejoin_log, "the node did not rejoin by IST"
+    assert all(x.status == 200 for x in retried), Counter(x.status for x in retried)
+    assert not verdict.log_errors, "\n".join(verdict.log_errors[:20])
+    assert not verdict.violations, f"{verdict.summary()}\n" + "\n".join(verdict.violations[:40])
+    assert not verdict.differing, verdict.summary()
