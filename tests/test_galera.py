@@ -398,7 +398,7 @@ def sum_metric(instances: list[Gunicorn], name: str) -> dict[str, float]:
 
 def judge(label: str, cluster: GaleraCluster, database: str, instances: list[Gunicorn], run: Run) -> Verdict:
     """Stop the instances, then compare the nodes' tables and check node 1's against the requests."""
-    retry_reasons = sum_metric(instances, "fluxkart_identify_retries")
+    retry_reasons = sum_metric(instances, "fluxkart_transaction_retries")
     outcomes = sum_metric(instances, "fluxkart_identify_outcomes")
     for server in instances:
         server.stop()
