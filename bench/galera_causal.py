@@ -140,7 +140,8 @@ def main() -> int:
         finally:
             cluster.stop()
     print(
-        f"\n{args.requests} identify requests per run, {CLIENTS} clients over 3 nodes; median (min-max) over runs"
+        f"\n{args.requests} identify requests per run, {CLIENTS} clients over 3 nodes; "
+        "median (min-max) over runs"
     )
     print("| wsrep_sync_wait | requests/s | p50 ms | p90 ms | repeat-order p50 ms | linking-order p50 ms |")
     print("|---|---|---|---|---|---|")
