@@ -9,7 +9,8 @@ causal reads) or 0 (B), in the order A B B A per round, each on a fresh database
 preloaded with the same customers. Each run sends the same requests from 12 client
 threads, round-robin over the three instances: 80% repeat orders (answered by the
 lock-free read, where causal reads add their wait) and 20% orders that link a new
-phone number (the locked write path). Reported: throughput and p50/p90 latency per run,
+phone number (the locked write path). Before them, one indexed SELECT is timed on
+node 2 with each setting (A B B A), to show the wait alone. Reported: throughput and p50/p90 latency per run,
 then per setting the median over runs with min-max, and B's median as a ratio of A's.
 Everything runs on 127.0.0.1 and stops by itself (bounded by --requests per run).
 """
@@ -113,12 +114,39 @@ def measure(
             server.stop()
 
 
+def statement_cost(cluster: GaleraCluster, queries: int) -> dict[str, list[float]]:
+    """Median microseconds of one indexed SELECT on node 2, wsrep_sync_wait 1 and 0, A B B A.
+
+    The HTTP runs above mix the wait with everything else a request does; this is
+    the wait alone: one causal-read round through the cluster per statement.
+    """
+    cluster.create_database("bench_causal_statement")
+    with cluster.nodes[0].connect("bench_causal_statement") as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE t (id INT PRIMARY KEY, email VARCHAR(64), KEY (email))")
+        cur.executemany("INSERT INTO t VALUES (%s, %s)", [(i, f"c{i}@bench.test") for i in range(1000)])
+    medians: dict[str, list[float]] = {"1": [], "0": []}
+    with cluster.nodes[1].connect("bench_causal_statement") as conn, conn.cursor() as cur:
+        for sync_wait in ("1", "0", "0", "1"):
+            cur.execute("SET SESSION wsrep_sync_wait = %s", (int(sync_wait),))
+            times = []
+            for i in range(queries):
+                started = time.perf_counter()
+                cur.execute("SELECT id FROM t WHERE email = %s", (f"c{i % 1000}@bench.test",))
+                cur.fetchall()
+                times.append(time.perf_counter() - started)
+            medians[sync_wait].append(statistics.median(times) * 1e6)
+    return medians
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=1, help="A B B A rounds (default 1: 4 runs)")
     parser.add_argument("--requests", type=int, default=1500, help="requests per run (default 1500)")
+    parser.add_argument(
+        "--statements", type=int, default=3000, help="SELECTs per statement run (default 3000)"
+    )
     args = parser.parse_args()
     why = galera_missing()
     if why:
@@ -130,6 +158,7 @@ def main() -> int:
         cluster = GaleraCluster(Path(base))
         cluster.start()
         try:
+            per_statement = statement_cost(cluster, args.statements)
             for number, sync_wait in enumerate(order, start=1):
                 result = measure(cluster, sync_wait, number, bodies, Path(base))
                 results[sync_wait].append(result)
@@ -156,6 +185,12 @@ def main() -> int:
         print(f"| {sync_wait} | " + " | ".join(cells) + " |")
     ratios = ", ".join(f"{key} {medians['1'][key] / medians['0'][key]:.2f}" for key in keys)
     print(f"\ncausal reads (1) as a ratio of none (0): {ratios}")
+    shown = {k: ", ".join(f"{v:.0f}" for v in values) for k, values in per_statement.items()}
+    print(
+        f"one indexed SELECT on node 2, median microseconds per run: wsrep_sync_wait=1: {shown['1']}; "
+        f"0: {shown['0']}; ratio of medians "
+        f"{statistics.median(per_statement['1']) / statistics.median(per_statement['0']):.2f}"
+    )
     return 0
 
 
