@@ -92,7 +92,7 @@ def run_once(urls: list[str], bodies: list[tuple[str, dict[str, str]]]) -> dict[
 
 
 def measure(
-    cluster: GaleraCluster, sync_wait: str, number: int, bodies: list, logs: Path
+    cluster: GaleraCluster, sync_wait: str, number: int, bodies: list[tuple[str, dict[str, str]]], logs: Path
 ) -> dict[str, object]:
     """One run: fresh database, preload, three instances with this setting, the requests."""
     database = f"bench_causal_{number}"
@@ -185,10 +185,10 @@ def main() -> int:
         print(f"| {sync_wait} | " + " | ".join(cells) + " |")
     ratios = ", ".join(f"{key} {medians['1'][key] / medians['0'][key]:.2f}" for key in keys)
     print(f"\ncausal reads (1) as a ratio of none (0): {ratios}")
-    shown = {k: ", ".join(f"{v:.0f}" for v in values) for k, values in per_statement.items()}
+    runs = {k: ", ".join(f"{v:.0f}" for v in values) for k, values in per_statement.items()}
     print(
-        f"one indexed SELECT on node 2, median microseconds per run: wsrep_sync_wait=1: {shown['1']}; "
-        f"0: {shown['0']}; ratio of medians "
+        f"one indexed SELECT on node 2, median microseconds per run: wsrep_sync_wait=1: {runs['1']}; "
+        f"0: {runs['0']}; ratio of medians "
         f"{statistics.median(per_statement['1']) / statistics.median(per_statement['0']):.2f}"
     )
     return 0

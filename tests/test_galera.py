@@ -429,9 +429,20 @@ def judge(label: str, cluster: GaleraCluster, database: str, instances: list[Gun
     return verdict
 
 
-def run_workload(workload: str, app_dir: Path, cluster: GaleraCluster, serve: Serve, label: str) -> Verdict:
+def run_workload(
+    workload: str,
+    app_dir: Path,
+    cluster: GaleraCluster,
+    serve: Serve,
+    label: str,
+    topology: str = "multi-writer",
+) -> Verdict:
+    """Serve app_dir on the cluster (multi- or single-writer), run the workload, judge it."""
     database = fresh_database(cluster)
-    instances = serve(app_dir, cluster.settings(database))
+    settings = cluster.settings(database)
+    if topology == "single-writer":
+        settings = [settings[0]] * len(settings)
+    instances = serve(app_dir, settings)
     run = run_rounds([server.url for server in instances], WORKLOADS[workload](sum(map(ord, workload))))
     return judge(label, cluster, database, instances, run)
 
