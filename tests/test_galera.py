@@ -14,8 +14,9 @@ statement (brute-force abort), surfacing as deadlock errors the service retries.
   Each runs multi-writer (each instance writes to its own node) and single-writer (all
   three instances on node 1, as behind a proxy with one active backend), and must leave
   0 invariant violations (tests/checker.py), no 5xx, every node's Contact and
-  ContactIdentifier tables identical; the retries each cost are printed. The copy of the service without its
-  locking (tests/unlocked.py) must fail on them: `pytest -m unlocked tests/test_galera.py`.
+  ContactIdentifier tables identical; the retries each cost are printed. The copy of
+  the service without its locking (tests/unlocked.py) must fail on them:
+  `pytest -m unlocked tests/test_galera.py`.
 - Read-your-writes: a write answered by node 1, then at once a lookup and an identify on
   node 2, thousands of times: 0 stale answers with the service's causal reads
   (wsrep_sync_wait=1). With FLUXKART_WSREP_SYNC_WAIT=0 the same check finds stale answers
