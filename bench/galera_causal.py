@@ -29,9 +29,9 @@ from pathlib import Path
 
 import requests
 
+from fluxkart import SETTINGS
 from tests.galera import GaleraCluster, galera_missing
-from tests.service import Gunicorn
-from tests.unlocked import SERVICE_DIR
+from tests.processes import Gunicorn
 
 CLIENTS = 12
 CUSTOMERS = 200
@@ -100,9 +100,13 @@ def measure(
     instances = []
     try:
         for settings in cluster.settings(database):
-            server = Gunicorn(SERVICE_DIR, {**settings, "FLUXKART_WSREP_SYNC_WAIT": sync_wait}, logs, WORKERS)
-            server.start()
+            env = {name: "" for name in SETTINGS}  # nothing leaks in from the shell
+            env.update(settings, FLUXKART_WSREP_SYNC_WAIT=sync_wait, LOG_LEVEL="warning")
+            env.update(WEB_CONCURRENCY=str(WORKERS[0]), GUNICORN_THREADS=str(WORKERS[1]))
+            env.update(GUNICORN_WORKER_CLASS=WORKERS[2])
+            server = Gunicorn(env, logs)
             instances.append(server)
+            server.start(ready_path="/health/ready")
         urls = [server.url for server in instances]
         with requests.Session() as session:
             for c in range(CUSTOMERS):  # the repeat customers, unmeasured

@@ -30,7 +30,8 @@ from typing import Any
 
 import pymysql
 
-from tests.mariadb import MariaDBServer, free_port, server_binaries
+from tests.mariadb import MariaDBServer, server_binaries
+from tests.processes import free_port
 
 PROVIDER_PATHS = (
     "/usr/lib/galera/libgalera_smm.so",

@@ -52,7 +52,7 @@ import requests
 from tests.checker import check_answers, check_invariants, violation_kinds
 from tests.conftest import MYSQL_REQUIRED
 from tests.galera import GaleraCluster, GaleraNode, galera_missing
-from tests.service import Gunicorn
+from tests.processes import Gunicorn
 from tests.unlocked import SERVICE_DIR, build_unlocked_copy
 
 pytestmark = pytest.mark.galera
@@ -114,29 +114,16 @@ Serve = Callable[[Path, list[dict[str, str]]], list[Gunicorn]]
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Serve]:
-    """Start one gunicorn instance per settings (one per node); all are stopped afterwards."""
-    started: list[Gunicorn] = []
+def serve(gunicorn: Any) -> Serve:
+    """Start one gunicorn instance of app_dir per settings (one per node), ready on its database."""
 
     def start(app_dir: Path, node_settings: list[dict[str, str]]) -> list[Gunicorn]:
-        instances = []
-        for settings in node_settings:
-            for attempt in range(3):  # a new port if another process took the one we probed
-                server = Gunicorn(app_dir, settings, tmp_path, WORKERS)
-                started.append(server)
-                try:
-                    server.start()
-                    break
-                except RuntimeError:
-                    server.stop()
-                    if attempt == 2:
-                        raise
-            instances.append(server)
-        return instances
+        return [
+            gunicorn(settings, *WORKERS, app_dir=app_dir, ready_path="/health/ready")
+            for settings in node_settings
+        ]
 
-    yield start
-    for server in started:
-        server.stop()
+    return start
 
 
 def causal_connection(node: GaleraNode, database: str) -> pymysql.connections.Connection:
