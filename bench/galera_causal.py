@@ -101,7 +101,7 @@ def measure(
     try:
         for settings in cluster.settings(database):
             env = {name: "" for name in SETTINGS}  # nothing leaks in from the shell
-            env.update(settings, FLUXKART_WSREP_SYNC_WAIT=sync_wait, LOG_LEVEL="warning")
+            env.update(settings, FLUXKART_WSREP_SYNC_WAIT=sync_wait, LOG_LEVEL="info")
             env.update(WEB_CONCURRENCY=str(WORKERS[0]), GUNICORN_THREADS=str(WORKERS[1]))
             env.update(GUNICORN_WORKER_CLASS=WORKERS[2])
             server = Gunicorn(env, logs)
