@@ -8,6 +8,8 @@ Routes
     GET  /customers        read-only lookup by ?email= and/or ?phoneNumber=
     GET  /contacts         contact rows, ?limit= ?after= ?email= ?phoneNumber=
     GET  /contacts/<id>    one contact row
+    GET  /customers/<id>/history   a customer's merge history (ids only), oldest first
+    DELETE /customers      erase a customer: ?email= ?phoneNumber= ?dryRun=true
 
 Environment (or a .env file)
     MYSQL_HOST, MYSQL_PORT, MYSQL_USER, MYSQL_PASSWORD, MYSQL_DATABASE
@@ -1144,6 +1146,7 @@ def finish_request(response: Response) -> Response:
     if "identify_outcome" in g:
         IDENTIFY_OUTCOMES.labels(g.identify_outcome).inc()
         fields["outcome"] = g.identify_outcome
+    fields.update(g.get("log_fields", {}))  # a view's own figures (erasure counts), never identifiers
     if access_log.isEnabledFor(logging.INFO):
         # makeRecord + handle: Logger.info would also walk the stack for a
         # caller we never print, on every request.
@@ -1228,6 +1231,70 @@ def query_int(name: str, default: int, low: int, high: int) -> int:
     if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
         raise ApiError(400, "invalid_parameter", f"{name} must be a whole number from {low} to {high}")
     return int(raw)
+
+
+# -- history and erasure routes (module-level views, registered in register_routes) --
+
+
+def query_bool(name: str) -> bool:
+    """A true/false query parameter, false when absent; 400 for anything else."""
+    raw = request.args.get(name, "false")
+    if raw not in ("true", "false"):
+        raise ApiError(400, "invalid_parameter", f"{name} must be true or false")
+    return raw == "true"
+
+
+def get_customer_history(primaryId: int) -> Response:
+    """GET /customers/<primaryId>/history: the customer's events, oldest first, paginated.
+
+    Any id of the customer works; a demoted primary's id answers its survivor's
+    history, named by "customerId" and a Link rel="canonical".
+    """
+    primary_id = primaryId  # the path's name for it is the API's (camelCase)
+    limit = query_int("limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    after = query_int("after", 0, 0, MAX_ID)
+    if primary_id > MAX_ID:
+        raise ApiError(404, "not_found", f"no customer with id {primary_id}")
+    history = run_retrying_reads(lambda db: customer_history(db, primary_id, after, limit))
+    HISTORY_READS.inc()
+    response = jsonify(history)
+    survivor = history["customerId"]
+    links = []
+    if survivor != primary_id:
+        links.append(f'<{url_for("get_customer_history", primaryId=survivor)}>; rel="canonical"')
+    if history["nextAfter"] is not None:
+        next_url = url_for(
+            "get_customer_history", primaryId=survivor, limit=limit, after=history["nextAfter"]
+        )
+        links.append(f'<{next_url}>; rel="next"')
+    if links:
+        response.headers["Link"] = ", ".join(links)
+    return response
+
+
+def delete_customer() -> Response:
+    """DELETE /customers?email=&phoneNumber=[&dryRun=true]: erase a whole customer (privacy request).
+
+    Refused (403) while no API token is configured. The access log line carries
+    the counts, never the identifiers.
+    """
+    if not current_app.config["FLUXKART_API_TOKEN"]:
+        raise ApiError(
+            403,
+            "erasure_disabled",
+            "erasure is refused while FLUXKART_API_TOKEN is not set: nobody erases customers on an "
+            "open service; set the token and send it as 'Authorization: Bearer <token>'",
+        )
+    email, phone = query_identifiers()
+    if email is None and phone is None:
+        raise ApiError(400, "missing_identifier", "give ?email= and/or ?phoneNumber=")
+    dry_run = query_bool("dryRun")
+    result = run_retrying_reads(lambda db: erase_customer(db, email, phone, dry_run))
+    ERASURES.labels("true" if dry_run else "false").inc()
+    counts = {name: result[name] for name in ("dryRun", "contacts", "identifiers", "historyEvents")}
+    g.log_fields = {"erasure": counts}
+    log.info("erasure previewed" if dry_run else "customer erased", extra={"fields": counts})
+    return jsonify(result)
 
 
 def register_routes(app: Flask) -> None:
@@ -1321,6 +1388,9 @@ def register_routes(app: Flask) -> None:
             next_url = url_for("list_contacts", **{**args, "limit": limit, "after": page[-1]["id"]})
             response.headers["Link"] = f'<{next_url}>; rel="next"'
         return response
+
+    app.add_url_rule("/customers/<int:primaryId>/history", view_func=get_customer_history, methods=["GET"])
+    app.add_url_rule("/customers", view_func=delete_customer, methods=["DELETE"])
 
     @app.get("/contacts/<int:contact_id>")
     def get_contact(contact_id: int) -> Response:
