@@ -1999,6 +1999,7 @@ def repair_command(dry_run: bool) -> None:
     values are reported and left as they are).
     """
     started = time.monotonic()
+    start_command_run()  # the request id of this run's history events
     db = get_db()
     db.connect()
     region = current_app.config["FLUXKART_PHONE_REGION"]
