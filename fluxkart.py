@@ -8,6 +8,8 @@ Routes
     GET  /customers        read-only lookup by ?email= and/or ?phoneNumber=
     GET  /contacts         contact rows, ?limit= ?after= ?email= ?phoneNumber=
     GET  /contacts/<id>    one contact row
+    GET  /customers/<id>/history   a customer's history (ids only), oldest first
+    DELETE /customers      erase a customer: ?email= ?phoneNumber= ?dryRun=true
     GET  /metrics          Prometheus metrics;  GET /openapi.json  this API's description
 
 Commands (flask --app fluxkart <command>)
@@ -279,6 +281,7 @@ def finish_request(response: Response) -> Response:
     if "identify_outcome" in g:
         IDENTIFY_OUTCOMES.labels(g.identify_outcome).inc()
         fields["outcome"] = g.identify_outcome
+    fields.update(g.get("log_fields", {}))  # a view's own figures (erasure counts), never identifiers
     if access_log.isEnabledFor(logging.INFO):
         # makeRecord + handle: Logger.info would also walk the stack for a
         # caller we never print, on every request.
@@ -886,8 +889,10 @@ def apply_identify(db: Database, email: str | None, phone: str | None) -> tuple[
     """
     db.run("touch_identifiers", email=email, phone=phone)
     rows = lock_customer(db, {email} if email else set(), {phone} if phone else set())
-    plan = plan_identify(rows, email, phone, utcnow())
+    now = utcnow()
+    plan = plan_identify(rows, email, phone, now)
     write_plan(db, plan)
+    record_plan_events(db, rows, plan, now)
     return customer_answer(plan.rows), plan.outcome
 
 
@@ -1120,6 +1125,387 @@ def contact_to_json(row: Row) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------
+# History and erasure (SPEC "History and erasure"; docs/history-and-erasure.md)
+# --------------------------------------------------------------------------
+
+HISTORY_READS = prometheus_client.Counter("fluxkart_history_reads", "customer history pages answered")
+ERASURES = prometheus_client.Counter(
+    "fluxkart_erasures",
+    "customer erasures answered (dry_run=true: previews that changed nothing)",
+    ["dry_run"],
+)
+# A DATETIME(6) older than any event: the cursor of a history's first page (MySQL's minimum).
+HISTORY_START = datetime(1000, 1, 1)
+DELETE_IDENTIFIER = {
+    "email": "delete_email_identifier_if_unused",
+    "phone": "delete_phone_identifier_if_unused",
+}
+# How many links a history request follows from the id it was given to its customer.
+MAX_HOPS = 64
+
+_command_run = {"id": ""}
+_command_run_lock = threading.Lock()
+
+
+def start_command_run(run_id: str | None = None) -> str:
+    """Name the unit of work of a CLI command (repair, import); returns the run id recorded in history."""
+    with _command_run_lock:
+        _command_run["id"] = run_id or f"run-{uuid.uuid4().hex}"
+        return _command_run["id"]
+
+
+def current_request_id() -> str:
+    """The id history records for the current unit of work.
+
+    Inside a request, the request's id (X-Request-ID); elsewhere (a CLI
+    command), the process's command run id, made on first use.
+    """
+    if has_request_context() and "request_id" in g:
+        return str(g.request_id)
+    with _command_run_lock:
+        if not _command_run["id"]:
+            _command_run["id"] = f"run-{uuid.uuid4().hex}"
+        return _command_run["id"]
+
+
+@dataclass
+class IdentifyChange:
+    """What one identify transaction changed, in ids: the input of record_identify_events.
+
+    survivor_id: the customer's primary after the change. created: the
+    survivor is a row this request inserted (a new customer). inserted_id: a
+    secondary this request inserted. demoted: each demoted primary -> the ids
+    of its rows that now point at the survivor (itself first). repaired: each
+    former primary (None when there was none, e.g. a missing one) -> the ids of
+    the rows a heal re-pointed from it to the survivor.
+    """
+
+    survivor_id: int
+    created: bool = False
+    inserted_id: int | None = None
+    demoted: dict[int, list[int]] = field(default_factory=dict)
+    repaired: dict[int | None, list[int]] = field(default_factory=dict)
+
+
+def record_event(
+    db: Database,
+    kind: str,
+    customer_id: int,
+    contact_ids: Iterable[int],
+    at: datetime,
+    former_customer_id: int | None = None,
+) -> None:
+    """Append one history event (kind in EVENT_KINDS) in the caller's transaction. Ids only."""
+    db.run(
+        "insert_history_event",
+        kind=kind,
+        created_at=at,
+        request_id=current_request_id(),
+        customer_id=customer_id,
+        former_customer_id=former_customer_id,
+        contact_ids=json.dumps(list(contact_ids), separators=(",", ":")),
+    )
+
+
+def record_identify_events(db: Database, change: IdentifyChange, at: datetime) -> None:
+    """Record what an identify changed, in its transaction: created | repaired, merged | linked.
+
+    Called by apply_identify only when it wrote something: a request that
+    changes nothing records nothing. `at` is the changed rows' updatedAt.
+    """
+    survivor = change.survivor_id
+    if change.created:
+        record_event(db, "created", survivor, [survivor], at)
+    for former, moved in change.repaired.items():
+        record_event(db, "repaired", survivor, moved, at, former)
+    for demoted, moved in change.demoted.items():
+        record_event(db, "merged", survivor, moved, at, demoted)
+    if change.inserted_id is not None:
+        record_event(db, "linked", survivor, [change.inserted_id], at)
+
+
+def record_plan_events(db: Database, rows: list[Row], plan: IdentifyPlan, at: datetime) -> None:
+    """Record what write_plan just wrote (identify, repair), in the same transaction; nothing if unchanged.
+
+    `rows` are the customer's locked rows before the plan. A demoted primary and
+    the rows that pointed at it make one `merged` event; every other re-pointed
+    (or promoted) row goes into a `repaired` event per row it pointed at before.
+    """
+    if plan.outcome == "unchanged":
+        return
+    before = {row["id"]: row for row in rows}
+    change = IdentifyChange(plan.rows[0]["id"])
+    if plan.outcome == "created":
+        change.created = True
+    elif plan.inserted is not None:
+        change.inserted_id = plan.inserted["id"]
+    if plan.promoted is not None:
+        change.repaired[before[change.survivor_id]["linkedId"]] = [change.survivor_id]
+    change.demoted = {primary_id: [primary_id] for primary_id in plan.demoted}
+    for row_id in plan.relinked:  # oldest first
+        if row_id in change.demoted:
+            continue
+        former = before[row_id]["linkedId"]
+        if former in change.demoted:
+            change.demoted[former].append(row_id)
+        else:
+            change.repaired.setdefault(former, []).append(row_id)
+    record_identify_events(db, change, at)
+
+
+def record_imported(db: Database, customer_id: int, contact_ids: Iterable[int], at: datetime) -> None:
+    """For the import command: rows it added to a customer, in the transaction that added them."""
+    record_event(db, "imported", customer_id, contact_ids, at)
+
+
+def event_to_json(row: Row) -> dict[str, Any]:
+    """A history row as the API answers it: ids, kind, time (ISO 8601 UTC) and request id."""
+    event: dict[str, Any] = {
+        "id": row["id"],
+        "kind": row["kind"],
+        "at": row["createdAt"].isoformat(timespec="microseconds") + "Z",
+        "requestId": row["requestId"],
+        "customerId": row["customerId"],
+        "contactIds": json.loads(row["contactIds"]),
+    }
+    if row["kind"] == "merged":
+        event["demotedPrimaryId"] = row["formerCustomerId"]
+    elif row["kind"] == "repaired":
+        event["formerPrimaryId"] = row["formerCustomerId"]
+    return event
+
+
+def resolve_customer(db: Database, contact_id: int) -> int:
+    """The primary id of the customer a contact id now belongs to; ApiError 404/409.
+
+    A live row leads to its primary. A row that is gone or deleted (a demoted
+    and later erased or deleted primary) leads, through the history event that
+    moved its rows, to the customer that absorbed it.
+    """
+    current, seen = contact_id, set()
+    for _ in range(MAX_HOPS):
+        seen.add(current)
+        row = db.one("select_contact_link", id=current)
+        if row is not None and row["deletedAt"] is None:
+            if row["linkPrecedence"] == "primary":
+                return current
+            following = row["linkedId"]
+        else:
+            absorbing = db.one("select_absorbing_event", former_customer_id=current)
+            following = absorbing["customerId"] if absorbing else None
+        if following is None or following in seen:
+            break
+        current = following
+    if current == contact_id:
+        raise ApiError(404, "not_found", f"no customer with id {contact_id}")
+    raise ApiError(
+        409,
+        "inconsistent_customer",
+        f"contact {contact_id} leads to no primary; its rows were not written by this service",
+    )
+
+
+def customer_history(db: Database, customer_id: int, after: int, limit: int) -> dict[str, Any]:
+    """A customer's events, oldest first by (time, id), including those of customers merged into it.
+
+    In: any id of the customer (a demoted primary's id leads to its survivor),
+    the id of the last event already read (0: from the start), a page size.
+    Out: {"customerId": the survivor's primary id, "events": [...],
+    "nextAfter": the cursor of the next page or None}. ApiError 404 for an
+    unknown id or a cursor that names no event, 409 for rows with no primary.
+    """
+    survivor = resolve_customer(db, customer_id)
+    after_at = HISTORY_START
+    if after:
+        cursor = db.one("select_history_event_by_id", id=after)
+        if cursor is None:
+            raise ApiError(404, "not_found", f"no history event {after}: give an id from a previous page")
+        after_at = cursor["createdAt"]
+    rows = db.all(
+        "select_history_page", customer_id=survivor, after=after, after_at=after_at, limit=limit + 1
+    )
+    page = rows[:limit]
+    return {
+        "customerId": survivor,
+        "events": [event_to_json(row) for row in page],
+        "nextAfter": page[-1]["id"] if len(rows) > limit else None,
+    }
+
+
+class DryRunFinished(Exception):
+    """Carries a dry-run erasure's answer out of its transaction, which is then rolled back."""
+
+    def __init__(self, result: dict[str, Any]):
+        super().__init__("dry run")
+        self.result = result
+
+
+def erase_customer(db: Database, email: str | None, phone: str | None, dry_run: bool) -> dict[str, Any]:
+    """Erase a whole customer with hard DELETEs: rows, identifier rows, history; leave one erasure record.
+
+    In: canonical identifiers (at least one). Out: {"dryRun", "primaryContactId",
+    "contactIds", "contacts", "identifiers", "historyEvents"}. With dry_run the
+    same transaction runs and is rolled back: the answer is what would be
+    erased, and nothing changes. ApiError 404 when no customer has these
+    identifiers, 409 when the email and the phone belong to two customers.
+    Takes identify's locks (SPEC "Concurrency"): a racing identify for the
+    customer commits wholly before (and is erased) or after (a new customer).
+    """
+
+    def work(db: Database) -> dict[str, Any]:
+        result = apply_erasure(db, email, phone, dry_run)
+        if dry_run:
+            raise DryRunFinished(result)
+        return result
+
+    try:
+        return in_transaction(db, work, "erasure")
+    except DryRunFinished as finished:
+        return finished.result
+
+
+def identifiers_of(rows: Iterable[Row]) -> set[tuple[str, str]]:
+    """The (kind, value) identifiers rows carry: ('email', ...) and ('phone', ...)."""
+    found = set()
+    for row in rows:
+        if row["email"] is not None:
+            found.add(("email", row["email"]))
+        if row["phoneNumber"] is not None:
+            found.add(("phone", row["phoneNumber"]))
+    return found
+
+
+def rows_by_key(db: Database, key: tuple[str, Any]) -> list[Row]:
+    """Every row (live or deleted) carrying an identifier, or linked to/from an id: ("link", id)."""
+    kind, value = key
+    if kind == "email":
+        return db.all("select_rows_by_email", email=value)
+    if kind == "phone":
+        return db.all("select_rows_by_phone", phone=value)
+    return db.all("select_rows_by_link", id=value)
+
+
+def keys_of(row: Row) -> list[tuple[str, Any]]:
+    """What connects a row to others: its identifiers, its id, and the id it links to."""
+    keys: list[tuple[str, Any]] = [("link", row["id"])]
+    if row["linkedId"] is not None:
+        keys.append(("link", row["linkedId"]))
+    if row["email"] is not None:
+        keys.append(("email", row["email"]))
+    if row["phoneNumber"] is not None:
+        keys.append(("phone", row["phoneNumber"]))
+    return keys
+
+
+def deleted_rows_of(db: Database, live: dict[int, Row]) -> dict[int, Row]:
+    """The soft-deleted rows erased with a customer.
+
+    A deleted row is the customer's when a link or a shared identifier
+    connects it to the customer's rows, directly or through other deleted
+    rows, but never through a link or an identifier that a live row of
+    another customer holds (that row's deleted neighbours are its own).
+    """
+    erased = dict(live)
+    queue = [key for row in live.values() for key in keys_of(row)]
+    done: set[tuple[str, Any]] = set()
+    while queue:
+        key = queue.pop()
+        if key in done:
+            continue
+        done.add(key)
+        rows = rows_by_key(db, key)
+        if any(row["deletedAt"] is None and row["id"] not in live for row in rows):
+            continue  # another customer's link or identifier
+        for row in rows:
+            if row["id"] not in erased:
+                erased[row["id"]] = row
+                queue.extend(keys_of(row))
+    return erased
+
+
+def customer_to_erase(db: Database, email: str | None, phone: str | None) -> dict[int, Row]:
+    """The live rows of the one customer with this email and/or phone; ApiError 404 or 409."""
+    by_email = connected_rows(db, {email}, set()) if email is not None else {}
+    by_phone = connected_rows(db, set(), {phone}) if phone is not None else {}
+    if by_email and by_phone and by_email.keys() != by_phone.keys():
+        ids = ", ".join(str(oldest_first(rows.values())[0]["id"]) for rows in (by_email, by_phone))
+        raise ApiError(
+            409,
+            "several_customers",
+            f"the email and phone number belong to different customers ({ids}); erase them one at a time",
+        )
+    customer = by_email or by_phone
+    if not customer:
+        raise ApiError(404, "not_found", "no customer has this email or phone number")
+    return customer
+
+
+def apply_erasure(db: Database, email: str | None, phone: str | None, dry_run: bool) -> dict[str, Any]:
+    """The erasure, inside one transaction (erase_customer runs it and retries it).
+
+    Lock protocol, identify's own: 1. touch the request's identifier rows; 2.
+    find the customer and touch every identifier it carries, again until a
+    fresh read finds none untouched (then no identify can add to or merge the
+    customer: each would first touch one of them); 3. lock the rows FOR UPDATE;
+    4. delete history, rows and identifier rows; 5. write the erasure record.
+    """
+    db.run("touch_identifiers", email=email, phone=phone)
+    touched = {(kind, value) for kind, value in (("email", email), ("phone", phone)) if value is not None}
+    while True:
+        live = customer_to_erase(db, email, phone)
+        rows = deleted_rows_of(db, live)
+        untouched = identifiers_of(rows.values()) - touched
+        if not untouched:
+            break
+        for kind, value in sorted(untouched):
+            db.run("touch_identifier", kind=kind, value=value)
+        touched |= untouched
+    ids = sorted(rows)
+    for contact_id in ids:
+        db.one("lock_contact_by_id", id=contact_id)
+
+    # History: events keyed by any of the rows, and by every former customer they name.
+    keyed, queue = set(), list(ids)
+    while queue:
+        customer_id = queue.pop()
+        if customer_id in keyed:
+            continue
+        keyed.add(customer_id)
+        queue.extend(
+            event["formerCustomerId"]
+            for event in db.all("select_history_by_customer", customer_id=customer_id)
+            if event["formerCustomerId"] is not None
+        )
+    history_events = sum(
+        db.execute("delete_history_by_customer", {"customer_id": customer_id}).rowcount
+        for customer_id in sorted(keyed)
+    )
+    for contact_id in ids:
+        db.run("delete_contact_by_id", id=contact_id)
+    identifiers = sum(
+        db.execute(DELETE_IDENTIFIER[kind], {"value": value}).rowcount for kind, value in sorted(touched)
+    )
+    result = {
+        "dryRun": dry_run,
+        # The oldest live row: the primary, or the one identify would make primary (SPEC).
+        "primaryContactId": oldest_first(live.values())[0]["id"],
+        "contactIds": ids,
+        "contacts": len(ids),
+        "identifiers": identifiers,
+        "historyEvents": history_events,
+    }
+    db.run(
+        "insert_erasure",
+        erased_at=utcnow(),
+        request_id=current_request_id(),
+        contacts=len(ids),
+        identifiers=identifiers,
+        history_events=history_events,
+    )
+    return result
+
+
+# --------------------------------------------------------------------------
 # Errors: one JSON shape for every failure
 # --------------------------------------------------------------------------
 
@@ -1337,6 +1723,69 @@ def get_contact(contact_id: int) -> Response:
     return jsonify(contact_to_json(row))
 
 
+def query_bool(name: str) -> bool:
+    """A true/false query parameter, false when absent; 400 for anything else."""
+    raw = request.args.get(name, "false")
+    if raw not in ("true", "false"):
+        raise ApiError(400, "invalid_parameter", f"{name} must be true or false")
+    return raw == "true"
+
+
+@api.get("/customers/<int:primaryId>/history")
+def get_customer_history(primaryId: int) -> Response:
+    """GET /customers/<primaryId>/history: the customer's events, oldest first, paginated.
+
+    Any id of the customer works; a demoted primary's id answers its survivor's
+    history, named by "customerId" and a Link rel="canonical".
+    """
+    primary_id = primaryId  # the path's name for it is the API's (camelCase)
+    limit = query_int("limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    after = query_int("after", 0, 0, MAX_CONTACT_ID)
+    if primary_id > MAX_CONTACT_ID:
+        raise ApiError(404, "not_found", f"no customer with id {primary_id}")
+    history = reconnect_once(lambda db: customer_history(db, primary_id, after, limit))
+    HISTORY_READS.inc()
+    response = jsonify(history)
+    survivor = history["customerId"]
+    links = []
+    if survivor != primary_id:
+        links.append(f'<{url_for("api.get_customer_history", primaryId=survivor)}>; rel="canonical"')
+    if history["nextAfter"] is not None:
+        next_url = url_for(
+            "api.get_customer_history", primaryId=survivor, limit=limit, after=history["nextAfter"]
+        )
+        links.append(f'<{next_url}>; rel="next"')
+    if links:
+        response.headers["Link"] = ", ".join(links)
+    return response
+
+
+@api.delete("/customers")
+def delete_customer() -> Response:
+    """DELETE /customers?email=&phoneNumber=[&dryRun=true]: erase a whole customer (privacy request).
+
+    Refused (403) while no API token is configured. The access log line carries
+    the counts, never the identifiers.
+    """
+    if not current_app.config["FLUXKART_API_TOKEN"]:
+        raise ApiError(
+            403,
+            "erasure_disabled",
+            "erasure is refused while FLUXKART_API_TOKEN is not set: nobody erases customers on an "
+            "open service; set the token and send it as 'Authorization: Bearer <token>'",
+        )
+    email, phone = query_identifiers()
+    if email is None and phone is None:
+        raise ApiError(400, "missing_identifier", "give ?email= and/or ?phoneNumber=")
+    dry_run = query_bool("dryRun")
+    result = reconnect_once(lambda db: erase_customer(db, email, phone, dry_run))
+    ERASURES.labels("true" if dry_run else "false").inc()
+    counts = {name: result[name] for name in ("dryRun", "contacts", "identifiers", "historyEvents")}
+    g.log_fields = {"erasure": counts}
+    log.info("erasure previewed" if dry_run else "customer erased", extra={"fields": counts})
+    return jsonify(result)
+
+
 # --------------------------------------------------------------------------
 # Commands: flask --app fluxkart <command>
 # --------------------------------------------------------------------------
@@ -1521,9 +1970,11 @@ def repair_customer(db: Database, seed: tuple[str, Any], dry_run: bool) -> Ident
     phones = {value} if kind == "phone" else set()
     ids = [value] if kind == "id" else []
     rows = lock_customer(db, emails, phones, ids)
-    plan = plan_identify(rows, None, None, utcnow()) if rows else IdentifyPlan(rows=[], outcome="unchanged")
+    now = utcnow()
+    plan = plan_identify(rows, None, None, now) if rows else IdentifyPlan(rows=[], outcome="unchanged")
     if not dry_run and rows:
         write_plan(db, plan)
+        record_plan_events(db, rows, plan, now)
     return plan
 
 
@@ -1565,6 +2016,7 @@ def repair_command(dry_run: bool) -> None:
     values are reported and left as they are).
     """
     started = time.monotonic()
+    start_command_run()  # the request id of this run's history events
     db = get_db()
     db.connect()
     region = current_app.config["FLUXKART_PHONE_REGION"]

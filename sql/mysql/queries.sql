@@ -68,3 +68,11 @@ SELECT 'phone', phoneNumber, 0
 FROM Contact
 WHERE id IN %(ids)s
   AND phoneNumber IS NOT NULL
+
+-- name: touch_identifier
+-- Erasure: bumps the version of one identifier of the customer it erases (or
+-- creates its row), so every identify that depends on it waits (one node) or
+-- conflicts (multi-primary cluster) until the erasure commits or rolls back.
+INSERT INTO ContactIdentifier (kind, value, version)
+VALUES (%(kind)s, %(value)s, 1)
+ON DUPLICATE KEY UPDATE version = version + 1
