@@ -105,7 +105,8 @@ UNAVAILABLE = {"error": {"code": "database_unavailable", "message": "retry"}}
 @pytest.mark.parametrize(
     "answer",
     [
-        ("POST", "/identify", 500, {"error": {"code": "internal_error", "message": "x"}}, RID),
+        ("POST", "/identify", 500, {"error": {"code": "database_unavailable", "message": "x"}}, RID),
+        ("GET", "/", 500, {"error": {"code": "internal_error", "message": "x"}}, RID),
         ("POST", "/identify", 200, CUSTOMER, {}),
         ("POST", "/identify", 200, {"contact": {**CUSTOMER["contact"], "emails": None}}, RID),
         ("POST", "/identify", 200, {"contact": {**CUSTOMER["contact"], "extra": 1}}, RID),
