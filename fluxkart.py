@@ -26,9 +26,11 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import os
 import random
 import re
+import secrets
 import sqlite3
 import sys
 import threading
@@ -47,8 +49,24 @@ import prometheus_client.multiprocess as prometheus_multiprocess
 import pymysql
 import pymysql.cursors
 from dotenv import load_dotenv
-from flask import Flask, Response, current_app, g, has_request_context, jsonify, request, url_for
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    flash,
+    g,
+    has_request_context,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 log = logging.getLogger("fluxkart")
 access_log = logging.getLogger("fluxkart.access")
@@ -61,7 +79,13 @@ T = TypeVar("T")
 # --------------------------------------------------------------------------
 
 MYSQL_SETTINGS = ("MYSQL_HOST", "MYSQL_PORT", "MYSQL_USER", "MYSQL_PASSWORD", "MYSQL_DATABASE")
-SETTINGS = (*MYSQL_SETTINGS, "FLUXKART_SQLITE_PATH", "FLUXKART_API_TOKEN", "FLUXKART_PHONE_REGION")
+SETTINGS = (
+    *MYSQL_SETTINGS,
+    "FLUXKART_SQLITE_PATH",
+    "FLUXKART_API_TOKEN",
+    "FLUXKART_PHONE_REGION",
+    "FLUXKART_SECRET_KEY",
+)
 
 DEFAULTS: dict[str, Any] = {
     "MYSQL_HOST": "",
@@ -72,6 +96,8 @@ DEFAULTS: dict[str, Any] = {
     "FLUXKART_SQLITE_PATH": "fluxkart.db",
     "FLUXKART_API_TOKEN": "",
     "FLUXKART_PHONE_REGION": "",
+    # Signs the console's session cookie; the console is off without it.
+    "FLUXKART_SECRET_KEY": "",
     # A request body is two short strings; anything near this limit is abuse.
     "MAX_CONTENT_LENGTH": 64 * 1024,
     # How often a unit of work is tried before the client gets a 503.
@@ -807,7 +833,8 @@ MAX_ID = 2**63 - 1
 def require_token() -> None:
     """Bearer-token check for every non-public route when FLUXKART_API_TOKEN is set."""
     token: str = current_app.config["FLUXKART_API_TOKEN"]
-    if not token or request.endpoint in PUBLIC_ENDPOINTS:
+    # The console checks its own signed session instead (a form cannot send a header).
+    if not token or request.endpoint in PUBLIC_ENDPOINTS or request.blueprint == "console":
         return
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
@@ -973,6 +1000,383 @@ def run_retrying_reads(work: Callable[[Database], T]) -> T:
 
 
 # --------------------------------------------------------------------------
+# Console: support staff's pages at /console (server-rendered, works without JavaScript)
+# --------------------------------------------------------------------------
+
+# Its own Blueprint: templates in templates/console/, the stylesheet in static/
+# (served at /console/static/), every view behind a signed session cookie
+# instead of the API's bearer header (a browser cannot send one from a form).
+console = Blueprint(
+    "console", __name__, url_prefix="/console", template_folder="templates", static_folder="static"
+)
+
+# No script at all, styles only from our own stylesheet (no inline style), forms
+# post only to us, never framed (clickjacking on the erase button).
+CONSOLE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+}
+# A support shift: a signed cookie older than this is refused even if the browser kept it.
+CONSOLE_SESSION_HOURS = 8
+# Views anyone may reach: the sign-in form and the stylesheet it needs.
+CONSOLE_OPEN_ENDPOINTS = {"console.sign_in_form", "console.sign_in", "console.static"}
+SEARCH_KINDS = {"email": "Email", "phone": "Phone number", "id": "Contact id"}
+HISTORY_PAGE = 50
+
+
+class ConsoleSessionInterface(SecureCookieSessionInterface):
+    """Flask's signed cookie, marked Secure whenever the request came over HTTPS.
+
+    gunicorn sets the scheme from X-Forwarded-Proto when the proxy is trusted
+    (forwarded_allow_ips), so a TLS-terminating load balancer counts as HTTPS.
+    """
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return bool(app.config["SESSION_COOKIE_SECURE"]) or (has_request_context() and request.is_secure)
+
+
+def configure_console(app: Flask) -> None:
+    """Session cookie settings for the console; the signing key is FLUXKART_SECRET_KEY."""
+    app.secret_key = app.config["FLUXKART_SECRET_KEY"] or None
+    app.session_interface = ConsoleSessionInterface()
+    app.config.update(
+        SESSION_COOKIE_NAME="fluxkart_console",
+        SESSION_COOKIE_PATH="/console",  # never sent to the JSON API
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=CONSOLE_SESSION_HOURS),
+    )
+    app.register_blueprint(console)
+
+
+def mask_email(email: str) -> str:
+    """`dana@example.com` -> `d***@example.com`: enough to tell two apart on the phone, no more."""
+    local, _, domain = email.partition("@")
+    return f"{local[:1]}***@{domain}"
+
+
+def mask_phone(phone: str) -> str:
+    """`+919876543210` -> `+91 ******3210`: the country code and the last four digits.
+
+    Shorter numbers show fewer digits (two of 4-7, none below 4), so a mask
+    never gives away most of a number.
+    """
+    prefix, digits = "", phone
+    if phone.startswith("+"):
+        try:
+            parsed = phonenumbers.parse(phone, None)
+            prefix, digits = f"+{parsed.country_code} ", str(phone[1 + len(str(parsed.country_code)) :])
+        except phonenumbers.NumberParseException:
+            prefix, digits = "+", phone[1:]
+    shown = 4 if len(digits) >= 8 else 2 if len(digits) >= 4 else 0
+    return prefix + "*" * (len(digits) - shown) + digits[len(digits) - shown :]
+
+
+# The link graph: nodes on a circle, primary at the top, the others clockwise
+# oldest first. A customer has a handful of rows, for which a circle keeps every
+# edge visible and the picture stable between visits; graph libraries were
+# weighed (README, docs/console.md): Graphviz needs a system binary and a
+# subprocess per page, networkx's layouts need numpy, and SVG writers add
+# nothing over an autoescaped template.
+GRAPH_NODE_RADIUS = 24
+GRAPH_MARGIN = 40
+# Edges of different kinds between the same two rows bend apart instead of overlapping.
+EDGE_BEND = {"link": 0.0, "email": 0.22, "phone": -0.22}
+
+
+def link_edges(rows: list[Row]) -> list[dict[str, Any]]:
+    """Why the rows are one customer: link (secondary -> the row it points at), shared email, shared phone.
+
+    Rows sharing a value are chained oldest first (n rows, n - 1 edges), which
+    is enough to show they are connected without a clique of lines.
+    """
+    rows = oldest_first(rows)
+    ids = {row["id"] for row in rows}
+    edges = [
+        {"kind": "link", "source": row["id"], "target": row["linkedId"]}
+        for row in rows
+        if row["linkedId"] is not None and row["linkedId"] in ids
+    ]
+    for kind, column in (("email", "email"), ("phone", "phoneNumber")):
+        last_with: dict[str, int] = {}
+        for row in rows:
+            value = row[column]
+            if value is None:
+                continue
+            if value in last_with:
+                edges.append({"kind": kind, "source": last_with[value], "target": row["id"]})
+            last_with[value] = row["id"]
+    return edges
+
+
+def link_graph(rows: list[Row]) -> dict[str, Any]:
+    """Positions (SVG user units) of every row and the path of every edge, for templates/console/graph.svg."""
+    primary_ids = {row["id"] for row in primaries_of(rows)}
+    ordered = sorted(oldest_first(rows), key=lambda row: row["id"] not in primary_ids)
+    count = len(ordered)
+    # Big enough that neighbouring nodes keep a node's width between them.
+    radius = 0.0 if count == 1 else max(110.0, count * 3 * GRAPH_NODE_RADIUS / (2 * math.pi))
+    size = 2 * (radius + GRAPH_NODE_RADIUS + GRAPH_MARGIN)
+    centre = size / 2
+    nodes, where = [], {}
+    for index, row in enumerate(ordered):
+        angle = -math.pi / 2 + 2 * math.pi * index / count
+        x, y = centre + radius * math.cos(angle), centre + radius * math.sin(angle)
+        where[row["id"]] = (x, y)
+        nodes.append(
+            {"id": row["id"], "x": round(x, 1), "y": round(y, 1), "primary": row["id"] in primary_ids}
+        )
+    edges = []
+    for edge in link_edges(rows):
+        (x1, y1), (x2, y2) = where[edge["source"]], where[edge["target"]]
+        bend = EDGE_BEND[edge["kind"]]
+        # Control point: the midpoint pushed sideways by a share of the edge's length.
+        cx, cy = (x1 + x2) / 2 - bend * (y2 - y1), (y1 + y2) / 2 + bend * (x2 - x1)
+        path = f"M {x1:.1f} {y1:.1f} Q {cx:.1f} {cy:.1f} {x2:.1f} {y2:.1f}"
+        edges.append({**edge, "path": path})
+    return {"size": round(size, 1), "nodes": nodes, "edges": edges}
+
+
+def console_page(template: str, status: int = 200, **context: Any) -> Response:
+    """Render templates/console/<template> with the given status."""
+    response = current_app.make_response(render_template(f"console/{template}", **context))
+    response.status_code = status
+    return response
+
+
+def console_message(status: int, title: str, message: str) -> Response:
+    """A page that says what went wrong and what to do about it."""
+    return console_page("message.html", status, title=title, message=message)
+
+
+def session_fingerprint() -> str:
+    """Ties a session to the API token it was opened with: changing the token signs everyone out."""
+    token: str = current_app.config["FLUXKART_API_TOKEN"]
+    key: str = current_app.config["FLUXKART_SECRET_KEY"]
+    return hmac.new(key.encode(), token.encode(), "sha256").hexdigest()
+
+
+def signed_in() -> bool:
+    return hmac.compare_digest(str(session.get("auth", "")), session_fingerprint())
+
+
+def csrf_token() -> str:
+    """This session's token for every form (made on first use); templates call it."""
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(32)
+    return str(session["csrf"])
+
+
+@console.context_processor
+def console_context() -> dict[str, Any]:
+    return {"csrf_token": csrf_token, "signed_in": signed_in}
+
+
+@console.before_request
+def console_gate() -> WerkzeugResponse | None:
+    """Refuse the console without a token or signing key, demand sign-in, check CSRF on every POST."""
+    if request.endpoint == "console.static":
+        return None
+    if not current_app.config["FLUXKART_API_TOKEN"]:
+        return console_message(
+            403,
+            "The console is off",
+            "No API token is configured (FLUXKART_API_TOKEN), so nobody could be told apart from "
+            "anybody else: the console shows and erases customers' personal data. "
+            "Set FLUXKART_API_TOKEN and FLUXKART_SECRET_KEY and restart the service.",
+        )
+    if not current_app.config["FLUXKART_SECRET_KEY"]:
+        return console_message(
+            403,
+            "The console is off",
+            "No session signing key is configured (FLUXKART_SECRET_KEY), so a sign-in could not be "
+            "kept safely. Set it (docs/console.md says how) and restart the service.",
+        )
+    if request.endpoint not in CONSOLE_OPEN_ENDPOINTS and not signed_in():
+        return redirect(url_for("console.sign_in_form"), 303)
+    if request.method == "POST":
+        expected = str(session.get("csrf", ""))
+        given = request.form.get("csrf_token", "")
+        if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+            log.warning("console form refused: missing or wrong CSRF token")
+            return console_message(
+                400,
+                "This form has expired",
+                "The form did not carry this session's security token (it was opened before a "
+                "sign-in or sign-out, or sent from another site). Open the page again and resend it.",
+            )
+    return None
+
+
+@console.after_app_request
+def console_headers(response: Response) -> Response:
+    """The console's security headers on every answer under /console, errors included."""
+    if request.path == "/console" or request.path.startswith("/console/"):
+        response.headers.update(CONSOLE_HEADERS)
+    return response
+
+
+@console.errorhandler(ApiError)
+def console_api_error(exc: ApiError) -> Response:
+    return console_message(exc.status, "That did not work", exc.message)
+
+
+@console.errorhandler(DatabaseUnavailable)
+def console_database_unavailable(exc: DatabaseUnavailable) -> Response:
+    log.error("database unavailable: %s", exc)
+    response = console_message(
+        503, "The database is busy", "The database is unavailable or busy; retry shortly."
+    )
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+@console.get("/sign-in")
+def sign_in_form() -> WerkzeugResponse:
+    """The sign-in form (the API token is the password)."""
+    if signed_in():
+        return redirect(url_for("console.search_form"), 303)
+    return console_page("sign_in.html")
+
+
+@console.post("/sign-in")
+def sign_in() -> WerkzeugResponse:
+    """Check the token in constant time; on success start a fresh session (new CSRF token)."""
+    token: str = current_app.config["FLUXKART_API_TOKEN"]
+    given = request.form.get("token", "").strip()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        log.warning("console sign-in refused: wrong token")
+        return console_page("sign_in.html", 401, error="That is not this service's API token.")
+    session.clear()  # nothing from before the sign-in survives it (session fixation)
+    session["auth"] = session_fingerprint()
+    session["csrf"] = secrets.token_urlsafe(32)
+    log.info("console sign-in")
+    return redirect(url_for("console.search_form"), 303)
+
+
+@console.post("/sign-out")
+def sign_out() -> WerkzeugResponse:
+    """Forget the session; the browser is sent back to the sign-in form."""
+    session.clear()
+    flash("You are signed out.")
+    return redirect(url_for("console.sign_in_form"), 303)
+
+
+@console.get("")
+def search_form() -> Response:
+    """Look a customer up by email, phone number or contact id."""
+    return console_page("search.html", kind="email")
+
+
+@console.post("/search")
+def search() -> WerkzeugResponse:
+    """Find the customer and redirect to its page, addressed by its primary id only.
+
+    The identifier travels in the POST body alone, so it lands in no URL, log
+    line or browser history; the primary id the page is addressed by is the
+    service's own row id (the one GET /customers/<id>/history takes), not a
+    customer's personal data. Redirecting makes reload and Back safe.
+    """
+    kind = request.form.get("kind", "")
+    value = request.form.get("identifier", "")
+    if kind not in SEARCH_KINDS:
+        return console_page("search.html", 400, kind="email", error="Choose what to search by.")
+    try:
+        primary_id = run_retrying_reads(lambda db: find_customer(db, kind, value))
+    except ApiError as exc:
+        return console_page("search.html", exc.status, kind=kind, value=value, error=exc.message)
+    return redirect(url_for("console.customer_page", primary_id=primary_id), 303)
+
+
+def find_customer(db: Database, kind: str, value: str) -> int:
+    """The primary id of the customer with this email, phone number or contact id; ApiError 400/404/409."""
+    if kind == "id":
+        text = value.strip().lstrip("#")
+        if not text.isascii() or not text.isdigit() or not 0 < int(text) <= MAX_ID:
+            raise ApiError(400, "invalid_contact_id", "A contact id is a whole number, such as 42.")
+        row = db.one("select_contact_by_id", id=int(text))
+        if row is None:
+            raise ApiError(404, "not_found", "No live contact has this id.")
+        return int(row["linkedId"] or row["id"])
+    region = current_app.config["FLUXKART_PHONE_REGION"]
+    email = normalize_email(value, "the email") if kind == "email" else None
+    phone = normalize_phone(value, region, "the phone number") if kind == "phone" else None
+    if email is None and phone is None:
+        raise ApiError(400, "missing_identifier", f"Type the {SEARCH_KINDS[kind].lower()} to look for.")
+    rows = db.all("select_customers", email=email, phone=phone)
+    if not rows:
+        raise ApiError(404, "not_found", "No customer has this email or phone number.")
+    primaries = primaries_of(rows)
+    if len(primaries) != 1:
+        raise ApiError(
+            409, "several_customers", "These rows do not form one customer; look them up by contact id."
+        )
+    return int(primaries[0]["id"])
+
+
+def customer_rows(db: Database, primary_id: int) -> list[Row]:
+    """Every live row of the customer whose primary is primary_id, oldest first; ApiError 404/409."""
+    rows = oldest_first(db.all("select_customer_by_primary", primary_id=primary_id))
+    if not rows:
+        raise ApiError(404, "not_found", f"No live customer has the primary id {primary_id}.")
+    if not any(row["id"] == primary_id and row["linkPrecedence"] == "primary" for row in rows):
+        raise ApiError(
+            409,
+            "not_a_primary",
+            f"Contact {primary_id} is not a customer's primary row: search for it by contact id.",
+        )
+    return rows
+
+
+def show_customer(primary_id: int, reveal: bool) -> Response:
+    """The customer page: rows, link graph, history; identifiers masked unless revealed."""
+    rows = run_retrying_reads(lambda db: customer_rows(db, primary_id))
+    email_of: Callable[[str], str] = (lambda e: e) if reveal else mask_email
+    phone_of: Callable[[str], str] = (lambda p: p) if reveal else mask_phone
+    shown = [
+        {
+            **row,
+            "email": None if row["email"] is None else email_of(row["email"]),
+            "phoneNumber": None if row["phoneNumber"] is None else phone_of(row["phoneNumber"]),
+        }
+        for row in rows
+    ]
+    return console_page(
+        "customer.html",
+        primary_id=primary_id,
+        rows=shown,
+        graph=link_graph(rows),
+        revealed=reveal,
+    )
+
+
+@console.get("/customers/<int:primary_id>")
+def customer_page(primary_id: int) -> WerkzeugResponse:
+    """One customer, identifiers masked; a contact id that is not a primary redirects to its primary."""
+    row = (
+        run_retrying_reads(lambda db: db.one("select_contact_by_id", id=primary_id))
+        if primary_id <= MAX_ID
+        else None
+    )
+    if row is not None and row["linkedId"] is not None:
+        return redirect(url_for("console.customer_page", primary_id=row["linkedId"]), 303)
+    return show_customer(primary_id, reveal=False)
+
+
+@console.post("/customers/<int:primary_id>/reveal")
+def reveal(primary_id: int) -> Response:
+    """The same page with identifiers in full; the log records who asked (request id), not what was shown."""
+    log.info("console reveal", extra={"fields": {"event": "console_reveal", "customerId": primary_id}})
+    return show_customer(primary_id, reveal=True)
+
+
+# --------------------------------------------------------------------------
 # The app factory and the init-db command
 # --------------------------------------------------------------------------
 
@@ -997,6 +1401,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.after_request(finish_request)
     register_error_handlers(app)
     register_routes(app)
+    configure_console(app)
 
     @app.cli.command("init-db")
     def init_db() -> None:
