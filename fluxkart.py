@@ -38,6 +38,7 @@ import time
 import unicodedata
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -591,13 +592,19 @@ def apply_identify(db: Database, email: str | None, phone: str | None) -> tuple[
 
     now = utcnow()
     if not primaries:
-        return customer_answer([insert_contact(db, email, phone, None, now)]), "created"
+        created = insert_contact(db, email, phone, None, now)
+        record_identify_events(db, IdentifyChange(created["id"], created=True), now)
+        return customer_answer([created]), "created"
 
-    rows = [row for p in primaries for row in db.all("select_customer_by_primary", primary_id=p["id"])]
+    customers = {p["id"]: db.all("select_customer_by_primary", primary_id=p["id"]) for p in primaries}
+    rows = [row for customer in customers.values() for row in customer]
     survivor, *demoted = oldest_first(primaries)
+    change = IdentifyChange(survivor["id"])
     for primary in demoted:
         db.run("touch_customer_identifiers", primary_id=primary["id"])
         db.run("relink_customer", primary_id=survivor["id"], demoted_id=primary["id"], updated_at=now)
+        others = [row["id"] for row in oldest_first(customers[primary["id"]]) if row["id"] != primary["id"]]
+        change.demoted[primary["id"]] = [primary["id"], *others]
     for row in rows:
         if row["id"] != survivor["id"]:
             row["linkPrecedence"], row["linkedId"] = "secondary", survivor["id"]
@@ -609,7 +616,10 @@ def apply_identify(db: Database, email: str | None, phone: str | None) -> tuple[
         # Never older than its primary, even if this host's clock is behind the one that made it.
         created_at = max(now, survivor["createdAt"] + timedelta(microseconds=1))
         rows.append(insert_contact(db, email, phone, survivor["id"], created_at))
+        change.inserted_id = rows[-1]["id"]
         outcome = "merged" if demoted else "linked"
+    if outcome != "unchanged":
+        record_identify_events(db, change, now)
     return customer_answer(rows), outcome
 
 
@@ -652,6 +662,374 @@ def contact_to_json(row: Row) -> dict[str, Any]:
         "updatedAt": stamp(row["updatedAt"]),
         "deletedAt": stamp(row["deletedAt"]),
     }
+
+
+# --------------------------------------------------------------------------
+# History and erasure (SPEC "History and erasure"; docs/history-and-erasure.md)
+# --------------------------------------------------------------------------
+
+HISTORY_READS = prometheus_client.Counter("fluxkart_history_reads", "customer history pages answered")
+ERASURES = prometheus_client.Counter(
+    "fluxkart_erasures",
+    "customer erasures answered (dry_run=true: previews that changed nothing)",
+    ["dry_run"],
+)
+# A DATETIME(6) older than any event: the cursor of a history's first page (MySQL's minimum).
+HISTORY_START = datetime(1000, 1, 1)
+DELETE_IDENTIFIER = {
+    "email": "delete_email_identifier_if_unused",
+    "phone": "delete_phone_identifier_if_unused",
+}
+# How many links a history request follows from the id it was given to its customer.
+MAX_HOPS = 64
+
+_command_run = {"id": ""}
+_command_run_lock = threading.Lock()
+
+
+def start_command_run(run_id: str | None = None) -> str:
+    """Name the unit of work of a CLI command (repair, import); returns the run id recorded in history."""
+    with _command_run_lock:
+        _command_run["id"] = run_id or f"run-{uuid.uuid4().hex}"
+        return _command_run["id"]
+
+
+def current_request_id() -> str:
+    """The id history records for the current unit of work.
+
+    Inside a request, the request's id (X-Request-ID); elsewhere (a CLI
+    command), the process's command run id, made on first use.
+    """
+    if has_request_context() and "request_id" in g:
+        return str(g.request_id)
+    with _command_run_lock:
+        if not _command_run["id"]:
+            _command_run["id"] = f"run-{uuid.uuid4().hex}"
+        return _command_run["id"]
+
+
+@dataclass
+class IdentifyChange:
+    """What one identify transaction changed, in ids: the input of record_identify_events.
+
+    survivor_id: the customer's primary after the change. created: the
+    survivor is a row this request inserted (a new customer). inserted_id: a
+    secondary this request inserted. demoted: each demoted primary -> the ids
+    of its rows that now point at the survivor (itself first). repaired: each
+    former primary (None when there was none, e.g. a missing one) -> the ids of
+    the rows a heal re-pointed from it to the survivor.
+    """
+
+    survivor_id: int
+    created: bool = False
+    inserted_id: int | None = None
+    demoted: dict[int, list[int]] = field(default_factory=dict)
+    repaired: dict[int | None, list[int]] = field(default_factory=dict)
+
+
+def record_event(
+    db: Database,
+    kind: str,
+    customer_id: int,
+    contact_ids: Iterable[int],
+    at: datetime,
+    former_customer_id: int | None = None,
+) -> None:
+    """Append one history event (kind in EVENT_KINDS) in the caller's transaction. Ids only."""
+    db.run(
+        "insert_history_event",
+        kind=kind,
+        created_at=at,
+        request_id=current_request_id(),
+        customer_id=customer_id,
+        former_customer_id=former_customer_id,
+        contact_ids=json.dumps(list(contact_ids), separators=(",", ":")),
+    )
+
+
+def record_identify_events(db: Database, change: IdentifyChange, at: datetime) -> None:
+    """Record what an identify changed, in its transaction: created | repaired, merged | linked.
+
+    Called by apply_identify only when it wrote something: a request that
+    changes nothing records nothing. `at` is the changed rows' updatedAt.
+    """
+    survivor = change.survivor_id
+    if change.created:
+        record_event(db, "created", survivor, [survivor], at)
+    for former, moved in change.repaired.items():
+        record_event(db, "repaired", survivor, moved, at, former)
+    for demoted, moved in change.demoted.items():
+        record_event(db, "merged", survivor, moved, at, demoted)
+    if change.inserted_id is not None:
+        record_event(db, "linked", survivor, [change.inserted_id], at)
+
+
+def record_imported(db: Database, customer_id: int, contact_ids: Iterable[int], at: datetime) -> None:
+    """For the import command: rows it added to a customer, in the transaction that added them."""
+    record_event(db, "imported", customer_id, contact_ids, at)
+
+
+def event_to_json(row: Row) -> dict[str, Any]:
+    """A history row as the API answers it: ids, kind, time (ISO 8601 UTC) and request id."""
+    event: dict[str, Any] = {
+        "id": row["id"],
+        "kind": row["kind"],
+        "at": row["createdAt"].isoformat(timespec="microseconds") + "Z",
+        "requestId": row["requestId"],
+        "customerId": row["customerId"],
+        "contactIds": json.loads(row["contactIds"]),
+    }
+    if row["kind"] == "merged":
+        event["demotedPrimaryId"] = row["formerCustomerId"]
+    elif row["kind"] == "repaired":
+        event["formerPrimaryId"] = row["formerCustomerId"]
+    return event
+
+
+def resolve_customer(db: Database, contact_id: int) -> int:
+    """The primary id of the customer a contact id now belongs to; ApiError 404/409.
+
+    A live row leads to its primary. A row that is gone or deleted (a demoted
+    and later erased or deleted primary) leads, through the history event that
+    moved its rows, to the customer that absorbed it.
+    """
+    current, seen = contact_id, set()
+    for _ in range(MAX_HOPS):
+        seen.add(current)
+        row = db.one("select_contact_link", id=current)
+        if row is not None and row["deletedAt"] is None:
+            if row["linkPrecedence"] == "primary":
+                return current
+            following = row["linkedId"]
+        else:
+            absorbing = db.one("select_absorbing_event", former_customer_id=current)
+            following = absorbing["customerId"] if absorbing else None
+        if following is None or following in seen:
+            break
+        current = following
+    if current == contact_id:
+        raise ApiError(404, "not_found", f"no customer with id {contact_id}")
+    raise ApiError(
+        409,
+        "inconsistent_customer",
+        f"contact {contact_id} leads to no primary; its rows were not written by this service",
+    )
+
+
+def customer_history(db: Database, customer_id: int, after: int, limit: int) -> dict[str, Any]:
+    """A customer's events, oldest first by (time, id), including those of customers merged into it.
+
+    In: any id of the customer (a demoted primary's id leads to its survivor),
+    the id of the last event already read (0: from the start), a page size.
+    Out: {"customerId": the survivor's primary id, "events": [...],
+    "nextAfter": the cursor of the next page or None}. ApiError 404 for an
+    unknown id or a cursor that names no event, 409 for rows with no primary.
+    """
+    survivor = resolve_customer(db, customer_id)
+    after_at = HISTORY_START
+    if after:
+        cursor = db.one("select_history_event_by_id", id=after)
+        if cursor is None:
+            raise ApiError(404, "not_found", f"no history event {after}: give an id from a previous page")
+        after_at = cursor["createdAt"]
+    rows = db.all(
+        "select_history_page", customer_id=survivor, after=after, after_at=after_at, limit=limit + 1
+    )
+    page = rows[:limit]
+    return {
+        "customerId": survivor,
+        "events": [event_to_json(row) for row in page],
+        "nextAfter": page[-1]["id"] if len(rows) > limit else None,
+    }
+
+
+class DryRunFinished(Exception):
+    """Carries a dry-run erasure's answer out of its transaction, which is then rolled back."""
+
+    def __init__(self, result: dict[str, Any]):
+        super().__init__("dry run")
+        self.result = result
+
+
+def erase_customer(db: Database, email: str | None, phone: str | None, dry_run: bool) -> dict[str, Any]:
+    """Erase a whole customer with hard DELETEs: rows, identifier rows, history; leave one erasure record.
+
+    In: canonical identifiers (at least one). Out: {"dryRun", "primaryContactId",
+    "contactIds", "contacts", "identifiers", "historyEvents"}. With dry_run the
+    same transaction runs and is rolled back: the answer is what would be
+    erased, and nothing changes. ApiError 404 when no customer has these
+    identifiers, 409 when the email and the phone belong to two customers.
+    Takes identify's locks (SPEC "Concurrency"): a racing identify for the
+    customer commits wholly before (and is erased) or after (a new customer).
+    """
+
+    def work(db: Database) -> dict[str, Any]:
+        result = apply_erasure(db, email, phone, dry_run)
+        if dry_run:
+            raise DryRunFinished(result)
+        return result
+
+    try:
+        return in_transaction(db, work, current_app.config["FLUXKART_MAX_ATTEMPTS"])
+    except DryRunFinished as finished:
+        return finished.result
+
+
+def identifiers_of(rows: Iterable[Row]) -> set[tuple[str, str]]:
+    """The (kind, value) identifiers rows carry: ('email', ...) and ('phone', ...)."""
+    found = set()
+    for row in rows:
+        if row["email"] is not None:
+            found.add(("email", row["email"]))
+        if row["phoneNumber"] is not None:
+            found.add(("phone", row["phoneNumber"]))
+    return found
+
+
+def rows_by_key(db: Database, key: tuple[str, Any]) -> list[Row]:
+    """Every row (live or deleted) carrying an identifier, or linked to/from an id: ("link", id)."""
+    kind, value = key
+    if kind == "email":
+        return db.all("select_rows_by_email", email=value)
+    if kind == "phone":
+        return db.all("select_rows_by_phone", phone=value)
+    return db.all("select_rows_by_link", id=value)
+
+
+def keys_of(row: Row) -> list[tuple[str, Any]]:
+    """What connects a row to others: its identifiers, its id, and the id it links to."""
+    keys: list[tuple[str, Any]] = [("link", row["id"])]
+    if row["linkedId"] is not None:
+        keys.append(("link", row["linkedId"]))
+    if row["email"] is not None:
+        keys.append(("email", row["email"]))
+    if row["phoneNumber"] is not None:
+        keys.append(("phone", row["phoneNumber"]))
+    return keys
+
+
+def live_component(db: Database, start: tuple[str, Any]) -> dict[int, Row]:
+    """The live rows connected to an identifier by shared identifiers and links: one customer (SPEC)."""
+    found: dict[int, Row] = {}
+    queue, done = [start], set()
+    while queue:
+        key = queue.pop()
+        if key in done:
+            continue
+        done.add(key)
+        for row in rows_by_key(db, key):
+            if row["deletedAt"] is None and row["id"] not in found:
+                found[row["id"]] = row
+                queue.extend(keys_of(row))
+    return found
+
+
+def deleted_rows_of(db: Database, live: dict[int, Row]) -> dict[int, Row]:
+    """The soft-deleted rows erased with a customer.
+
+    A deleted row is the customer's when a link or a shared identifier
+    connects it to the customer's rows, directly or through other deleted
+    rows, but never through a link or an identifier that a live row of
+    another customer holds (that row's deleted neighbours are its own).
+    """
+    erased = dict(live)
+    queue = [key for row in live.values() for key in keys_of(row)]
+    done: set[tuple[str, Any]] = set()
+    while queue:
+        key = queue.pop()
+        if key in done:
+            continue
+        done.add(key)
+        rows = rows_by_key(db, key)
+        if any(row["deletedAt"] is None and row["id"] not in live for row in rows):
+            continue  # another customer's link or identifier
+        for row in rows:
+            if row["id"] not in erased:
+                erased[row["id"]] = row
+                queue.extend(keys_of(row))
+    return erased
+
+
+def find_customer(db: Database, email: str | None, phone: str | None) -> dict[int, Row]:
+    """The live rows of the one customer with this email and/or phone; ApiError 404 or 409."""
+    by_email = live_component(db, ("email", email)) if email is not None else {}
+    by_phone = live_component(db, ("phone", phone)) if phone is not None else {}
+    if by_email and by_phone and by_email.keys() != by_phone.keys():
+        ids = ", ".join(str(oldest_first(rows.values())[0]["id"]) for rows in (by_email, by_phone))
+        raise ApiError(
+            409,
+            "several_customers",
+            f"the email and phone number belong to different customers ({ids}); erase them one at a time",
+        )
+    customer = by_email or by_phone
+    if not customer:
+        raise ApiError(404, "not_found", "no customer has this email or phone number")
+    return customer
+
+
+def apply_erasure(db: Database, email: str | None, phone: str | None, dry_run: bool) -> dict[str, Any]:
+    """The erasure, inside one transaction (erase_customer runs it and retries it).
+
+    Lock protocol, identify's own: 1. touch the request's identifier rows; 2.
+    find the customer and touch every identifier it carries, again until a
+    fresh read finds none untouched (then no identify can add to or merge the
+    customer: each would first touch one of them); 3. lock the rows FOR UPDATE;
+    4. delete history, rows and identifier rows; 5. write the erasure record.
+    """
+    db.run("touch_identifiers", email=email, phone=phone)
+    touched = {(kind, value) for kind, value in (("email", email), ("phone", phone)) if value is not None}
+    while True:
+        live = find_customer(db, email, phone)
+        rows = deleted_rows_of(db, live)
+        untouched = identifiers_of(rows.values()) - touched
+        if not untouched:
+            break
+        for kind, value in sorted(untouched):
+            db.run("touch_identifier", kind=kind, value=value)
+        touched |= untouched
+    ids = sorted(rows)
+    for contact_id in ids:
+        db.one("lock_contact_by_id", id=contact_id)
+
+    # History: events keyed by any of the rows, and by every former customer they name.
+    keyed, queue = set(), list(ids)
+    while queue:
+        customer_id = queue.pop()
+        if customer_id in keyed:
+            continue
+        keyed.add(customer_id)
+        queue.extend(
+            event["formerCustomerId"]
+            for event in db.all("select_history_by_customer", customer_id=customer_id)
+            if event["formerCustomerId"] is not None
+        )
+    history_events = sum(
+        db.execute("delete_history_by_customer", {"customer_id": customer_id}).rowcount
+        for customer_id in sorted(keyed)
+    )
+    for contact_id in ids:
+        db.run("delete_contact_by_id", id=contact_id)
+    identifiers = sum(
+        db.execute(DELETE_IDENTIFIER[kind], {"value": value}).rowcount for kind, value in sorted(touched)
+    )
+    primaries = primaries_of(live.values())
+    result = {
+        "dryRun": dry_run,
+        "primaryContactId": oldest_first(primaries or live.values())[0]["id"],
+        "contactIds": ids,
+        "contacts": len(ids),
+        "identifiers": identifiers,
+        "historyEvents": history_events,
+    }
+    db.run(
+        "insert_erasure",
+        erased_at=utcnow(),
+        request_id=current_request_id(),
+        contacts=len(ids),
+        identifiers=identifiers,
+        history_events=history_events,
+    )
+    return result
 
 
 # --------------------------------------------------------------------------

@@ -35,3 +35,11 @@ FROM Contact
 WHERE (id = %(primary_id)s OR linkedId = %(primary_id)s)
   AND phoneNumber IS NOT NULL
 ON DUPLICATE KEY UPDATE version = version + 1
+
+-- name: touch_identifier
+-- Erasure: bumps the version of one identifier of the customer it erases (or
+-- creates its row), so every identify that depends on it waits (one node) or
+-- conflicts (multi-primary cluster) until the erasure commits or rolls back.
+INSERT INTO ContactIdentifier (kind, value, version)
+VALUES (%(kind)s, %(value)s, 1)
+ON DUPLICATE KEY UPDATE version = version + 1

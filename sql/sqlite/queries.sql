@@ -33,3 +33,9 @@ FROM (
 )
 WHERE true
 ON CONFLICT (kind, value) DO UPDATE SET version = version + 1
+
+-- name: touch_identifier
+-- Erasure: bumps the version of one identifier of the customer it erases.
+INSERT INTO ContactIdentifier (kind, value, version)
+VALUES (%(kind)s, %(value)s, 1)
+ON CONFLICT (kind, value) DO UPDATE SET version = version + 1
