@@ -1528,9 +1528,9 @@ def console_page(template: str, status: int = 200, **context: Any) -> Response:
     return response
 
 
-def console_message(status: int, title: str, message: str) -> Response:
-    """A page that says what went wrong and what to do about it."""
-    return console_page("message.html", status, title=title, message=message)
+def console_message(status: int, title: str, message: str, back: bool = True) -> Response:
+    """A page that says what went wrong and what to do about it (and, when it helps, a way back)."""
+    return console_page("message.html", status, title=title, message=message, back=back)
 
 
 def session_fingerprint() -> str:
@@ -1565,9 +1565,10 @@ def console_gate() -> WerkzeugResponse | None:
         return console_message(
             403,
             "The console is off",
-            "No API token is configured (FLUXKART_API_TOKEN), so nobody could be told apart from "
-            "anybody else: the console shows and erases customers' personal data. "
-            "Set FLUXKART_API_TOKEN and FLUXKART_SECRET_KEY and restart the service.",
+            "No API token is configured (FLUXKART_API_TOKEN). The console shows and erases customers' "
+            "personal data, so it stays off until the service has a token to sign in with. "
+            "Set FLUXKART_API_TOKEN and FLUXKART_SECRET_KEY, then restart the service.",
+            back=False,
         )
     if not current_app.config["FLUXKART_SECRET_KEY"]:
         return console_message(
@@ -1575,6 +1576,7 @@ def console_gate() -> WerkzeugResponse | None:
             "The console is off",
             "No session signing key is configured (FLUXKART_SECRET_KEY), so a sign-in could not be "
             "kept safely. Set it (docs/console.md says how) and restart the service.",
+            back=False,
         )
     if request.endpoint not in CONSOLE_OPEN_ENDPOINTS and not signed_in():
         return redirect(url_for("console.sign_in_form"), 303)
@@ -1666,13 +1668,13 @@ def search() -> WerkzeugResponse:
     if kind not in SEARCH_KINDS:
         return console_page("search.html", 400, kind="email", error="Choose what to search by.")
     try:
-        primary_id = run_retrying_reads(lambda db: find_customer(db, kind, value))
+        primary_id = run_retrying_reads(lambda db: find_primary_id(db, kind, value))
     except ApiError as exc:
         return console_page("search.html", exc.status, kind=kind, value=value, error=exc.message)
     return redirect(url_for("console.customer_page", primary_id=primary_id), 303)
 
 
-def find_customer(db: Database, kind: str, value: str) -> int:
+def find_primary_id(db: Database, kind: str, value: str) -> int:
     """The primary id of the customer with this email, phone number or contact id; ApiError 400/404/409."""
     if kind == "id":
         text = value.strip().lstrip("#")
@@ -1714,7 +1716,10 @@ def customer_rows(db: Database, primary_id: int) -> list[Row]:
 
 def show_customer(primary_id: int, reveal: bool) -> Response:
     """The customer page: rows, link graph, history; identifiers masked unless revealed."""
+    after = request.args.get("after", "")
+    after_id = int(after) if after.isascii() and after.isdigit() and int(after) <= MAX_ID else 0
     rows = run_retrying_reads(lambda db: customer_rows(db, primary_id))
+    history = run_retrying_reads(lambda db: customer_history(db, primary_id, after_id, HISTORY_PAGE))
     email_of: Callable[[str], str] = (lambda e: e) if reveal else mask_email
     phone_of: Callable[[str], str] = (lambda p: p) if reveal else mask_phone
     shown = [
@@ -1731,6 +1736,8 @@ def show_customer(primary_id: int, reveal: bool) -> Response:
         rows=shown,
         graph=link_graph(rows),
         revealed=reveal,
+        events=history["events"],
+        next_after=history["nextAfter"],
     )
 
 
@@ -1752,6 +1759,40 @@ def reveal(primary_id: int) -> Response:
     """The same page with identifiers in full; the log records who asked (request id), not what was shown."""
     log.info("console reveal", extra={"fields": {"event": "console_reveal", "customerId": primary_id}})
     return show_customer(primary_id, reveal=True)
+
+
+def erasure_of(db: Database, primary_id: int, dry_run: bool) -> dict[str, Any]:
+    """erase_customer for the customer with this primary, named by one of its identifiers."""
+    rows = customer_rows(db, primary_id)
+    # One identifier is enough to name the customer; erase_customer takes identify's locks on it.
+    email = next((row["email"] for row in rows if row["email"] is not None), None)
+    phone = None if email else next(row["phoneNumber"] for row in rows if row["phoneNumber"] is not None)
+    result: dict[str, Any] = erase_customer(db, email, phone, dry_run)
+    return result
+
+
+@console.get("/customers/<int:primary_id>/erase")
+def erase_preview(primary_id: int) -> Response:
+    """What erasing this customer would remove (the dry run), and the form that confirms it."""
+    preview = run_retrying_reads(lambda db: erasure_of(db, primary_id, True))
+    return console_page("erase.html", primary_id=primary_id, preview=preview)
+
+
+@console.post("/customers/<int:primary_id>/erase")
+def erase(primary_id: int) -> Response:
+    """Erase the customer, but only if it is still the one the preview showed.
+
+    A merge between preview and confirmation would otherwise erase rows the
+    support agent never saw: then the new preview is shown instead.
+    """
+    seen = request.form.get("contact_ids", "")
+    preview = run_retrying_reads(lambda db: erasure_of(db, primary_id, True))
+    if seen != ",".join(str(i) for i in preview["contactIds"]):
+        notice = "This customer changed since the preview (an order merged rows into it). Check again."
+        return console_page("erase.html", 409, primary_id=primary_id, preview=preview, notice=notice)
+    result = run_retrying_reads(lambda db: erasure_of(db, primary_id, False))
+    log.info("console erasure", extra={"fields": {"event": "console_erasure", "customerId": primary_id}})
+    return console_page("erased.html", result=result)
 
 
 # --------------------------------------------------------------------------
