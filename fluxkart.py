@@ -8,17 +8,26 @@ Routes
     GET  /customers        read-only lookup by ?email= and/or ?phoneNumber=
     GET  /contacts         contact rows, ?limit= ?after= ?email= ?phoneNumber=
     GET  /contacts/<id>    one contact row
+    GET  /customers/<id>/history   a customer's history (ids only), oldest first
+    DELETE /customers      erase a customer: ?email= ?phoneNumber= ?dryRun=true
+    GET  /metrics          Prometheus metrics;  GET /openapi.json  this API's description
+
+Commands (flask --app fluxkart <command>)
+    init-db                create the schema if missing
 
 Environment (or a .env file)
     MYSQL_HOST, MYSQL_PORT, MYSQL_USER, MYSQL_PASSWORD, MYSQL_DATABASE
-                           any of them set selects MySQL/MariaDB (database
-                           "Fluxkart" unless named); none set selects SQLite
+                           any of them set selects MySQL/MariaDB (127.0.0.1:3306,
+                           root, database "Fluxkart" for the ones not given);
+                           none set selects SQLite
     FLUXKART_SQLITE_PATH   the embedded database file (default fluxkart.db)
     FLUXKART_API_TOKEN     when set, every route but / and /health/* requires
                            "Authorization: Bearer <token>"
     FLUXKART_PHONE_REGION  e.g. IN: store numbers valid there in E.164 form
+    FLUXKART_WSREP_SYNC_WAIT  causal reads on a Galera node (default 1; 0 only
+                           to measure what they cost)
 
-The contract is ../shared/SPEC.md; the design is in README.md.
+The contract is docs/api.md (with openapi.json); the design is in README.md.
 """
 
 from __future__ import annotations
@@ -65,6 +74,7 @@ from flask import (
     session,
     url_for,
 )
+from flask.cli import with_appcontext
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.wrappers import Response as WerkzeugResponse
@@ -85,39 +95,61 @@ SETTINGS = (
     "FLUXKART_SQLITE_PATH",
     "FLUXKART_API_TOKEN",
     "FLUXKART_PHONE_REGION",
+    "FLUXKART_WSREP_SYNC_WAIT",
     "FLUXKART_SECRET_KEY",
 )
 
+# Every default in one place. An empty value (in the environment, .env or the
+# overrides) means "not set": the default applies.
 DEFAULTS: dict[str, Any] = {
-    "MYSQL_HOST": "",
-    "MYSQL_PORT": "",
-    "MYSQL_USER": "",
+    "MYSQL_HOST": "127.0.0.1",
+    "MYSQL_PORT": "3306",
+    "MYSQL_USER": "root",
     "MYSQL_PASSWORD": "",
-    "MYSQL_DATABASE": "",
+    "MYSQL_DATABASE": "Fluxkart",
     "FLUXKART_SQLITE_PATH": "fluxkart.db",
     "FLUXKART_API_TOKEN": "",
     "FLUXKART_PHONE_REGION": "",
+    # Galera's causal reads: every read waits until this node has applied
+    # every write the cluster committed before it (SPEC, "Concurrency").
+    "FLUXKART_WSREP_SYNC_WAIT": "1",
     # Signs the console's session cookie; the console is off without it.
     "FLUXKART_SECRET_KEY": "",
     # A request body is two short strings; anything near this limit is abuse.
     "MAX_CONTENT_LENGTH": 64 * 1024,
-    # How often a unit of work is tried before the client gets a 503.
-    "FLUXKART_MAX_ATTEMPTS": 12,
 }
 
 
+class ConfigurationError(Exception):
+    """A setting the service cannot start with; the message names the setting and the fix."""
+
+
 def load_settings(overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """Defaults, then the environment (and .env), then the caller's overrides."""
+    """Defaults, then the environment (and .env), then the caller's overrides.
+
+    Returns the settings with FLUXKART_DIALECT ("mysql" when any MYSQL_* is
+    given, else "sqlite") and the phone region checked and upper-cased.
+    Raises ConfigurationError for a region the phonenumbers library does not know.
+    """
     load_dotenv()  # never overrides a variable the environment already sets
+    chosen = {name: os.environ[name] for name in SETTINGS if name in os.environ}
+    chosen.update(overrides or {})
     settings = dict(DEFAULTS)
-    settings.update({name: os.environ[name] for name in SETTINGS if name in os.environ})
-    settings.update(overrides or {})
+    settings.update({name: value for name, value in chosen.items() if value != ""})
+    settings["FLUXKART_DIALECT"] = "mysql" if any(chosen.get(name) for name in MYSQL_SETTINGS) else "sqlite"
+    settings["FLUXKART_PHONE_REGION"] = check_region(settings["FLUXKART_PHONE_REGION"])
     return settings
 
 
-def uses_mysql(settings: dict[str, Any]) -> bool:
-    """MySQL when any MYSQL_* setting is given, else the embedded SQLite file."""
-    return any(settings.get(name) for name in MYSQL_SETTINGS)
+def check_region(region: str) -> str:
+    """The region code upper-cased ("in" -> "IN"), "" for none; ConfigurationError when unknown (SPEC)."""
+    code = region.strip().upper()
+    if code and code not in phonenumbers.SUPPORTED_REGIONS:
+        raise ConfigurationError(
+            f"FLUXKART_PHONE_REGION={region!r} is not a region code the phonenumbers library knows; "
+            "use a two-letter code such as IN, US or GB, or leave it unset"
+        )
+    return code
 
 
 # --------------------------------------------------------------------------
@@ -167,12 +199,131 @@ def schema_statements(dialect: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------
+# Observability: metrics, JSON logs, request ids (used by every section below)
+# --------------------------------------------------------------------------
+
+# Under gunicorn, gunicorn.conf.py points PROMETHEUS_MULTIPROC_DIR at a shared
+# folder, so every worker's counts reach /metrics whichever worker serves it.
+HTTP_REQUESTS = prometheus_client.Counter(
+    "fluxkart_http_requests", "HTTP requests answered", ["method", "route", "status"]
+)
+HTTP_LATENCY = prometheus_client.Histogram(
+    "fluxkart_http_request_duration_seconds",
+    "Time to answer an HTTP request",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+)
+IDENTIFY_OUTCOMES = prometheus_client.Counter(
+    "fluxkart_identify_outcomes", "identify results: created, linked, merged, unchanged", ["outcome"]
+)
+TRANSACTION_RETRIES = prometheus_client.Counter(
+    "fluxkart_transaction_retries",
+    "transactions started over, by reason and unit of work",
+    ["reason", "unit"],
+)
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the current request's id when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if has_request_context() and "request_id" in g:
+            entry["request_id"] = g.request_id
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging() -> None:
+    """Send the service's logs to stdout as JSON lines (once per process)."""
+    logger = logging.getLogger("fluxkart")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(JsonFormatter())
+        logger.addHandler(handler)
+        logger.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
+        logger.propagate = False
+
+
+def start_request() -> None:
+    """Take the caller's X-Request-ID when it is sane, else make one."""
+    given = request.headers.get("X-Request-ID", "")
+    g.request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    g.started = time.perf_counter()
+
+
+def finish_request(response: Response) -> Response:
+    """Echo the request id, count the request, and write its access log line.
+
+    The query string and body are never logged, nor the path of a request that
+    matched no route: they can carry customers' emails and phone numbers.
+    """
+    elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+    route = request.url_rule.rule if request.url_rule else "unmatched"
+    response.headers["X-Request-ID"] = g.get("request_id", "")
+    HTTP_REQUESTS.labels(request.method, route, response.status_code).inc()
+    HTTP_LATENCY.labels(request.method, route).observe(elapsed)
+    fields = {
+        "method": request.method,
+        "route": route,
+        "path": request.path if path_is_known() else None,
+        "status": response.status_code,
+        "duration_ms": round(elapsed * 1000, 2),
+    }
+    if "identify_outcome" in g:
+        IDENTIFY_OUTCOMES.labels(g.identify_outcome).inc()
+        fields["outcome"] = g.identify_outcome
+    fields.update(g.get("log_fields", {}))  # a view's own figures (erasure counts), never identifiers
+    if access_log.isEnabledFor(logging.INFO):
+        # makeRecord + handle: Logger.info would also walk the stack for a
+        # caller we never print, on every request.
+        access_log.handle(
+            access_log.makeRecord(
+                access_log.name, logging.INFO, "", 0, "request", (), None, extra={"fields": fields}
+            )
+        )
+    return response
+
+
+def path_is_known() -> bool:
+    """True when the path is one of our routes (maybe with another method), so it holds no identifier."""
+    return request.url_rule is not None or isinstance(request.routing_exception, MethodNotAllowed)
+
+
+def metrics_page() -> Response:
+    """Prometheus text format, summed over every gunicorn worker when multiprocess."""
+    registry: Any = prometheus_client.REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = prometheus_client.CollectorRegistry()
+        prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return Response(
+        prometheus_client.generate_latest(registry), content_type=prometheus_client.CONTENT_TYPE_LATEST
+    )
+
+
+# --------------------------------------------------------------------------
 # Database: one connection per thread, the same face for both drivers
 # --------------------------------------------------------------------------
 
 
 class DatabaseUnavailable(Exception):
     """The database cannot be reached or stayed busy through every retry (HTTP 503)."""
+
+
+class DatabaseMisconfigured(Exception):
+    """A database setting or state the service cannot work with; retrying will not help.
+
+    The message names the setting and the fix; it is logged, shown by readiness,
+    and the client is told it is a server configuration problem (HTTP 500).
+    """
 
 
 class RetryTransaction(Exception):
@@ -192,16 +343,22 @@ MYSQL_RETRY_CODES = {1205: "lock_wait_timeout", 1213: "deadlock", 1047: "node_no
 # network): worth one fresh connection. Failing to connect at all (2003) is not
 # retried: the server is down, and the client gets a 503 at once.
 MYSQL_CONNECTION_CODES = {2006, 2013, 2014, 2055}
-
+# Errors no retry can fix, with what the operator should do.
+MYSQL_SETTING_ERRORS = {
+    1665: "the server's binlog_format is STATEMENT, which refuses writes at READ COMMITTED: "
+    "set binlog_format=ROW (or MIXED) on the server, or grant the service's user BINLOG ADMIN "
+    "so it can set ROW for its own sessions",
+    1142: "the database user lacks a privilege the service needs (SELECT, INSERT, UPDATE, DELETE "
+    "on the database; CREATE and ALTER for init-db and migrate)",
+    1044: "the database user has no access to the database: grant it (see README, Production)",
+    1045: "the database refused the user name or password (MYSQL_USER, MYSQL_PASSWORD)",
+}
 # Refusals of CREATE to a user without the privilege: table, database access denied.
 MYSQL_NO_CREATE_CODES = {1142, 1044}
 # Statements that wait on a lock give up after this long; the transaction is then retried.
 LOCK_WAIT_TIMEOUT_S = 5
 # A query that has not answered in this long means the server is in trouble.
 MYSQL_READ_TIMEOUT_S = 10
-# Retries stop after this long, whatever the attempt count: a client (and a
-# load balancer) would rather have a prompt 503 than a request that hangs.
-RETRY_BUDGET_S = 10
 
 
 def adapt_datetime(value: datetime) -> str:
@@ -214,85 +371,117 @@ def convert_datetime(value: bytes) -> datetime:
     return datetime.fromisoformat(value.decode())
 
 
+sqlite3.register_adapter(datetime, adapt_datetime)
+sqlite3.register_converter("DATETIME", convert_datetime)
+
+
+def connect_mysql(settings: dict[str, Any]) -> Any:
+    """A PyMySQL connection set up for the service: utf8mb4, autocommit, UTC,
+    READ COMMITTED, a short lock wait, causal reads on Galera. Creates the
+    database when it is missing."""
+    params: dict[str, Any] = dict(
+        host=settings["MYSQL_HOST"],
+        port=int(settings["MYSQL_PORT"]),
+        user=settings["MYSQL_USER"],
+        password=settings["MYSQL_PASSWORD"],
+        charset="utf8mb4",
+        autocommit=True,
+        connect_timeout=5,
+        read_timeout=MYSQL_READ_TIMEOUT_S,
+        write_timeout=MYSQL_READ_TIMEOUT_S,
+        cursorclass=pymysql.cursors.DictCursor,
+    )
+    database = settings["MYSQL_DATABASE"]
+    try:
+        conn = pymysql.connect(database=database, **params)
+    except pymysql.err.OperationalError as exc:
+        if exc.args[0] != 1049:  # unknown database: create it below
+            raise
+        conn = pymysql.connect(**params)
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE IF NOT EXISTS `{database}`")  # noqa: S608 (a setting, not input)
+        conn.select_db(database)
+    with conn.cursor() as cur:
+        # Our own isolation level: the lock protocol relies on READ COMMITTED
+        # reads seeing every committed row, whatever the server default is.
+        cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        cur.execute("SET time_zone = '+00:00', innodb_lock_wait_timeout = %s", (LOCK_WAIT_TIMEOUT_S,))
+        cur.execute("SELECT @@log_bin AS log_bin, @@binlog_format AS binlog_format")
+        server = cur.fetchone()
+        if server["log_bin"] and server["binlog_format"] == "STATEMENT":
+            # READ COMMITTED writes cannot be logged as statements; ROW can be set per
+            # session by a user with BINLOG ADMIN. Without it, the 1665 that follows
+            # on the first write is reported as a setting to fix.
+            try:
+                cur.execute("SET SESSION binlog_format = 'ROW'")
+            except pymysql.err.MySQLError:
+                pass
+        cur.execute("SHOW VARIABLES LIKE 'wsrep_on'")
+        wsrep = cur.fetchone()
+        if wsrep and wsrep["Value"] == "ON":
+            cur.execute("SET SESSION wsrep_sync_wait = %s", (int(settings["FLUXKART_WSREP_SYNC_WAIT"]),))
+    return conn
+
+
+def connect_sqlite(settings: dict[str, Any]) -> sqlite3.Connection:
+    """An sqlite3 connection: we issue BEGIN/COMMIT ourselves, WAL, rows as dicts."""
+    conn = sqlite3.connect(
+        settings["FLUXKART_SQLITE_PATH"],
+        timeout=LOCK_WAIT_TIMEOUT_S,  # how long BEGIN IMMEDIATE waits for another writer
+        isolation_level=None,
+        detect_types=sqlite3.PARSE_DECLTYPES,
+        check_same_thread=True,
+    )
+    conn.row_factory = lambda cursor, row: {
+        col[0]: value for col, value in zip(cursor.description, row, strict=True)
+    }
+    conn.execute("PRAGMA journal_mode = WAL")  # readers never wait for the writer
+    conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe with WAL
+    return conn
+
+
+# The only difference between the drivers the rest of the module sees: how to
+# connect. How to begin a write transaction is a named statement of each dialect.
+CONNECT = {"mysql": connect_mysql, "sqlite": connect_sqlite}
+
+
 class Database:
-    """One thread's connection to MySQL or SQLite, opened lazily, dropped on failure."""
+    """One thread's connection to MySQL or SQLite, opened lazily, dropped on failure.
+
+    Every statement is a named one from sql/ (`queries`), run with a dict of
+    parameters. Driver errors come out as RetryTransaction (start the unit of
+    work over), DatabaseUnavailable (503) or DatabaseMisconfigured.
+    """
 
     def __init__(self, settings: dict[str, Any], queries: dict[str, str], schema: list[str]):
         self.settings = settings
         self.queries = queries
         self.schema = schema
-        self.dialect = "mysql" if uses_mysql(settings) else "sqlite"
+        self.dialect: str = settings["FLUXKART_DIALECT"]
         self.conn: Any = None
-
-    # -- connecting ------------------------------------------------------
+        self.in_transaction = False
 
     def connect(self) -> Any:
-        """The open connection, opening it (and the schema) when there is none."""
+        """The open connection, opening it (and creating the schema if missing) when there is none."""
         if self.conn is None:
-            self.conn = self.connect_mysql() if self.dialect == "mysql" else self.connect_sqlite()
+            try:
+                self.conn = CONNECT[self.dialect](self.settings)
+                self.ensure_schema()
+            except Exception as exc:
+                raise self.translate(exc) from exc
         return self.conn
 
-    def connect_mysql(self) -> pymysql.connections.Connection:
-        s = self.settings
-        params = dict(
-            host=s["MYSQL_HOST"] or "127.0.0.1",
-            port=int(s["MYSQL_PORT"] or 3306),
-            user=s["MYSQL_USER"] or "root",
-            password=s["MYSQL_PASSWORD"] or "",
-            charset="utf8mb4",
-            autocommit=True,
-            connect_timeout=5,
-            read_timeout=MYSQL_READ_TIMEOUT_S,
-            write_timeout=MYSQL_READ_TIMEOUT_S,
-            cursorclass=pymysql.cursors.DictCursor,
-        )
-        database = s["MYSQL_DATABASE"] or "Fluxkart"
-        try:
-            conn = pymysql.connect(database=database, **params)
-        except pymysql.err.OperationalError as exc:
-            if exc.args[0] != 1049:  # unknown database: create it below
-                raise
-            conn = pymysql.connect(**params)
-            with conn.cursor() as cur:
-                cur.execute(f"CREATE DATABASE IF NOT EXISTS `{database}`")  # noqa: S608 (a setting, not input)
-            conn.select_db(database)
-        with conn.cursor() as cur:
-            # Our own isolation level: the lock protocol relies on READ COMMITTED
-            # reads seeing every committed row, whatever the server default is.
-            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            cur.execute("SET time_zone = '+00:00', innodb_lock_wait_timeout = %s", (LOCK_WAIT_TIMEOUT_S,))
-        self.ensure_schema(conn)
-        return conn
-
-    def connect_sqlite(self) -> sqlite3.Connection:
-        sqlite3.register_adapter(datetime, adapt_datetime)
-        sqlite3.register_converter("DATETIME", convert_datetime)
-        conn = sqlite3.connect(
-            self.settings["FLUXKART_SQLITE_PATH"],
-            timeout=LOCK_WAIT_TIMEOUT_S,  # how long BEGIN IMMEDIATE waits for another writer
-            isolation_level=None,  # we issue BEGIN/COMMIT ourselves
-            detect_types=sqlite3.PARSE_DECLTYPES,
-        )
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode = WAL")  # readers never wait for the writer
-        conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe with WAL
-        self.ensure_schema(conn)
-        return conn
-
-    def ensure_schema(self, conn: Any) -> None:
+    def ensure_schema(self) -> None:
         """Create the tables if missing (idempotent, so safe on every new connection).
 
         A MySQL user without CREATE is refused even when the tables exist: then
         an operator ran init-db with more rights, and we go on without it.
         """
+        cur = self.conn.cursor()
         for statement in self.schema:
-            if self.dialect == "sqlite":
-                conn.execute(statement)
-                continue
             try:
-                with conn.cursor() as cur:
-                    cur.execute(statement)
-            except (pymysql.err.OperationalError, pymysql.err.ProgrammingError) as exc:
+                cur.execute(statement)
+            except pymysql.err.MySQLError as exc:
                 if exc.args[0] not in MYSQL_NO_CREATE_CODES:
                     raise
                 log.warning("no CREATE privilege; expecting the schema to exist (flask init-db)")
@@ -301,71 +490,59 @@ class Database:
     def close(self) -> None:
         """Drop the connection; the next call opens a new one."""
         conn, self.conn = self.conn, None
+        self.in_transaction = False
         if conn is not None:
             try:
                 conn.close()
             except Exception:  # already broken: nothing to release
                 pass
 
-    # -- running statements ----------------------------------------------
-
     def execute(self, name: str, params: dict[str, Any]) -> Any:
-        """Run a named statement; returns the driver's cursor."""
-        sql = self.queries[name]
+        """Run a named statement with its parameters; returns the driver's cursor."""
+        conn = self.connect()
         try:
-            conn = self.connect()
-            if self.dialect == "mysql":
-                cur = conn.cursor()
-                cur.execute(sql, params)
-                return cur
-            return conn.execute(sql, params)
+            cur = conn.cursor()
+            cur.execute(self.queries[name], params)
+            return cur
         except Exception as exc:
             raise self.translate(exc) from exc
 
     def all(self, name: str, **params: Any) -> list[Row]:
         """Every row of a named query, as dicts."""
-        return [dict(row) for row in self.execute(name, params).fetchall()]
+        return list(self.execute(name, params).fetchall())
 
     def one(self, name: str, **params: Any) -> Row | None:
         """The first row of a named query, or None."""
-        row = self.execute(name, params).fetchone()
-        return dict(row) if row is not None else None
+        row: Row | None = self.execute(name, params).fetchone()
+        return row
 
     def run(self, name: str, **params: Any) -> int:
         """Run a named write; returns the new row's id for an INSERT."""
         return int(self.execute(name, params).lastrowid or 0)
 
     def begin(self) -> None:
-        """Start a write transaction (SQLite: take the write lock now, not at first write)."""
-        try:
-            if self.dialect == "mysql":
-                self.connect().begin()
-            else:
-                self.connect().execute("BEGIN IMMEDIATE")
-        except Exception as exc:
-            raise self.translate(exc) from exc
+        """Start a write transaction (`begin_write`: SQLite takes its write lock now, not at first write)."""
+        self.execute("begin_write", {})
+        self.in_transaction = True
 
     def commit(self) -> None:
-        try:
-            self.connect().commit() if self.dialect == "mysql" else self.conn.execute("COMMIT")
-        except Exception as exc:
-            raise self.translate(exc) from exc
+        """Commit the open transaction; errors (a Galera conflict can come here) are translated."""
+        self.execute("commit", {})
+        self.in_transaction = False
 
     def rollback(self) -> None:
-        """Roll back whatever is open; a broken connection is simply dropped."""
-        if self.conn is None:
+        """Roll back the open transaction, if any; a broken connection is simply dropped."""
+        if self.conn is None or not self.in_transaction:
             return
+        self.in_transaction = False
         try:
-            if self.dialect == "mysql":
-                self.conn.rollback()
-            elif self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
+            self.conn.cursor().execute(self.queries["rollback"])
         except Exception:
             self.close()
 
     def translate(self, exc: Exception) -> Exception:
-        """Map a driver error to RetryTransaction, DatabaseUnavailable, or itself."""
-        if isinstance(exc, pymysql.err.OperationalError | pymysql.err.InterfaceError):
+        """Map a driver error to RetryTransaction, DatabaseUnavailable, DatabaseMisconfigured, or itself."""
+        if isinstance(exc, pymysql.err.MySQLError):
             code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
             if code in MYSQL_RETRY_CODES:
                 return RetryTransaction(MYSQL_RETRY_CODES[code])
@@ -373,13 +550,16 @@ class Database:
                 self.close()
                 return RetryTransaction("connection_lost")
             self.close()
-            return DatabaseUnavailable(f"MySQL error {code}")
+            if code in MYSQL_SETTING_ERRORS:
+                return DatabaseMisconfigured(f"MySQL error {code}: {MYSQL_SETTING_ERRORS[code]}")
+            if isinstance(exc, pymysql.err.OperationalError):
+                return DatabaseUnavailable(f"MySQL error {code}")
         if isinstance(exc, sqlite3.OperationalError):
             if "locked" in str(exc) or "busy" in str(exc):
                 return RetryTransaction("database_locked")
             self.close()
             return DatabaseUnavailable("SQLite error")
-        if isinstance(exc, pymysql.err.MySQLError | OSError):
+        if isinstance(exc, OSError):
             self.close()
             return DatabaseUnavailable(type(exc).__name__)
         return exc
@@ -391,7 +571,7 @@ def get_db() -> Database:
     db = getattr(state, "db", None)
     if db is None:
         ext = current_app.extensions["fluxkart"]
-        db = state.db = Database(ext["settings"], ext["queries"], ext["schema"])
+        db = state.db = Database(current_app.config, ext["queries"], ext["schema"])
     return db
 
 
@@ -399,16 +579,24 @@ def get_db() -> Database:
 # Transactions: the whole unit of work is retried, never one statement
 # --------------------------------------------------------------------------
 
+# How often a unit of work is tried before the client gets a 503 ...
+MAX_ATTEMPTS = 12
+# ... and for how long at most, whatever the attempt count: a client (and a
+# load balancer) would rather have a prompt 503 than a request that hangs.
+RETRY_BUDGET_S = 10
 
-def in_transaction(db: Database, work: Callable[[Database], T], attempts: int) -> T:
+
+def in_transaction(db: Database, work: Callable[[Database], T], unit: str) -> T:
     """Run work(db) in one transaction, retrying the whole of it on lock conflicts.
 
-    A deadlock has already rolled everything back and a lock-wait timeout
-    rolled back one statement, so we roll back the rest and start over from
-    the first read. `work` must have no side effects outside the database.
+    `unit` names the unit of work (identify, repair, ...) in the retry log line
+    and metric. A deadlock has already rolled everything back and a lock-wait
+    timeout rolled back one statement, so we roll back the rest and start over
+    from the first read. `work` must have no side effects outside the database.
+    Raises DatabaseUnavailable when MAX_ATTEMPTS or RETRY_BUDGET_S run out.
     """
     deadline = time.monotonic() + RETRY_BUDGET_S
-    for attempt in range(1, attempts + 1):
+    for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
             db.begin()
             result = work(db)
@@ -416,16 +604,33 @@ def in_transaction(db: Database, work: Callable[[Database], T], attempts: int) -
             return result
         except RetryTransaction as exc:
             db.rollback()
-            if attempt == attempts or time.monotonic() > deadline:
+            if attempt == MAX_ATTEMPTS or time.monotonic() > deadline:
                 raise DatabaseUnavailable(f"gave up after {attempt} attempts: {exc}") from exc
-            log.warning("retrying identify transaction (attempt %d): %s", attempt, exc.reason)
-            IDENTIFY_RETRIES.labels(exc.reason).inc()
+            log.warning("retrying %s transaction (attempt %d): %s", unit, attempt, exc.reason)
+            TRANSACTION_RETRIES.labels(exc.reason, unit).inc()
             # Jittered exponential backoff, capped: lets the winner commit first.
             time.sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))
         except BaseException:
             db.rollback()
             raise
     raise AssertionError("unreachable")
+
+
+def reconnect_once(work: Callable[[Database], T]) -> T:
+    """Run work against this thread's database, reconnecting once if the connection was stale.
+
+    A kept connection the server has closed (restart, idle timeout) fails on
+    first use; one fresh connection is tried before answering 503.
+    """
+    db = get_db()
+    try:
+        return work(db)
+    except RetryTransaction:
+        db.close()
+        try:
+            return work(db)
+        except RetryTransaction as exc:
+            raise DatabaseUnavailable(str(exc)) from exc
 
 
 # --------------------------------------------------------------------------
@@ -441,9 +646,11 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
 
-PHONE_FORMATTING = str.maketrans("", "", " -.()")
+PHONE_PUNCTUATION = frozenset("-.()")
 MAX_EMAIL_LENGTH = 254
 MAX_PHONE_DIGITS = 20
+# Ids above this cannot be stored (BIGINT's range); such a lookup is a plain 404.
+MAX_CONTACT_ID = 2**63 - 1
 
 
 def is_clean_text(value: str) -> bool:
@@ -483,7 +690,8 @@ def normalize_phone(value: Any, region: str = "", field: str = "phoneNumber") ->
     """The canonical phone number, None when absent; 400 when invalid.
 
     Digits with an optional leading +, formatting (spaces - . ( )) dropped; in
-    E.164 form when a region is configured and the number is valid there.
+    E.164 form when a region is configured and the number is valid there
+    (SPEC, "Normalization of identifiers"). Raises ApiError(400) when invalid.
     """
     if value is None:
         return None
@@ -496,7 +704,8 @@ def normalize_phone(value: Any, region: str = "", field: str = "phoneNumber") ->
     phone: str = value.strip()
     if not phone:
         return None
-    phone = phone.translate(PHONE_FORMATTING)
+    # Formatting: any Unicode space separator (U+00A0 from spreadsheets, U+202F ...) and - . ( ).
+    phone = "".join(ch for ch in phone if ch not in PHONE_PUNCTUATION and unicodedata.category(ch) != "Zs")
     digits = phone[1:] if phone.startswith("+") else phone
     if not digits or not all("0" <= ch <= "9" for ch in digits):
         raise ApiError(
@@ -527,6 +736,7 @@ def oldest_first(rows: Iterable[Row]) -> list[Row]:
 
 
 def primaries_of(rows: Iterable[Row]) -> list[Row]:
+    """The rows marked primary, in the given order."""
     return [row for row in rows if row["linkPrecedence"] == "primary"]
 
 
@@ -563,7 +773,7 @@ def customer_answer(rows: list[Row]) -> dict[str, Any]:
     }
 
 
-def identify(db: Database, email: str | None, phone: str | None, attempts: int) -> tuple[dict[str, Any], str]:
+def identify(db: Database, email: str | None, phone: str | None) -> tuple[dict[str, Any], str]:
     """Link this order's identifiers to their customer; returns (answer, outcome).
 
     A repeat customer whose identifiers are all known is answered from one
@@ -573,7 +783,7 @@ def identify(db: Database, email: str | None, phone: str | None, attempts: int) 
     rows = db.all("select_customer", email=email, phone=phone)
     if is_settled(rows, email, phone):
         return customer_answer(rows), "unchanged"
-    return in_transaction(db, lambda db: apply_identify(db, email, phone), attempts)
+    return in_transaction(db, lambda db: apply_identify(db, email, phone), "identify")
 
 
 def apply_identify(db: Database, email: str | None, phone: str | None) -> tuple[dict[str, Any], str]:
@@ -644,6 +854,54 @@ def insert_contact(
         "linkPrecedence": precedence,
         "createdAt": created_at,
     }
+
+
+def lookup_customer(db: Database, email: str | None, phone: str | None) -> list[Row]:
+    """The live rows of the customer owning this email and/or phone, writing nothing (SPEC, "Reads").
+
+    Raises ApiError 404 when no customer has either identifier, 409 when the
+    two belong to different customers (identify would merge them; a read-only
+    lookup must not pretend it did) or when the stored rows have no primary.
+    """
+    rows = db.all("select_customers", email=email, phone=phone)
+    if not rows:
+        raise ApiError(404, "not_found", "no customer has this email or phone number")
+    primaries = primaries_of(rows)
+    if not primaries:
+        # Only data written behind the service's back (a secondary whose primary
+        # is missing or itself a secondary) reads like this.
+        raise ApiError(
+            409,
+            "inconsistent_customer",
+            "this customer's stored rows have no primary; they were not written by this service",
+        )
+    if len(primaries) > 1:
+        ids = ", ".join(str(row["id"]) for row in oldest_first(primaries))
+        raise ApiError(
+            409,
+            "several_customers",
+            f"the email and phone number belong to different customers ({ids}); look them up one at a time",
+        )
+    return rows
+
+
+def list_contact_rows(
+    db: Database, after: int, limit: int, email: str | None, phone: str | None
+) -> list[Row]:
+    """Up to `limit` live contact rows with id > after, by id; a None identifier filters nothing."""
+    return db.all("select_contacts", after=after, limit=limit, email=email, phone=phone)
+
+
+def contact_by_id(db: Database, contact_id: int) -> Row | None:
+    """The live contact row with this id, or None (ids beyond the column's range included)."""
+    if contact_id > MAX_CONTACT_ID:
+        return None
+    return db.one("select_contact_by_id", id=contact_id)
+
+
+def check_ready(db: Database) -> None:
+    """Raise unless the database answers a query (readiness, SPEC "Reads")."""
+    db.one("select_one")
 
 
 def contact_to_json(row: Row) -> dict[str, Any]:
@@ -870,7 +1128,7 @@ def erase_customer(db: Database, email: str | None, phone: str | None, dry_run: 
         return result
 
     try:
-        return in_transaction(db, work, current_app.config["FLUXKART_MAX_ATTEMPTS"])
+        return in_transaction(db, work, "erasure")
     except DryRunFinished as finished:
         return finished.result
 
@@ -950,7 +1208,7 @@ def deleted_rows_of(db: Database, live: dict[int, Row]) -> dict[int, Row]:
     return erased
 
 
-def find_customer(db: Database, email: str | None, phone: str | None) -> dict[int, Row]:
+def customer_to_erase(db: Database, email: str | None, phone: str | None) -> dict[int, Row]:
     """The live rows of the one customer with this email and/or phone; ApiError 404 or 409."""
     by_email = live_component(db, ("email", email)) if email is not None else {}
     by_phone = live_component(db, ("phone", phone)) if phone is not None else {}
@@ -979,7 +1237,7 @@ def apply_erasure(db: Database, email: str | None, phone: str | None, dry_run: b
     db.run("touch_identifiers", email=email, phone=phone)
     touched = {(kind, value) for kind, value in (("email", email), ("phone", phone)) if value is not None}
     while True:
-        live = find_customer(db, email, phone)
+        live = customer_to_erase(db, email, phone)
         rows = deleted_rows_of(db, live)
         untouched = identifiers_of(rows.values()) - touched
         if not untouched:
@@ -1039,6 +1297,7 @@ def apply_erasure(db: Database, email: str | None, phone: str | None, dry_run: b
 HTTP_ERROR_CODES = {
     400: "bad_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
@@ -1047,169 +1306,75 @@ HTTP_ERROR_CODES = {
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    """The SPEC's error body `{"error": {"code", "message"}}` with this status and headers."""
     response = jsonify({"error": {"code": code, "message": message}})
     response.status_code = status
     response.headers.update(headers or {})
     return response
 
 
-def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(ApiError)
-    def api_error(exc: ApiError) -> Response:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> Response:
-        # Keep werkzeug's status and headers (Allow on 405), swap the body for JSON.
-        response = exc.get_response()
-        status = exc.code or 500
-        code = HTTP_ERROR_CODES.get(status, "http_error")
-        message = exc.description or exc.name
-        if status == 413:
-            message = f"request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes"
-        body = error_response(status, code, message)
-        for name, value in response.headers.items():
-            if name.lower() not in ("content-type", "content-length"):
-                body.headers[name] = value
-        return body
-
-    @app.errorhandler(DatabaseUnavailable)
-    def database_unavailable(exc: DatabaseUnavailable) -> Response:
-        log.error("database unavailable: %s", exc)
-        return error_response(
-            503,
-            "database_unavailable",
-            "the database is unavailable or busy; retry shortly",
-            {"Retry-After": "1"},
-        )
-
-    @app.errorhandler(Exception)
-    def unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error")
-        return error_response(500, "internal_error", "internal error; it has been logged")
+def api_error(exc: ApiError) -> Response:
+    return error_response(exc.status, exc.code, exc.message, exc.headers)
 
 
-# --------------------------------------------------------------------------
-# Observability: request ids, one JSON access log line per request, metrics
-# --------------------------------------------------------------------------
-
-# Under gunicorn, gunicorn.conf.py points PROMETHEUS_MULTIPROC_DIR at a shared
-# folder, so every worker's counts reach /metrics whichever worker serves it.
-HTTP_REQUESTS = prometheus_client.Counter(
-    "fluxkart_http_requests", "HTTP requests answered", ["method", "route", "status"]
-)
-HTTP_LATENCY = prometheus_client.Histogram(
-    "fluxkart_http_request_duration_seconds",
-    "Time to answer an HTTP request",
-    ["method", "route"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
-)
-IDENTIFY_OUTCOMES = prometheus_client.Counter(
-    "fluxkart_identify_outcomes", "identify results: created, linked, merged, unchanged", ["outcome"]
-)
-IDENTIFY_RETRIES = prometheus_client.Counter(
-    "fluxkart_identify_retries", "identify transactions started over, by reason", ["reason"]
-)
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+def http_error(exc: HTTPException) -> Response:
+    """werkzeug's status and headers (Allow on 405), with our JSON body."""
+    response = exc.get_response()
+    status = exc.code or 500
+    message = exc.description or exc.name
+    if status == 413:
+        message = f"request body is larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes"
+    body = error_response(status, HTTP_ERROR_CODES.get(status, "http_error"), message)
+    for name, value in response.headers.items():
+        if name.lower() not in ("content-type", "content-length"):
+            body.headers[name] = value
+    return body
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, with the current request's id when there is one."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if has_request_context() and "request_id" in g:
-            entry["request_id"] = g.request_id
-        entry.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+def database_unavailable(exc: DatabaseUnavailable) -> Response:
+    log.error("database unavailable: %s", exc)
+    message = "the database is unavailable or busy; retry shortly"
+    return error_response(503, "database_unavailable", message, {"Retry-After": "1"})
 
 
-def configure_logging() -> None:
-    """Send the service's logs to stdout as JSON lines (once per process)."""
-    logger = logging.getLogger("fluxkart")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(JsonFormatter())
-        logger.addHandler(handler)
-        logger.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
-        logger.propagate = False
-
-
-def start_request() -> None:
-    """Take the caller's X-Request-ID when it is sane, else make one."""
-    given = request.headers.get("X-Request-ID", "")
-    g.request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-    g.started = time.perf_counter()
-
-
-def finish_request(response: Response) -> Response:
-    """Echo the request id, count the request, and write its access log line.
-
-    The query string and body are never logged, nor the path of a request that
-    matched no route: they can carry customers' emails and phone numbers.
-    """
-    elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-    route = request.url_rule.rule if request.url_rule else "unmatched"
-    response.headers["X-Request-ID"] = g.get("request_id", "")
-    HTTP_REQUESTS.labels(request.method, route, response.status_code).inc()
-    HTTP_LATENCY.labels(request.method, route).observe(elapsed)
-    fields = {
-        "method": request.method,
-        "route": route,
-        "path": request.path if path_is_known() else None,
-        "status": response.status_code,
-        "duration_ms": round(elapsed * 1000, 2),
-    }
-    if "identify_outcome" in g:
-        IDENTIFY_OUTCOMES.labels(g.identify_outcome).inc()
-        fields["outcome"] = g.identify_outcome
-    if access_log.isEnabledFor(logging.INFO):
-        # makeRecord + handle: Logger.info would also walk the stack for a
-        # caller we never print, on every request.
-        access_log.handle(
-            access_log.makeRecord(
-                access_log.name, logging.INFO, "", 0, "request", (), None, extra={"fields": fields}
-            )
-        )
-    return response
-
-
-def path_is_known() -> bool:
-    """True when the path is one of our routes (maybe with another method), so it holds no identifier."""
-    return request.url_rule is not None or isinstance(request.routing_exception, MethodNotAllowed)
-
-
-def metrics_page() -> Response:
-    """Prometheus text format, summed over every gunicorn worker when multiprocess."""
-    registry: Any = prometheus_client.REGISTRY
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = prometheus_client.CollectorRegistry()
-        prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    return Response(
-        prometheus_client.generate_latest(registry), content_type=prometheus_client.CONTENT_TYPE_LATEST
+def database_misconfigured(exc: DatabaseMisconfigured) -> Response:
+    """Not a 503: retrying cannot help until an operator changes a setting (SPEC, "Errors")."""
+    log.error("database misconfigured: %s", exc)
+    return error_response(
+        500,
+        "server_misconfigured",
+        "the service's database is misconfigured; the operator must fix a setting (see /health/ready)",
     )
+
+
+def unexpected(exc: Exception) -> Response:
+    log.exception("unhandled error")
+    return error_response(500, "internal_error", "internal error; it has been logged")
+
+
+def register_error_handlers(app: Flask) -> None:
+    """One app-wide handler per kind of failure."""
+    app.register_error_handler(ApiError, api_error)
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(DatabaseUnavailable, database_unavailable)
+    app.register_error_handler(DatabaseMisconfigured, database_misconfigured)
+    app.register_error_handler(Exception, unexpected)
 
 
 # --------------------------------------------------------------------------
 # Routes: parse, call the domain, answer JSON
 # --------------------------------------------------------------------------
 
-PUBLIC_ENDPOINTS = {"status", "live", "ready"}
+api = Blueprint("api", __name__)
+
+PUBLIC_ENDPOINTS = {"api.status", "api.live", "api.ready"}
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
-MAX_ID = 2**63 - 1
 
 
 def require_token() -> None:
-    """Bearer-token check for every non-public route when FLUXKART_API_TOKEN is set."""
+    """401 unless the bearer token is sent, when FLUXKART_API_TOKEN is set (SPEC, "Access")."""
     token: str = current_app.config["FLUXKART_API_TOKEN"]
     # The console checks its own signed session instead (a form cannot send a header).
     if not token or request.endpoint in PUBLIC_ENDPOINTS or request.blueprint == "console":
@@ -1225,7 +1390,7 @@ def require_token() -> None:
 
 
 def json_body() -> dict[str, Any]:
-    """The request body as a JSON object, whatever the Content-Type says."""
+    """The request body as a JSON object, whatever the Content-Type says; 400 otherwise."""
     # Read to the end: a chunked body (no Content-Length) over MAX_CONTENT_LENGTH
     # is refused (413) only when we try to read past the limit, not before.
     chunks = []
@@ -1242,6 +1407,7 @@ def json_body() -> dict[str, Any]:
 
 
 def query_identifiers() -> tuple[str | None, str | None]:
+    """?email= and ?phoneNumber=, normalized like identify's input."""
     region = current_app.config["FLUXKART_PHONE_REGION"]
     email = normalize_email(request.args.get("email"))
     phone = normalize_phone(request.args.get("phoneNumber"), region)
@@ -1249,6 +1415,7 @@ def query_identifiers() -> tuple[str | None, str | None]:
 
 
 def query_int(name: str, default: int, low: int, high: int) -> int:
+    """A whole-number query parameter within [low, high]; 400 otherwise."""
     raw = request.args.get(name)
     if raw is None:
         return default
@@ -1257,124 +1424,152 @@ def query_int(name: str, default: int, low: int, high: int) -> int:
     return int(raw)
 
 
-def register_routes(app: Flask) -> None:
-    @app.get("/")
-    def status() -> Response:
-        """Who is answering, and where to start."""
-        return jsonify(status="ok", message="FluxKart Identity is running: POST /identify")
-
-    @app.get("/health/live")
-    def live() -> Response:
-        """Liveness: the process answers. Never touches the database."""
-        return jsonify(status="ok")
-
-    @app.get("/health/ready")
-    def ready() -> Response:
-        """Readiness: 200 when the database answers a query, else 503."""
-        db = get_db()
-        try:
-            db.one("select_one")
-        except (RetryTransaction, DatabaseUnavailable) as exc:
-            db.close()
-            raise DatabaseUnavailable(str(exc)) from exc
-        return jsonify(status="ok", database=db.dialect)
-
-    @app.post("/identify")
-    def identify_contact() -> Response:
-        """Link an order's email and/or phone to its customer and answer the customer."""
-        body = json_body()
-        region = current_app.config["FLUXKART_PHONE_REGION"]
-        email = normalize_email(body.get("email"))
-        phone = normalize_phone(body.get("phoneNumber"), region)
-        if email is None and phone is None:
-            raise ApiError(400, "missing_identifier", "send an email, a phoneNumber, or both")
-        answer, outcome = run_retrying_reads(
-            lambda db: identify(db, email, phone, current_app.config["FLUXKART_MAX_ATTEMPTS"])
-        )
-        g.identify_outcome = outcome
-        return jsonify(answer)
-
-    @app.get("/metrics")
-    def metrics() -> Response:
-        """Prometheus metrics: requests and latency by route and status, identify outcomes, retries."""
-        return metrics_page()
-
-    @app.get("/openapi.json")
-    def openapi() -> Response:
-        """The OpenAPI 3 description of this API."""
-        return Response(OPENAPI_PATH.read_bytes(), content_type="application/json")
-
-    @app.get("/customers")
-    def lookup_customer() -> Response:
-        """Support staff's read-only lookup: the identify answer, writing nothing."""
-        email, phone = query_identifiers()
-        if email is None and phone is None:
-            raise ApiError(400, "missing_identifier", "give ?email= and/or ?phoneNumber=")
-        rows = run_retrying_reads(lambda db: db.all("select_customers", email=email, phone=phone))
-        if not rows:
-            raise ApiError(404, "not_found", "no customer has this email or phone number")
-        primaries = primaries_of(rows)
-        if not primaries:
-            # Only data written behind the service's back (a secondary whose primary
-            # is missing or itself a secondary) reads like this.
-            raise ApiError(
-                409,
-                "inconsistent_customer",
-                "this customer's stored rows have no primary; they were not written by this service",
-            )
-        if len(primaries) > 1:
-            ids = ", ".join(str(row["id"]) for row in oldest_first(primaries))
-            raise ApiError(
-                409,
-                "several_customers",
-                f"the email and phone number belong to different customers ({ids}); "
-                "look them up one at a time",
-            )
-        return jsonify(customer_answer(rows))
-
-    @app.get("/contacts")
-    def list_contacts() -> Response:
-        """Contact rows by id, paginated (?limit, ?after) and filtered (?email, ?phoneNumber)."""
-        limit = query_int("limit", DEFAULT_PAGE, 1, MAX_PAGE)
-        after = query_int("after", 0, 0, MAX_ID)
-        email, phone = query_identifiers()
-        rows = run_retrying_reads(
-            lambda db: db.all("select_contacts", after=after, limit=limit + 1, email=email, phone=phone)
-        )
-        page = rows[:limit]
-        response = jsonify([contact_to_json(row) for row in page])
-        if len(rows) > limit:
-            args = {k: v for k, v in request.args.items() if k != "after"}
-            next_url = url_for("list_contacts", **{**args, "limit": limit, "after": page[-1]["id"]})
-            response.headers["Link"] = f'<{next_url}>; rel="next"'
-        return response
-
-    @app.get("/contacts/<int:contact_id>")
-    def get_contact(contact_id: int) -> Response:
-        """One contact row, or 404."""
-        row = None
-        if contact_id <= MAX_ID:
-            row = run_retrying_reads(lambda db: db.one("select_contact_by_id", id=contact_id))
-        if row is None:
-            raise ApiError(404, "not_found", f"no contact with id {contact_id}")
-        return jsonify(contact_to_json(row))
+@api.get("/")
+def status() -> Response:
+    """Who is answering, and where to start."""
+    return jsonify(status="ok", message="FluxKart Identity is running: POST /identify")
 
 
-def run_retrying_reads(work: Callable[[Database], T]) -> T:
-    """Run work against this thread's database, reconnecting once if the connection was stale.
+@api.get("/health/live")
+def live() -> Response:
+    """Liveness: the process answers. Never touches the database."""
+    return jsonify(status="ok")
 
-    A pooled connection the server has closed (restart, idle timeout) fails on
-    first use; one fresh connection is tried before answering 503.
-    """
+
+@api.get("/health/ready")
+def ready() -> Response:
+    """Readiness: 200 when the database answers and its schema is usable; else 503 with the reason."""
     db = get_db()
     try:
-        return work(db)
-    except RetryTransaction:
+        check_ready(db)
+    except (RetryTransaction, DatabaseUnavailable) as exc:
         db.close()
-        try:
-            return work(db)
-        except RetryTransaction as exc:
-            raise DatabaseUnavailable(str(exc)) from exc
+        raise DatabaseUnavailable(str(exc)) from exc
+    except DatabaseMisconfigured as exc:
+        log.error("not ready: %s", exc)
+        return error_response(503, "server_misconfigured", str(exc), {"Retry-After": "10"})
+    return jsonify(status="ok", database=db.dialect)
+
+
+@api.post("/identify")
+def identify_contact() -> Response:
+    """Link an order's email and/or phone to its customer and answer the customer (SPEC, "POST /identify")."""
+    body = json_body()
+    email = normalize_email(body.get("email"))
+    phone = normalize_phone(body.get("phoneNumber"), current_app.config["FLUXKART_PHONE_REGION"])
+    if email is None and phone is None:
+        raise ApiError(400, "missing_identifier", "send an email, a phoneNumber, or both")
+    answer, g.identify_outcome = reconnect_once(lambda db: identify(db, email, phone))
+    return jsonify(answer)
+
+
+@api.get("/metrics")
+def metrics() -> Response:
+    """Prometheus metrics: requests and latency by route and status, identify outcomes, retries."""
+    return metrics_page()
+
+
+@api.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3 description of this API."""
+    return Response(OPENAPI_PATH.read_bytes(), content_type="application/json")
+
+
+@api.get("/customers")
+def find_customer() -> Response:
+    """Support staff's read-only lookup: the identify answer, writing nothing (SPEC, "Reads")."""
+    email, phone = query_identifiers()
+    if email is None and phone is None:
+        raise ApiError(400, "missing_identifier", "give ?email= and/or ?phoneNumber=")
+    return jsonify(customer_answer(reconnect_once(lambda db: lookup_customer(db, email, phone))))
+
+
+@api.get("/contacts")
+def list_contacts() -> Response:
+    """Contact rows by id, paginated (?limit, ?after) and filtered (?email, ?phoneNumber)."""
+    limit = query_int("limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    after = query_int("after", 0, 0, MAX_CONTACT_ID)
+    email, phone = query_identifiers()
+    rows = reconnect_once(lambda db: list_contact_rows(db, after, limit + 1, email, phone))
+    page = rows[:limit]
+    response = jsonify([contact_to_json(row) for row in page])
+    if len(rows) > limit:
+        args = {k: v for k, v in request.args.items() if k != "after"}
+        next_url = url_for("api.list_contacts", **{**args, "limit": limit, "after": page[-1]["id"]})
+        response.headers["Link"] = f'<{next_url}>; rel="next"'
+    return response
+
+
+@api.get("/contacts/<int:contact_id>")
+def get_contact(contact_id: int) -> Response:
+    """One live contact row, or 404."""
+    row = reconnect_once(lambda db: contact_by_id(db, contact_id))
+    if row is None:
+        raise ApiError(404, "not_found", f"no contact with id {contact_id}")
+    return jsonify(contact_to_json(row))
+
+
+def query_bool(name: str) -> bool:
+    """A true/false query parameter, false when absent; 400 for anything else."""
+    raw = request.args.get(name, "false")
+    if raw not in ("true", "false"):
+        raise ApiError(400, "invalid_parameter", f"{name} must be true or false")
+    return raw == "true"
+
+
+@api.get("/customers/<int:primaryId>/history")
+def get_customer_history(primaryId: int) -> Response:
+    """GET /customers/<primaryId>/history: the customer's events, oldest first, paginated.
+
+    Any id of the customer works; a demoted primary's id answers its survivor's
+    history, named by "customerId" and a Link rel="canonical".
+    """
+    primary_id = primaryId  # the path's name for it is the API's (camelCase)
+    limit = query_int("limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    after = query_int("after", 0, 0, MAX_CONTACT_ID)
+    if primary_id > MAX_CONTACT_ID:
+        raise ApiError(404, "not_found", f"no customer with id {primary_id}")
+    history = reconnect_once(lambda db: customer_history(db, primary_id, after, limit))
+    HISTORY_READS.inc()
+    response = jsonify(history)
+    survivor = history["customerId"]
+    links = []
+    if survivor != primary_id:
+        links.append(f'<{url_for("api.get_customer_history", primaryId=survivor)}>; rel="canonical"')
+    if history["nextAfter"] is not None:
+        next_url = url_for(
+            "api.get_customer_history", primaryId=survivor, limit=limit, after=history["nextAfter"]
+        )
+        links.append(f'<{next_url}>; rel="next"')
+    if links:
+        response.headers["Link"] = ", ".join(links)
+    return response
+
+
+@api.delete("/customers")
+def delete_customer() -> Response:
+    """DELETE /customers?email=&phoneNumber=[&dryRun=true]: erase a whole customer (privacy request).
+
+    Refused (403) while no API token is configured. The access log line carries
+    the counts, never the identifiers.
+    """
+    if not current_app.config["FLUXKART_API_TOKEN"]:
+        raise ApiError(
+            403,
+            "erasure_disabled",
+            "erasure is refused while FLUXKART_API_TOKEN is not set: nobody erases customers on an "
+            "open service; set the token and send it as 'Authorization: Bearer <token>'",
+        )
+    email, phone = query_identifiers()
+    if email is None and phone is None:
+        raise ApiError(400, "missing_identifier", "give ?email= and/or ?phoneNumber=")
+    dry_run = query_bool("dryRun")
+    result = reconnect_once(lambda db: erase_customer(db, email, phone, dry_run))
+    ERASURES.labels("true" if dry_run else "false").inc()
+    counts = {name: result[name] for name in ("dryRun", "contacts", "identifiers", "historyEvents")}
+    g.log_fields = {"erasure": counts}
+    log.info("erasure previewed" if dry_run else "customer erased", extra={"fields": counts})
+    return jsonify(result)
 
 
 # --------------------------------------------------------------------------
@@ -1668,7 +1863,7 @@ def search() -> WerkzeugResponse:
     if kind not in SEARCH_KINDS:
         return console_page("search.html", 400, kind="email", error="Choose what to search by.")
     try:
-        primary_id = run_retrying_reads(lambda db: find_primary_id(db, kind, value))
+        primary_id = reconnect_once(lambda db: find_primary_id(db, kind, value))
     except ApiError as exc:
         return console_page("search.html", exc.status, kind=kind, value=value, error=exc.message)
     return redirect(url_for("console.customer_page", primary_id=primary_id), 303)
@@ -1678,9 +1873,9 @@ def find_primary_id(db: Database, kind: str, value: str) -> int:
     """The primary id of the customer with this email, phone number or contact id; ApiError 400/404/409."""
     if kind == "id":
         text = value.strip().lstrip("#")
-        if not text.isascii() or not text.isdigit() or not 0 < int(text) <= MAX_ID:
+        if not text.isascii() or not text.isdigit() or not 0 < int(text) <= MAX_CONTACT_ID:
             raise ApiError(400, "invalid_contact_id", "A contact id is a whole number, such as 42.")
-        row = db.one("select_contact_by_id", id=int(text))
+        row = contact_by_id(db, int(text))
         if row is None:
             raise ApiError(404, "not_found", "No live contact has this id.")
         return int(row["linkedId"] or row["id"])
@@ -1689,15 +1884,8 @@ def find_primary_id(db: Database, kind: str, value: str) -> int:
     phone = normalize_phone(value, region, "the phone number") if kind == "phone" else None
     if email is None and phone is None:
         raise ApiError(400, "missing_identifier", f"Type the {SEARCH_KINDS[kind].lower()} to look for.")
-    rows = db.all("select_customers", email=email, phone=phone)
-    if not rows:
-        raise ApiError(404, "not_found", "No customer has this email or phone number.")
-    primaries = primaries_of(rows)
-    if len(primaries) != 1:
-        raise ApiError(
-            409, "several_customers", "These rows do not form one customer; look them up by contact id."
-        )
-    return int(primaries[0]["id"])
+    rows = lookup_customer(db, email, phone)
+    return int(primaries_of(rows)[0]["id"])
 
 
 def customer_rows(db: Database, primary_id: int) -> list[Row]:
@@ -1717,9 +1905,9 @@ def customer_rows(db: Database, primary_id: int) -> list[Row]:
 def show_customer(primary_id: int, reveal: bool) -> Response:
     """The customer page: rows, link graph, history; identifiers masked unless revealed."""
     after = request.args.get("after", "")
-    after_id = int(after) if after.isascii() and after.isdigit() and int(after) <= MAX_ID else 0
-    rows = run_retrying_reads(lambda db: customer_rows(db, primary_id))
-    history = run_retrying_reads(lambda db: customer_history(db, primary_id, after_id, HISTORY_PAGE))
+    after_id = int(after) if after.isascii() and after.isdigit() and int(after) <= MAX_CONTACT_ID else 0
+    rows = reconnect_once(lambda db: customer_rows(db, primary_id))
+    history = reconnect_once(lambda db: customer_history(db, primary_id, after_id, HISTORY_PAGE))
     email_of: Callable[[str], str] = (lambda e: e) if reveal else mask_email
     phone_of: Callable[[str], str] = (lambda p: p) if reveal else mask_phone
     shown = [
@@ -1744,11 +1932,7 @@ def show_customer(primary_id: int, reveal: bool) -> Response:
 @console.get("/customers/<int:primary_id>")
 def customer_page(primary_id: int) -> WerkzeugResponse:
     """One customer, identifiers masked; a contact id that is not a primary redirects to its primary."""
-    row = (
-        run_retrying_reads(lambda db: db.one("select_contact_by_id", id=primary_id))
-        if primary_id <= MAX_ID
-        else None
-    )
+    row = reconnect_once(lambda db: contact_by_id(db, primary_id))
     if row is not None and row["linkedId"] is not None:
         return redirect(url_for("console.customer_page", primary_id=row["linkedId"]), 303)
     return show_customer(primary_id, reveal=False)
@@ -1774,7 +1958,7 @@ def erasure_of(db: Database, primary_id: int, dry_run: bool) -> dict[str, Any]:
 @console.get("/customers/<int:primary_id>/erase")
 def erase_preview(primary_id: int) -> Response:
     """What erasing this customer would remove (the dry run), and the form that confirms it."""
-    preview = run_retrying_reads(lambda db: erasure_of(db, primary_id, True))
+    preview = reconnect_once(lambda db: erasure_of(db, primary_id, True))
     return console_page("erase.html", primary_id=primary_id, preview=preview)
 
 
@@ -1786,31 +1970,48 @@ def erase(primary_id: int) -> Response:
     support agent never saw: then the new preview is shown instead.
     """
     seen = request.form.get("contact_ids", "")
-    preview = run_retrying_reads(lambda db: erasure_of(db, primary_id, True))
+    preview = reconnect_once(lambda db: erasure_of(db, primary_id, True))
     if seen != ",".join(str(i) for i in preview["contactIds"]):
         notice = "This customer changed since the preview (an order merged rows into it). Check again."
         return console_page("erase.html", 409, primary_id=primary_id, preview=preview, notice=notice)
-    result = run_retrying_reads(lambda db: erasure_of(db, primary_id, False))
+    result = reconnect_once(lambda db: erasure_of(db, primary_id, False))
     log.info("console erasure", extra={"fields": {"event": "console_erasure", "customerId": primary_id}})
     return console_page("erased.html", result=result)
 
 
 # --------------------------------------------------------------------------
-# The app factory and the init-db command
+# Commands: flask --app fluxkart <command>
+# --------------------------------------------------------------------------
+
+
+@click.command("init-db")
+@with_appcontext
+def init_db_command() -> None:
+    """Create the database and tables if they do not exist (never drops anything)."""
+    db = get_db()
+    db.connect()
+    click.echo(f"schema ready on {db.dialect}")
+
+
+# --------------------------------------------------------------------------
+# The app factory
 # --------------------------------------------------------------------------
 
 
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
-    """Build the app. No connection is opened here: the first request opens one per thread."""
+    """Build the app from the settings (defaults < environment/.env < overrides).
+
+    No connection is opened here: the first request opens one per thread.
+    Raises ConfigurationError for a setting the service cannot run with.
+    """
     settings = load_settings(overrides)
     configure_logging()
     app = Flask(__name__, static_folder=None)
     app.config.update(settings)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     check_dialects_agree()
-    dialect = "mysql" if uses_mysql(settings) else "sqlite"
+    dialect = settings["FLUXKART_DIALECT"]
     app.extensions["fluxkart"] = {
-        "settings": settings,
         "queries": load_queries(dialect),
         "schema": schema_statements(dialect),
         "local": threading.local(),
@@ -1819,14 +2020,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.before_request(require_token)
     app.after_request(finish_request)
     register_error_handlers(app)
-    register_routes(app)
+    app.register_blueprint(api)
     configure_console(app)
-
-    @app.cli.command("init-db")
-    def init_db() -> None:
-        """Create the database and tables if they do not exist (never drops anything)."""
-        db = get_db()
-        db.connect()
-        click.echo(f"schema ready on {db.dialect}")
-
+    app.cli.add_command(init_db_command)
     return app

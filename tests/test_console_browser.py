@@ -22,9 +22,6 @@ import os
 import re
 import shutil
 import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,10 +29,8 @@ from typing import Any
 import pytest
 import requests
 
-from fluxkart import SETTINGS
 from tests.conftest import MYSQL_REQUIRED, read_contacts
-from tests.mariadb import free_port
-from tests.processes import stop_process
+from tests.service import Gunicorn
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -82,60 +77,12 @@ def require_browser() -> None:
 # The service under gunicorn, and the browser
 # --------------------------------------------------------------------------
 
-# As the Procfile runs it, plus --no-control-socket: gunicorn 27 otherwise opens
-# ~/.gunicorn/gunicorn.ctl, one path shared by every instance on the host.
-COMMAND = [
-    sys.executable,
-    "-m",
-    "gunicorn",
-    "-c",
-    "gunicorn.conf.py",
-    "--no-control-socket",
-    "fluxkart:create_app()",
-]
 
-
-class Service:
-    """gunicorn with 2 sync workers (a session signed by one worker must hold on the other)."""
-
-    def __init__(self, settings: dict[str, Any], workdir: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"gunicorn-{self.port}.log"
-        self.env = {
-            k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PROMETHEUS_MULTIPROC_DIR")
-        }
-        self.env.update({name: str(settings.get(name) or "") for name in SETTINGS})
-        self.env.update(PORT=str(self.port), HOST="127.0.0.1", WEB_CONCURRENCY="2", PYTHONUNBUFFERED="1")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 30) -> None:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                COMMAND, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited ({self.process.returncode}):\n{self.logs()[-3000:]}")
-            try:
-                if requests.get(self.url + "/health/ready", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"gunicorn did not answer within {timeout}s:\n{self.logs()[-3000:]}")
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        stop_process(process)
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-def start_service(settings: dict[str, Any], workdir: Path, **extra: str) -> Service:
-    service = Service({**settings, **extra}, workdir)
+def start_service(settings: dict[str, Any], workdir: Path, **extra: str) -> Gunicorn:
+    """The service under gunicorn with 2 sync workers: a session signed by one must hold on the other."""
+    service = Gunicorn(
+        ROOT, {k: str(v or "") for k, v in {**settings, **extra}.items()}, workdir, (2, 1, "sync")
+    )
     service.start()
     return service
 
@@ -248,20 +195,20 @@ def browser_settings(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def service(browser_settings: dict[str, Any], tmp_path: Path) -> Iterator[Service]:
+def service(browser_settings: dict[str, Any], tmp_path: Path) -> Iterator[Gunicorn]:
     running = start_service(browser_settings, tmp_path)
     yield running
     running.stop()
 
 
 @pytest.fixture
-def browser(service: Service, backend: str, tmp_path: Path) -> Iterator[Browser]:
+def browser(service: Gunicorn, backend: str, tmp_path: Path) -> Iterator[Browser]:
     started = Browser(service.url, tmp_path / "profile", SCREENSHOTS / backend)
     yield started
     started.quit()
 
 
-def place_orders(service: Service) -> None:
+def place_orders(service: Gunicorn) -> None:
     for email, phone in ORDERS:
         response = requests.post(
             service.url + "/identify",
@@ -292,7 +239,7 @@ def edges(browser: Browser, kind: str) -> set[tuple[str, str]]:
 
 
 def test_console_journey(
-    browser: Browser, service: Service, browser_settings: dict[str, Any], backend: str
+    browser: Browser, service: Gunicorn, browser_settings: dict[str, Any], backend: str
 ) -> None:
     from selenium.webdriver.common.keys import Keys
 
@@ -418,7 +365,7 @@ def test_console_journey(
 
     # The customer is gone for the console too.
     search(browser, "email", "dana@example.com")
-    assert "No customer has this email" in browser.text()
+    assert "no customer has this email" in browser.text().lower()
     browser.shoot("10-not-found-after-erasure")
 
     # Sign out: back to the sign-in form, and the customer pages are closed again.

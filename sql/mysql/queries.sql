@@ -36,6 +36,10 @@ WHERE (id = %(primary_id)s OR linkedId = %(primary_id)s)
   AND phoneNumber IS NOT NULL
 ON DUPLICATE KEY UPDATE version = version + 1
 
+-- name: begin_write
+-- Starts a write transaction. An ordinary InnoDB transaction: row locks are taken by the statements inside it.
+START TRANSACTION
+
 -- name: touch_identifier
 -- Erasure: bumps the version of one identifier of the customer it erases (or
 -- creates its row), so every identify that depends on it waits (one node) or
