@@ -11,6 +11,8 @@ Routes
     GET  /customers/<id>/history   a customer's history (ids only), oldest first
     DELETE /customers      erase a customer: ?email= ?phoneNumber= ?dryRun=true
     GET  /metrics          Prometheus metrics;  GET /openapi.json  this API's description
+    /console               support staff's HTML pages (docs/console.md): sign-in with the
+                           API token, search, masked customer, link graph, history, erasure
 
 Commands (flask --app fluxkart <command>)
     init-db                create the schema if missing
@@ -26,6 +28,8 @@ Environment (or a .env file)
     FLUXKART_PHONE_REGION  e.g. IN: store numbers valid there in E.164 form
     FLUXKART_WSREP_SYNC_WAIT  causal reads on a Galera node (default 1; 0 only
                            to measure what they cost)
+    FLUXKART_SECRET_KEY    signs the console's session cookie (the console is off
+                           without it and without FLUXKART_API_TOKEN)
 
 The contract is docs/api.md (with openapi.json); the design is in README.md.
 """
