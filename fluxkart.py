@@ -1879,10 +1879,8 @@ def find_primary_id(db: Database, kind: str, value: str) -> int:
         text = value.strip().lstrip("#")
         if not text.isascii() or not text.isdigit() or not 0 < int(text) <= MAX_CONTACT_ID:
             raise ApiError(400, "invalid_contact_id", "A contact id is a whole number, such as 42.")
-        row = contact_by_id(db, int(text))
-        if row is None:
-            raise ApiError(404, "not_found", "No live contact has this id.")
-        return int(row["linkedId"] or row["id"])
+        # A demoted and since erased primary's id still leads to the customer that absorbed it.
+        return resolve_customer(db, int(text))
     region = current_app.config["FLUXKART_PHONE_REGION"]
     email = normalize_email(value, "the email") if kind == "email" else None
     phone = normalize_phone(value, region, "the phone number") if kind == "phone" else None
@@ -1936,9 +1934,11 @@ def show_customer(primary_id: int, reveal: bool) -> Response:
 @console.get("/customers/<int:primary_id>")
 def customer_page(primary_id: int) -> WerkzeugResponse:
     """One customer, identifiers masked; a contact id that is not a primary redirects to its primary."""
-    row = reconnect_once(lambda db: contact_by_id(db, primary_id))
-    if row is not None and row["linkedId"] is not None:
-        return redirect(url_for("console.customer_page", primary_id=row["linkedId"]), 303)
+    if primary_id > MAX_CONTACT_ID:
+        raise ApiError(404, "not_found", f"no customer with id {primary_id}")
+    survivor = reconnect_once(lambda db: resolve_customer(db, primary_id))
+    if survivor != primary_id:
+        return redirect(url_for("console.customer_page", primary_id=survivor), 303)
     return show_customer(primary_id, reveal=False)
 
 

@@ -350,7 +350,7 @@ def test_a_secondarys_id_leads_to_its_primary_and_unknown_ids_say_so(console: Co
     assert response.url == console.base_url + "/console/customers/1"
     missing = console.get("/console/customers/999")
     assert missing.status_code == 404
-    assert "No live contact" in missing.text or "No live customer" in missing.text
+    assert "no customer with id 999" in missing.text
 
 
 # --------------------------------------------------------------------------
