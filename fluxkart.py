@@ -1615,6 +1615,7 @@ class ConsoleSessionInterface(SecureCookieSessionInterface):
     """
 
     def get_cookie_secure(self, app: Flask) -> bool:
+        """Secure when configured so, or when this request arrived over HTTPS."""
         return bool(app.config["SESSION_COOKIE_SECURE"]) or (has_request_context() and request.is_secure)
 
 
@@ -1740,6 +1741,7 @@ def session_fingerprint() -> str:
 
 
 def signed_in() -> bool:
+    """True when this session signed in with the API token that is configured now."""
     return hmac.compare_digest(str(session.get("auth", "")), session_fingerprint())
 
 
@@ -1752,6 +1754,7 @@ def csrf_token() -> str:
 
 @console.context_processor
 def console_context() -> dict[str, Any]:
+    """What every console template may call: csrf_token() and signed_in()."""
     return {"csrf_token": csrf_token, "signed_in": signed_in}
 
 
@@ -1803,11 +1806,13 @@ def console_headers(response: Response) -> Response:
 
 @console.errorhandler(ApiError)
 def console_api_error(exc: ApiError) -> Response:
+    """A domain error (400/404/409...) as a page with the same status and message."""
     return console_message(exc.status, "That did not work", exc.message)
 
 
 @console.errorhandler(DatabaseUnavailable)
 def console_database_unavailable(exc: DatabaseUnavailable) -> Response:
+    """The API's 503 with Retry-After, as a page."""
     log.error("database unavailable: %s", exc)
     response = console_message(
         503, "The database is busy", "The database is unavailable or busy; retry shortly."
@@ -1892,6 +1897,8 @@ def find_primary_id(db: Database, kind: str, value: str) -> int:
 
 def customer_rows(db: Database, primary_id: int) -> list[Row]:
     """Every live row of the customer whose primary is primary_id, oldest first; ApiError 404/409."""
+    if primary_id > MAX_CONTACT_ID:  # beyond BIGINT (SQLite cannot even bind it)
+        raise ApiError(404, "not_found", f"no customer with id {primary_id}")
     rows = oldest_first(db.all("select_customer_by_primary", primary_id=primary_id))
     if not rows:
         raise ApiError(404, "not_found", f"No live customer has the primary id {primary_id}.")

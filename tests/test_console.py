@@ -351,6 +351,11 @@ def test_a_secondarys_id_leads_to_its_primary_and_unknown_ids_say_so(console: Co
     missing = console.get("/console/customers/999")
     assert missing.status_code == 404
     assert "no customer with id 999" in missing.text
+    huge = 2**64
+    for path in [f"/console/customers/{huge}", f"/console/customers/{huge}/erase"]:
+        assert console.get(path).status_code == 404
+    assert console.post(f"/console/customers/{huge}/reveal").status_code == 404
+    assert console.post(f"/console/customers/{huge}/erase", {"contact_ids": ""}).status_code == 404
 
 
 # --------------------------------------------------------------------------
