@@ -111,6 +111,8 @@ class Browser:
         ):
             options.add_argument(argument)
         options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
+        # The console's messages (CSP violations among them) for csp_violations().
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never try to fetch a driver
         self.driver = webdriver.Chrome(options=options, service=DriverService(CHROMEDRIVER))
         self.base_url = base_url
@@ -175,6 +177,11 @@ class Browser:
             return [row[0] for row in conn.execute("SELECT url FROM urls")]
         finally:
             conn.close()
+
+    def csp_violations(self) -> list[str]:
+        """Messages chromium logged since the last call about something the CSP blocked."""
+        entries = self.driver.get_log("browser")
+        return [e["message"] for e in entries if "Content Security Policy" in e["message"]]
 
     def quit(self) -> None:
         self.driver.quit()
@@ -378,6 +385,9 @@ def test_console_journey(
     browser.shoot("11-signed-out")
     browser.get("/console/customers/1")
     assert browser.path() == "/console/sign-in"
+
+    # Nothing on any page needed what the CSP forbids (inline style, script, other origins).
+    assert browser.csp_violations() == []
 
     # No identifier in any URL the browser visited, in its history, or in the service's log.
     browser.quit()
