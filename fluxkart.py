@@ -16,6 +16,7 @@ Routes
 
 Commands (flask --app fluxkart <command>)
     init-db                create the schema if missing
+    repair [--dry-run]     normalize stored identifiers, make every customer follow the rules
 
 Environment (or a .env file)
     MYSQL_HOST, MYSQL_PORT, MYSQL_USER, MYSQL_PASSWORD, MYSQL_DATABASE
@@ -43,6 +44,7 @@ import math
 import os
 import random
 import re
+import resource
 import secrets
 import sqlite3
 import sys
@@ -53,6 +55,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -449,12 +452,38 @@ def connect_sqlite(settings: dict[str, Any]) -> sqlite3.Connection:
 CONNECT = {"mysql": connect_mysql, "sqlite": connect_sqlite}
 
 
+# The schema version this code writes and needs (ServiceState 'schema').
+SCHEMA_VERSION = "2"
+# A placeholder for a list parameter is expanded to one placeholder per item.
+LIST_PLACEHOLDER = {"mysql": "%({})s", "sqlite": ":{}"}
+
+
+def expand_lists(sql: str, params: dict[str, Any], dialect: str) -> tuple[str, dict[str, Any]]:
+    """`x IN %(ids)s` with ids=[1, 2] becomes `x IN (%(ids_0)s, %(ids_1)s)`; [] becomes `(NULL)`.
+
+    Values stay bound parameters; only the number of placeholders changes.
+    """
+    form = LIST_PLACEHOLDER[dialect]
+    for name, value in list(params.items()):
+        if isinstance(value, list | tuple | set | frozenset):
+            items = list(value) or [None]  # IN (NULL) matches nothing
+            keys = [f"{name}_{i}" for i in range(len(items))]
+            pattern = re.escape(form.format(name)) + (r"(?!\w)" if dialect == "sqlite" else "")
+            expanded = "(" + ", ".join(form.format(key) for key in keys) + ")"
+            sql = re.sub(pattern, lambda _, text=expanded: text, sql)  # type: ignore[misc]
+            del params[name]
+            params.update(zip(keys, items, strict=True))
+    return sql, params
+
+
 class Database:
     """One thread's connection to MySQL or SQLite, opened lazily, dropped on failure.
 
     Every statement is a named one from sql/ (`queries`), run with a dict of
-    parameters. Driver errors come out as RetryTransaction (start the unit of
-    work over), DatabaseUnavailable (503) or DatabaseMisconfigured.
+    parameters (a list value is expanded for `IN`). Driver errors come out as
+    RetryTransaction (start the unit of work over), DatabaseUnavailable (503)
+    or DatabaseMisconfigured. `serving` is False for the commands that adopt a
+    table the service did not create (migrate): they skip the schema check.
     """
 
     def __init__(self, settings: dict[str, Any], queries: dict[str, str], schema: list[str]):
@@ -464,6 +493,9 @@ class Database:
         self.dialect: str = settings["FLUXKART_DIALECT"]
         self.conn: Any = None
         self.in_transaction = False
+        self.serving = True
+        self.state: dict[str, str] = {}  # ServiceState as read at connect
+        self.state_read_at = 0.0
 
     def connect(self) -> Any:
         """The open connection, opening it (and creating the schema if missing) when there is none."""
@@ -478,18 +510,42 @@ class Database:
     def ensure_schema(self) -> None:
         """Create the tables if missing (idempotent, so safe on every new connection).
 
+        When the service creates Contact itself it first records, in ServiceState,
+        that the table has its schema and is consistent (empty). A Contact table
+        found without that record was written by something else: raise
+        DatabaseMisconfigured telling the operator to run `migrate` (SPEC,
+        "Commands"), unless this connection serves a command that adopts it.
         A MySQL user without CREATE is refused even when the tables exist: then
         an operator ran init-db with more rights, and we go on without it.
         """
         cur = self.conn.cursor()
-        for statement in self.schema:
-            try:
+        cur.execute(self.queries["select_contact_table_exists"])
+        existed = cur.fetchone()["n"] > 0
+        try:
+            cur.execute(self.schema[0])  # ServiceState, first in the file
+            if not existed:
+                facts = {"schema": SCHEMA_VERSION, "consistent": "1"}
+                facts["phone_region"] = self.settings["FLUXKART_PHONE_REGION"]
+                for name, value in facts.items():
+                    cur.execute(self.queries["upsert_service_state"], {"key": name, "value": value})
+            for statement in self.schema[1:]:
                 cur.execute(statement)
-            except pymysql.err.MySQLError as exc:
-                if exc.args[0] not in MYSQL_NO_CREATE_CODES:
-                    raise
-                log.warning("no CREATE privilege; expecting the schema to exist (flask init-db)")
-                return
+        except pymysql.err.MySQLError as exc:
+            if exc.args[0] not in MYSQL_NO_CREATE_CODES:
+                raise
+            log.warning("no CREATE privilege; expecting the schema to exist (flask init-db)")
+        self.read_state()
+        if self.serving and self.state.get("schema") != SCHEMA_VERSION:
+            raise DatabaseMisconfigured(
+                "the Contact table was not created by this service (or by an older version): "
+                "run `flask --app fluxkart migrate`, then `repair` (README, Switching from the reference)"
+            )
+
+    def read_state(self) -> dict[str, str]:
+        """ServiceState as a dict (re-read now), e.g. {"schema": "2", "consistent": "1"}."""
+        self.state = {row["name"]: row["value"] for row in self.all("select_service_state")}
+        self.state_read_at = time.monotonic()
+        return self.state
 
     def close(self) -> None:
         """Drop the connection; the next call opens a new one."""
@@ -504,9 +560,12 @@ class Database:
     def execute(self, name: str, params: dict[str, Any]) -> Any:
         """Run a named statement with its parameters; returns the driver's cursor."""
         conn = self.connect()
+        sql = self.queries[name]
+        if any(isinstance(value, list | tuple | set | frozenset) for value in params.values()):
+            sql, params = expand_lists(sql, dict(params), self.dialect)
         try:
             cur = conn.cursor()
-            cur.execute(self.queries[name], params)
+            cur.execute(sql, params)
             return cur
         except Exception as exc:
             raise self.translate(exc) from exc
@@ -735,7 +794,7 @@ def utcnow() -> datetime:
 
 
 def oldest_first(rows: Iterable[Row]) -> list[Row]:
-    """Rows by (createdAt, id): "oldest" never means id alone."""
+    """Rows by (createdAt, id): "oldest" never means id alone (SPEC, "Data")."""
     return sorted(rows, key=lambda row: (row["createdAt"], row["id"]))
 
 
@@ -747,22 +806,29 @@ def primaries_of(rows: Iterable[Row]) -> list[Row]:
 def is_settled(rows: list[Row], email: str | None, phone: str | None) -> bool:
     """True when the request would change nothing: one customer that has every identifier.
 
-    `rows` is one customer's rows (select_customer). Each identifier belongs to
-    at most one customer, so if this one has them all, no other customer does.
+    `rows` is one customer's rows (select_customer), each with the largest
+    customer id any matching row points to: all matches must lead to this one
+    customer. Each identifier belongs to at most one customer, so if this one
+    has them all, no other customer does.
+    Only trusted on a table known to be consistent (see `trusts_fast_path`).
     """
+    primaries = primaries_of(rows)
     return (
-        len(primaries_of(rows)) == 1
+        len(primaries) == 1
+        and all(row["lastCustomerId"] == primaries[0]["id"] for row in rows)
         and (email is None or any(row["email"] == email for row in rows))
         and (phone is None or any(row["phoneNumber"] == phone for row in rows))
     )
 
 
 def customer_answer(rows: list[Row]) -> dict[str, Any]:
-    """The identify answer for one customer's rows (any order)."""
-    rows = oldest_first(rows)
-    primary = primaries_of(rows)[0]
-    others = [row for row in rows if row is not primary]
-    ordered = [primary, *others]
+    """The identify answer for one customer's live rows, in any order (SPEC, "POST /identify" 4).
+
+    The oldest row is the primary: identify makes it so, and the read-only
+    lookup answers data it has not repaired yet as identify would leave it.
+    """
+    ordered = oldest_first(rows)
+    primary = ordered[0]
     return {
         "contact": {
             "primaryContactId": primary["id"],
@@ -772,121 +838,251 @@ def customer_answer(rows: list[Row]) -> dict[str, Any]:
             "phoneNumbers": list(
                 dict.fromkeys(r["phoneNumber"] for r in ordered if r["phoneNumber"] is not None)
             ),
-            "secondaryContactIds": [row["id"] for row in others],
+            "secondaryContactIds": [row["id"] for row in ordered[1:]],
         }
     }
 
 
-def identify(db: Database, email: str | None, phone: str | None) -> tuple[dict[str, Any], str]:
-    """Link this order's identifiers to their customer; returns (answer, outcome).
+# How often a thread reads ServiceState again: a `repair` that starts marks the
+# table not consistent, one that finishes marks it consistent.
+CONSISTENCY_RECHECK_S = 5
 
-    A repeat customer whose identifiers are all known is answered from one
-    consistent read, with no transaction and no lock. Anything else runs the
-    locked merge in `apply_identify`.
+
+def trusts_fast_path(db: Database) -> bool:
+    """True when every customer in the table is known to satisfy the rules (ServiceState).
+
+    Only then can a repeat order be answered from one lock-free read: on data the
+    service did not write (not yet repaired), a customer read by its primary may
+    be only part of the connected component.
     """
-    rows = db.all("select_customer", email=email, phone=phone)
-    if is_settled(rows, email, phone):
-        return customer_answer(rows), "unchanged"
+    if time.monotonic() - db.state_read_at > CONSISTENCY_RECHECK_S:
+        db.read_state()
+    return db.state.get("consistent") == "1"
+
+
+def identify(db: Database, email: str | None, phone: str | None) -> tuple[dict[str, Any], str]:
+    """Link this order's canonical identifiers to their customer (SPEC, "POST /identify").
+
+    Returns (answer, outcome), outcome one of created, linked, merged, repaired,
+    unchanged. A repeat customer whose identifiers are all known is answered
+    from one consistent read, with no transaction and no lock. Anything else
+    runs the locked merge in `apply_identify`. Raises DatabaseUnavailable when
+    retries run out.
+    """
+    db.connect()
+    if trusts_fast_path(db):
+        rows = db.all("select_customer", email=email, phone=phone)
+        if is_settled(rows, email, phone):
+            return customer_answer(rows), "unchanged"
     return in_transaction(db, lambda db: apply_identify(db, email, phone), "identify")
 
 
 def apply_identify(db: Database, email: str | None, phone: str | None) -> tuple[dict[str, Any], str]:
-    """The SPEC's identify rules, inside one transaction.
+    """The SPEC's identify rules inside one transaction, healing whatever the customer looks like.
 
     Lock protocol (README, "Concurrency"): 1. write the request's identifier
-    rows, email first; 2. lock the primaries of the customers they belong
-    to and start over if one was demoted meanwhile; 3. read those customers,
-    whose rows cannot change while we hold their primaries; 4. write.
+    rows (ContactIdentifier), email first; 2. lock every live row of the
+    customers they belong to, in id order (`lock_customer`); 3. decide in
+    memory (`plan_identify`); 4. write (`write_plan`).
     """
     db.run("touch_identifiers", email=email, phone=phone)
-
-    primaries = db.all("lock_primaries", email=email, phone=phone)
-    if any(row["linkPrecedence"] != "primary" or row["deletedAt"] is not None for row in primaries):
-        raise RetryTransaction("customer_moved")  # merged into another while we waited
-
+    rows = lock_customer(db, {email} if email else set(), {phone} if phone else set())
     now = utcnow()
-    if not primaries:
-        created = insert_contact(db, email, phone, None, now)
-        record_identify_events(db, IdentifyChange(created["id"], created=True), now)
-        return customer_answer([created]), "created"
+    plan = plan_identify(rows, email, phone, now)
+    write_plan(db, plan)
+    record_plan_events(db, rows, plan, now)
+    return customer_answer(plan.rows), plan.outcome
 
-    customers = {p["id"]: db.all("select_customer_by_primary", primary_id=p["id"]) for p in primaries}
-    rows = [row for customer in customers.values() for row in customer]
-    survivor, *demoted = oldest_first(primaries)
-    change = IdentifyChange(survivor["id"])
-    for primary in demoted:
-        db.run("touch_customer_identifiers", primary_id=primary["id"])
-        db.run("relink_customer", primary_id=survivor["id"], demoted_id=primary["id"], updated_at=now)
-        others = [row["id"] for row in oldest_first(customers[primary["id"]]) if row["id"] != primary["id"]]
-        change.demoted[primary["id"]] = [primary["id"], *others]
-    for row in rows:
-        if row["id"] != survivor["id"]:
-            row["linkPrecedence"], row["linkedId"] = "secondary", survivor["id"]
-    outcome = "merged" if demoted else "unchanged"
 
+# A customer that keeps growing while we lock it is being merged into by
+# concurrent requests: after this many rounds, start the transaction over.
+MAX_LOCK_ROUNDS = 8
+
+
+def connected_rows(
+    db: Database,
+    emails: set[str],
+    phones: set[str],
+    known: dict[int, Row] | None = None,
+    ids: Iterable[int] = (),
+) -> dict[int, Row]:
+    """Every live row connected to these identifiers, to the `known` rows or to the rows `ids`, by id.
+
+    Follows shared emails, shared phone numbers and links, one statement per
+    step (`select_connected`), until a step finds nothing new: the union of
+    the customers of the SPEC (a connected component of live rows). Reads
+    without locking.
+    """
+    rows: dict[int, Row] = dict(known or {})
+    new = list(rows.values())
+    emails = set(emails) | {row["email"] for row in new if row["email"] is not None}
+    phones = set(phones) | {row["phoneNumber"] for row in new if row["phoneNumber"] is not None}
+    searched_emails: set[str] = set()
+    searched_phones: set[str] = set()
+    parents = set(ids)
+    while True:
+        parents |= {row["linkedId"] for row in new if row["linkedId"] is not None} - rows.keys()
+        children = {row["id"] for row in new}
+        if not (emails or phones or parents or children):
+            return rows
+        found = db.all(
+            "select_connected",
+            emails=sorted(emails),
+            phones=sorted(phones),
+            parents=sorted(parents),
+            children=sorted(children),
+        )
+        searched_emails |= emails
+        searched_phones |= phones
+        new = [row for row in found if row["id"] not in rows]
+        rows.update((row["id"], row) for row in new)
+        emails = {row["email"] for row in new if row["email"] is not None} - searched_emails
+        phones = {row["phoneNumber"] for row in new if row["phoneNumber"] is not None} - searched_phones
+        parents = set()
+
+
+def lock_customer(db: Database, emails: set[str], phones: set[str], ids: Iterable[int] = ()) -> list[Row]:
+    """Lock and return every live row of the customers owning these identifiers (or rows `ids`).
+
+    Reads the component without locks, locks its rows in id order
+    (`lock_contacts`, which answers them as they are once locked), then checks
+    that nothing outside the locked set connects to it; if something does (a
+    concurrent request linked or merged meanwhile), locks that too. Once all
+    rows are locked nobody can link to or merge them until we commit. Raises
+    RetryTransaction("customer_moved") when the customer keeps changing.
+    """
+    locked: dict[int, Row] = {}
+    candidates = connected_rows(db, emails, phones, ids=ids)
+    for _ in range(MAX_LOCK_ROUNDS):
+        wanted = sorted(candidates.keys() - locked.keys())
+        if not wanted:
+            return list(locked.values())
+        locked.update((row["id"], row) for row in db.all("lock_contacts", ids=wanted))
+        # One step from the locked rows as they now are: anything new connects to them.
+        candidates = connected_rows(db, emails, phones, known=locked)
+    raise RetryTransaction("customer_moved")
+
+
+@dataclass
+class IdentifyPlan:
+    """What identify will change, decided in memory from the customer's locked rows."""
+
+    rows: list[Row]  # the customer's live rows afterwards, oldest first
+    outcome: str  # created, linked, merged, repaired or unchanged
+    promoted: Row | None = None  # the oldest row, when it was not marked primary yet
+    relinked: list[int] = field(default_factory=list)  # rows re-pointed at the primary
+    demoted: list[int] = field(default_factory=list)  # of those, the former primaries
+    inserted: Row | None = None  # the new row (its id is set once it is written)
+
+
+def plan_identify(rows: list[Row], email: str | None, phone: str | None, now: datetime) -> IdentifyPlan:
+    """The SPEC's identify rules applied to the live rows of the request's customer(s); pure.
+
+    `rows` is the whole connected component (any shape: several primaries,
+    chains, a deleted primary). The oldest row becomes or stays the primary,
+    every other row points straight at it, and a secondary carrying the
+    request's identifiers is added when the customer lacks one of them.
+    Nothing here touches the database: import applies the same function.
+    """
+    if not rows:
+        new = new_contact(email, phone, None, now)
+        return IdentifyPlan(rows=[new], outcome="created", inserted=new)
+    primary, *others = oldest_first(rows)
+    plan = IdentifyPlan(rows=[], outcome="unchanged")
+    if primary["linkPrecedence"] != "primary" or primary["linkedId"] is not None:
+        primary = plan.promoted = {**primary, "linkPrecedence": "primary", "linkedId": None}
+    plan.rows.append(primary)
+    for row in others:
+        if row["linkPrecedence"] != "secondary" or row["linkedId"] != primary["id"]:
+            plan.relinked.append(row["id"])
+            if row["linkPrecedence"] == "primary":
+                plan.demoted.append(row["id"])
+            row = {**row, "linkPrecedence": "secondary", "linkedId": primary["id"]}
+        plan.rows.append(row)
     if (email is not None and all(row["email"] != email for row in rows)) or (
         phone is not None and all(row["phoneNumber"] != phone for row in rows)
     ):
         # Never older than its primary, even if this host's clock is behind the one that made it.
-        created_at = max(now, survivor["createdAt"] + timedelta(microseconds=1))
-        rows.append(insert_contact(db, email, phone, survivor["id"], created_at))
-        change.inserted_id = rows[-1]["id"]
-        outcome = "merged" if demoted else "linked"
-    if outcome != "unchanged":
-        record_identify_events(db, change, now)
-    return customer_answer(rows), outcome
+        created_at = max(now, primary["createdAt"] + timedelta(microseconds=1))
+        plan.inserted = new_contact(email, phone, primary["id"], created_at)
+        plan.rows.append(plan.inserted)
+    if plan.demoted:
+        plan.outcome = "merged"
+    elif plan.inserted:
+        plan.outcome = "linked"
+    elif plan.relinked or plan.promoted:
+        plan.outcome = "repaired"
+    return plan
 
 
-def insert_contact(
-    db: Database, email: str | None, phone: str | None, linked_id: int | None, created_at: datetime
-) -> Row:
-    """Insert a primary (no linked_id) or a secondary row; returns it as select_customer would."""
-    precedence = "primary" if linked_id is None else "secondary"
-    new_id = db.run(
-        "insert_contact",
-        email=email,
-        phone=phone,
-        linked_id=linked_id,
-        link_precedence=precedence,
-        created_at=created_at,
-    )
+def new_contact(email: str | None, phone: str | None, linked_id: int | None, created_at: datetime) -> Row:
+    """A row to insert: a primary (no linked_id) or a secondary; its id is set when written."""
     return {
-        "id": new_id,
+        "id": None,
         "email": email,
         "phoneNumber": phone,
         "linkedId": linked_id,
-        "linkPrecedence": precedence,
+        "linkPrecedence": "primary" if linked_id is None else "secondary",
         "createdAt": created_at,
     }
+
+
+def write_plan(db: Database, plan: IdentifyPlan) -> None:
+    """Apply an IdentifyPlan inside the caller's transaction; sets the inserted row's id.
+
+    Whenever existing rows change, every identifier of the customer is touched
+    first, so on a multi-primary cluster a concurrent request that linked a row
+    to this customer conflicts with this one (README, "Concurrency").
+    """
+    now = utcnow()
+    primary_id = plan.rows[0]["id"]
+    if plan.promoted or plan.relinked:
+        existing = [row["id"] for row in plan.rows if row is not plan.inserted]
+        db.run("touch_contact_identifiers", ids=existing)
+        if plan.promoted:
+            db.run("promote_contact", id=primary_id, updated_at=now)
+        if plan.relinked:
+            db.run("relink_contacts", ids=plan.relinked, primary_id=primary_id, updated_at=now)
+    new = plan.inserted
+    if new is not None:
+        new["id"] = db.run(
+            "insert_contact",
+            email=new["email"],
+            phone=new["phoneNumber"],
+            linked_id=new["linkedId"],
+            link_precedence=new["linkPrecedence"],
+            created_at=new["createdAt"],
+        )
 
 
 def lookup_customer(db: Database, email: str | None, phone: str | None) -> list[Row]:
     """The live rows of the customer owning this email and/or phone, writing nothing (SPEC, "Reads").
 
-    Raises ApiError 404 when no customer has either identifier, 409 when the
-    two belong to different customers (identify would merge them; a read-only
-    lookup must not pretend it did) or when the stored rows have no primary.
+    The whole connected component, as identify would see it (data the service
+    did not write is answered as identify would repair it). Raises ApiError
+    404 when no customer has either identifier, 409 when the two belong to
+    different customers (identify would merge them; a read-only lookup must not
+    pretend it did).
     """
-    rows = db.all("select_customers", email=email, phone=phone)
+    by_email = connected_rows(db, {email}, set()) if email is not None else {}
+    if phone is None or any(row["phoneNumber"] == phone for row in by_email.values()):
+        rows = by_email
+    else:
+        by_phone = connected_rows(db, set(), {phone})
+        if by_email and by_phone:
+            ids = ", ".join(
+                str(oldest_first(rows)[0]["id"]) for rows in (by_email.values(), by_phone.values())
+            )
+            raise ApiError(
+                409,
+                "several_customers",
+                f"the email and phone number belong to different customers ({ids}); "
+                "look them up one at a time",
+            )
+        rows = by_email or by_phone
     if not rows:
         raise ApiError(404, "not_found", "no customer has this email or phone number")
-    primaries = primaries_of(rows)
-    if not primaries:
-        # Only data written behind the service's back (a secondary whose primary
-        # is missing or itself a secondary) reads like this.
-        raise ApiError(
-            409,
-            "inconsistent_customer",
-            "this customer's stored rows have no primary; they were not written by this service",
-        )
-    if len(primaries) > 1:
-        ids = ", ".join(str(row["id"]) for row in oldest_first(primaries))
-        raise ApiError(
-            409,
-            "several_customers",
-            f"the email and phone number belong to different customers ({ids}); look them up one at a time",
-        )
-    return rows
+    return list(rows.values())
 
 
 def list_contact_rows(
@@ -1024,6 +1220,35 @@ def record_identify_events(db: Database, change: IdentifyChange, at: datetime) -
         record_event(db, "merged", survivor, moved, at, demoted)
     if change.inserted_id is not None:
         record_event(db, "linked", survivor, [change.inserted_id], at)
+
+
+def record_plan_events(db: Database, rows: list[Row], plan: IdentifyPlan, at: datetime) -> None:
+    """Record what write_plan just wrote (identify, repair), in the same transaction; nothing if unchanged.
+
+    `rows` are the customer's locked rows before the plan. A demoted primary and
+    the rows that pointed at it make one `merged` event; every other re-pointed
+    (or promoted) row goes into a `repaired` event per row it pointed at before.
+    """
+    if plan.outcome == "unchanged":
+        return
+    before = {row["id"]: row for row in rows}
+    change = IdentifyChange(plan.rows[0]["id"])
+    if plan.outcome == "created":
+        change.created = True
+    elif plan.inserted is not None:
+        change.inserted_id = plan.inserted["id"]
+    if plan.promoted is not None:
+        change.repaired[before[change.survivor_id]["linkedId"]] = [change.survivor_id]
+    change.demoted = {primary_id: [primary_id] for primary_id in plan.demoted}
+    for row_id in plan.relinked:  # oldest first
+        if row_id in change.demoted:
+            continue
+        former = before[row_id]["linkedId"]
+        if former in change.demoted:
+            change.demoted[former].append(row_id)
+        else:
+            change.repaired.setdefault(former, []).append(row_id)
+    record_identify_events(db, change, at)
 
 
 def record_imported(db: Database, customer_id: int, contact_ids: Iterable[int], at: datetime) -> None:
@@ -1170,22 +1395,6 @@ def keys_of(row: Row) -> list[tuple[str, Any]]:
     return keys
 
 
-def live_component(db: Database, start: tuple[str, Any]) -> dict[int, Row]:
-    """The live rows connected to an identifier by shared identifiers and links: one customer (SPEC)."""
-    found: dict[int, Row] = {}
-    queue, done = [start], set()
-    while queue:
-        key = queue.pop()
-        if key in done:
-            continue
-        done.add(key)
-        for row in rows_by_key(db, key):
-            if row["deletedAt"] is None and row["id"] not in found:
-                found[row["id"]] = row
-                queue.extend(keys_of(row))
-    return found
-
-
 def deleted_rows_of(db: Database, live: dict[int, Row]) -> dict[int, Row]:
     """The soft-deleted rows erased with a customer.
 
@@ -1214,8 +1423,8 @@ def deleted_rows_of(db: Database, live: dict[int, Row]) -> dict[int, Row]:
 
 def customer_to_erase(db: Database, email: str | None, phone: str | None) -> dict[int, Row]:
     """The live rows of the one customer with this email and/or phone; ApiError 404 or 409."""
-    by_email = live_component(db, ("email", email)) if email is not None else {}
-    by_phone = live_component(db, ("phone", phone)) if phone is not None else {}
+    by_email = connected_rows(db, {email}, set()) if email is not None else {}
+    by_phone = connected_rows(db, set(), {phone}) if phone is not None else {}
     if by_email and by_phone and by_email.keys() != by_phone.keys():
         ids = ", ".join(str(oldest_first(rows.values())[0]["id"]) for rows in (by_email, by_phone))
         raise ApiError(
@@ -1274,10 +1483,10 @@ def apply_erasure(db: Database, email: str | None, phone: str | None, dry_run: b
     identifiers = sum(
         db.execute(DELETE_IDENTIFIER[kind], {"value": value}).rowcount for kind, value in sorted(touched)
     )
-    primaries = primaries_of(live.values())
     result = {
         "dryRun": dry_run,
-        "primaryContactId": oldest_first(primaries or live.values())[0]["id"],
+        # The oldest live row: the primary, or the one identify would make primary (SPEC).
+        "primaryContactId": oldest_first(live.values())[0]["id"],
         "contactIds": ids,
         "contacts": len(ids),
         "identifiers": identifiers,
@@ -2005,6 +2214,261 @@ def init_db_command() -> None:
 
 
 # --------------------------------------------------------------------------
+# Commands: repair
+# --------------------------------------------------------------------------
+
+
+class Progress:
+    """A long command's progress on stderr: a click bar on a terminal, else a line every few seconds."""
+
+    PLAIN_EVERY_S = 5.0
+
+    def __init__(self, label: str, total: int | None):
+        self.label, self.total, self.done = label, total, 0
+        self.started = self.printed = time.monotonic()
+        self.bar: Any = None
+        if total is not None and sys.stderr.isatty():
+            self.bar = click.progressbar(
+                length=total, label=label, file=sys.stderr, show_pos=True, show_eta=True
+            )
+            self.bar.__enter__()
+
+    def advance(self, count: int) -> None:
+        """Count `count` more items done."""
+        self.done += count
+        if self.bar is not None:
+            self.bar.update(count)
+        elif time.monotonic() - self.printed >= self.PLAIN_EVERY_S:
+            self.printed = time.monotonic()
+            rate = self.done / max(self.printed - self.started, 1e-9)
+            of = f"/{self.total}" if self.total is not None else ""
+            click.echo(f"{self.label}: {self.done}{of} ({rate:.0f}/s)", err=True)
+
+    def close(self) -> None:
+        """Finish the bar (or print the last plain line)."""
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+        else:
+            click.echo(f"{self.label}: {self.done} done", err=True)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# Repair reads the table a page at a time and changes it a few rows at a time,
+# so its transactions stay short while the service serves.
+REPAIR_PAGE = 1000
+REPAIR_BATCH = 200
+# Repair looks for customers that break the rules again after each pass (a
+# merge can make new ones); this many passes at most.
+MAX_REPAIR_PASSES = 5
+# At most this many invalid values are listed one by one; the rest are counted.
+MAX_LISTED = 50
+
+
+@dataclass
+class RepairReport:
+    """What repair read, changed and could not change."""
+
+    rows_read: int = 0
+    normalized: int = 0
+    invalid: list[str] = field(default_factory=list)  # "row 12: email ..." (the first MAX_LISTED)
+    invalid_count: int = 0
+    without_identifier: list[int] = field(default_factory=list)  # row ids (the first MAX_LISTED)
+    without_identifier_count: int = 0
+    customers_repaired: int = 0
+    rows_repointed: int = 0
+    primaries_demoted: int = 0
+    merged_by_identifier: int = 0
+    primaries_promoted: int = 0
+    failed: int = 0  # customers whose transaction ran out of retries
+
+    def changed(self) -> bool:
+        return bool(self.normalized or self.customers_repaired)
+
+
+def canonical_identifiers(row: Row, region: str, report: RepairReport) -> tuple[str | None, str | None]:
+    """A stored row's identifiers in canonical form; an invalid value is kept as it is and reported."""
+    values: list[str | None] = []
+    for column, normalize in (("email", normalize_email), ("phoneNumber", normalize_phone)):
+        stored = row[column]
+        try:
+            values.append(normalize(stored) if column == "email" else normalize(stored, region))
+        except ApiError as exc:
+            values.append(stored)
+            report.invalid_count += 1
+            if len(report.invalid) < MAX_LISTED:
+                report.invalid.append(f"row {row['id']}: {column} {exc.message} (left as it is)")
+    email, phone = values
+    if email is None and phone is None:
+        report.without_identifier_count += 1
+        if len(report.without_identifier) < MAX_LISTED:
+            report.without_identifier.append(row["id"])
+    return email, phone
+
+
+def store_canonical(db: Database, changes: list[tuple[Row, str | None, str | None]]) -> int:
+    """Write canonical identifiers into rows, under identify's locks; returns how many rows changed.
+
+    The new identifiers' rows are touched first and the rows locked, as
+    identify does, so a concurrent order sees each row before or after, never
+    half. A row changed or deleted since it was read is left for the next run.
+    """
+    for _, email, phone in sorted(changes, key=lambda change: (change[1] or "", change[2] or "")):
+        db.run("touch_identifiers", email=email, phone=phone)
+    locked = {row["id"]: row for row in db.all("lock_contacts", ids=[row["id"] for row, _, _ in changes])}
+    now, count = utcnow(), 0
+    for row, email, phone in changes:
+        current = locked.get(row["id"])
+        if current is not None and (current["email"], current["phoneNumber"]) == (
+            row["email"],
+            row["phoneNumber"],
+        ):
+            db.run("update_identifiers", id=row["id"], email=email, phone=phone, updated_at=now)
+            count += 1
+    return count
+
+
+def normalize_stored_identifiers(db: Database, region: str, report: RepairReport, dry_run: bool) -> None:
+    """Repair's first step (also migrate's last): every live row's identifiers in canonical form.
+
+    Reads the table a page at a time (bounded memory), writes in short
+    transactions, and fills ContactIdentifier for every identifier it reads.
+    """
+    progress = Progress("normalizing identifiers", db.one("count_live_contacts")["n"])  # type: ignore[index]
+    after = 0
+    while page := db.all("select_live_page", after=after, limit=REPAIR_PAGE):
+        after = page[-1]["id"]
+        report.rows_read += len(page)
+        changes = []
+        for row in page:
+            email, phone = canonical_identifiers(row, region, report)
+            if (email, phone) != (row["email"], row["phoneNumber"]):
+                changes.append((row, email, phone))
+        for start in range(0, len(changes), REPAIR_BATCH):
+            batch = changes[start : start + REPAIR_BATCH]
+            if dry_run:
+                report.normalized += len(batch)
+            else:
+                report.normalized += in_transaction(db, partial(store_canonical, changes=batch), "repair")
+        if not dry_run:
+            db.run("fill_identifiers", ids=[row["id"] for row in page])
+        progress.advance(len(page))
+    progress.close()
+
+
+def unsettled_seeds(db: Database) -> Iterable[tuple[str, Any]]:
+    """("id", row id) or ("email"/"phone", value) for every place the rules are broken, page by page.
+
+    Keyset pagination: the table may change while we read; a customer repaired
+    meanwhile simply no longer shows up.
+    """
+    after: Any = 0
+    while page := db.all("select_unsettled_contacts", after=after, limit=REPAIR_PAGE):
+        after = page[-1]["id"]
+        yield from (("id", row["id"]) for row in page)
+    for kind, statement in (("email", "select_shared_emails"), ("phone", "select_shared_phones")):
+        after = ""
+        while page := db.all(statement, after=after, limit=REPAIR_PAGE):
+            after = page[-1]["value"]
+            yield from ((kind, row["value"]) for row in page)
+
+
+def repair_customer(db: Database, seed: tuple[str, Any], dry_run: bool) -> IdentifyPlan:
+    """Lock the customer around one seed and make it satisfy the rules (one transaction)."""
+    kind, value = seed
+    emails = {value} if kind == "email" else set()
+    phones = {value} if kind == "phone" else set()
+    ids = [value] if kind == "id" else []
+    rows = lock_customer(db, emails, phones, ids)
+    now = utcnow()
+    plan = plan_identify(rows, None, None, now) if rows else IdentifyPlan(rows=[], outcome="unchanged")
+    if not dry_run and rows:
+        write_plan(db, plan)
+        record_plan_events(db, rows, plan, now)
+    return plan
+
+
+def repair_customers(db: Database, report: RepairReport, dry_run: bool) -> None:
+    """Repair's second step: every customer that breaks the rules, one short transaction each."""
+    for _ in range(MAX_REPAIR_PASSES):
+        before = report.customers_repaired
+        progress = Progress("repairing customers", None)
+        for seed in unsettled_seeds(db):
+            try:
+                plan = in_transaction(db, partial(repair_customer, seed=seed, dry_run=dry_run), "repair")
+            except DatabaseUnavailable as exc:
+                report.failed += 1
+                log.error("could not repair the customer of %s %s: %s", seed[0], seed[1], exc)
+                continue
+            finally:
+                progress.advance(1)
+            if plan.outcome != "unchanged":
+                report.customers_repaired += 1
+                report.rows_repointed += len(plan.relinked)
+                report.primaries_promoted += plan.promoted is not None
+                if seed[0] == "id":
+                    report.primaries_demoted += len(plan.demoted)
+                else:
+                    report.merged_by_identifier += len(plan.demoted)
+        progress.close()
+        if dry_run or report.customers_repaired == before:
+            return
+
+
+@click.command("repair")
+@click.option("--dry-run", is_flag=True, help="Report what would change; change nothing.")
+@with_appcontext
+def repair_command(dry_run: bool) -> None:
+    """Normalize every stored identifier, then make every customer satisfy the rules (SPEC, "Commands").
+
+    Works in short transactions that take identify's locks, so it runs while
+    the service serves. Exits 1 when something could not be repaired (invalid
+    values are reported and left as they are).
+    """
+    started = time.monotonic()
+    start_command_run()  # the request id of this run's history events
+    db = get_db()
+    db.connect()
+    region = current_app.config["FLUXKART_PHONE_REGION"]
+    report = RepairReport()
+    if not dry_run:
+        # Until the pass is over, identify must not trust a lock-free read.
+        db.run("upsert_service_state", key="consistent", value="0")
+    normalize_stored_identifiers(db, region, report, dry_run)
+    repair_customers(db, report, dry_run)
+    if not dry_run and not report.failed:
+        db.run("upsert_service_state", key="phone_region", value=region)
+        db.run("upsert_service_state", key="consistent", value="1")
+    verb = "would be" if dry_run else "were"
+    lines = [
+        f"rows read: {report.rows_read}",
+        f"identifiers that {verb} normalized: {report.normalized} rows",
+        f"customers that {verb} repaired: {report.customers_repaired}"
+        f" (rows re-pointed {report.rows_repointed}, primaries demoted {report.primaries_demoted},"
+        f" merged because they share a canonical identifier {report.merged_by_identifier},"
+        f" primaries promoted {report.primaries_promoted})",
+        f"invalid values left as they are: {report.invalid_count}",
+        *(f"  {line}" for line in report.invalid),
+        f"rows with neither identifier (never matched): {report.without_identifier_count}"
+        + (f" (ids {', '.join(map(str, report.without_identifier))})" if report.without_identifier else ""),
+        f"customers that could not be repaired (retries ran out): {report.failed}",
+        f"duration: {time.monotonic() - started:.1f} s; peak memory: {peak_rss_mib():.0f} MiB",
+    ]
+    if dry_run:
+        lines.append(
+            "dry run: nothing was changed (merges that only normalization would reveal are not counted)"
+        )
+    elif not report.changed():
+        lines.append("nothing to repair: the table already satisfies the rules")
+    click.echo("\n".join(lines))
+    if report.failed or report.invalid_count:
+        raise SystemExit(1)
+
+
+# --------------------------------------------------------------------------
 # The app factory
 # --------------------------------------------------------------------------
 
@@ -2034,4 +2498,5 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(api)
     configure_console(app)
     app.cli.add_command(init_db_command)
+    app.cli.add_command(repair_command)
     return app

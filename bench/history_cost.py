@@ -1,16 +1,18 @@
 """What the history costs identify's write path: p50 of new-customer and merge requests, with and without.
 
-    .venv/bin/python bench/history_cost.py                       # MariaDB, 4 runs (A B B A), ~2 minutes
-    .venv/bin/python bench/history_cost.py --backend sqlite --requests 200
+    .venv/bin/python bench/history_cost.py                       # MariaDB, ~3 minutes
+    .venv/bin/python bench/history_cost.py --backend sqlite
 
 A is a copy of the service whose record_identify_events returns at once (history off: the
-same code otherwise), B is the service itself. Runs go A B B A so drift on the machine
-hits both alike; each run gets a fresh database and a fresh gunicorn (one sync worker,
-requests sent one at a time from one client, so a request's latency is the service's
-alone). A run times `--requests` new-customer requests, then creates `--requests` pairs of
-customers (untimed) and times the merge of each pair. Reported: p50 per run and kind, and
-the ratio of B's median p50 to A's, with the min-max over runs. Bounded: 4 runs of
-3 x --requests requests; talks only to 127.0.0.1.
+same code otherwise), B is the service itself. Both are served at the same time (gunicorn,
+one sync worker each, a database each on the same server) and requests alternate between
+them A B B A, one at a time from one client: on a shared machine whose load changes from
+second to second, both see the same load at the same moments (separate runs one after the
+other differed by +-30% here, hiding a cost of one INSERT). Timed: `--requests` new-customer
+requests per side, then, after creating `--requests` pairs of customers per side (untimed),
+the merge of each pair. Reported per kind: p50 of A and B, B/A, the median of the paired
+differences B - A, and B/A per quarter of the requests (min-max). Bounded: 6 x --requests
+requests per side; talks only to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -59,30 +61,57 @@ def timed(session: requests.Session, url: str, email: str, phone: str) -> float:
     return elapsed
 
 
-def one_run(
-    app_dir: Path, settings: dict[str, str], work: Path, run: int, requests_per_kind: int
-) -> dict[str, float]:
-    """p50 (ms) of new-customer and merge requests against one fresh service and database."""
-    server = Gunicorn(app_dir, settings, work, (1, 1, "sync"))
-    server.start()
-    try:
-        url, session = server.url, requests.Session()
-        tag = f"r{run}"
-        for i in range(20):  # warm-up: connection, caches
-            timed(session, url, f"warm{i}@{tag}.test", f"1{run:02d}{i:05d}")
-        created = [
-            timed(session, url, f"new{i}@{tag}.test", f"2{run:02d}{i:05d}") for i in range(requests_per_kind)
-        ]
-        for i in range(requests_per_kind):
-            timed(session, url, f"a{i}@{tag}.test", f"3{run:02d}{i:05d}")
-            timed(session, url, f"b{i}@{tag}.test", f"4{run:02d}{i:05d}")
-        merged = [
-            timed(session, url, f"a{i}@{tag}.test", f"4{run:02d}{i:05d}") for i in range(requests_per_kind)
-        ]
+def abba(count: int) -> list[str]:
+    """The side of each of `count` paired slots: A B, B A, A B, ... (two requests per slot)."""
+    return [("AB", "BA")[i % 2] for i in range(count)]
+
+
+def paired(
+    sessions: dict[str, requests.Session], urls: dict[str, str], bodies: list[tuple[str, str]]
+) -> dict[str, list[float]]:
+    """Send bodies[i] to both sides in A B B A order; latencies (s) per side, in body order."""
+    times: dict[str, list[float]] = {"A": [], "B": []}
+    for order, (email, phone) in zip(abba(len(bodies)), bodies, strict=True):
+        for side in order:
+            times[side].append(timed(sessions[side], urls[side], email, phone))
+    return times
+
+
+def measure(servers: dict[str, Gunicorn], requests_per_kind: int) -> dict[str, dict[str, list[float]]]:
+    """Latencies (s) of new-customer and merge requests on both sides, sent A B B A."""
+    urls = {side: server.url for side, server in servers.items()}
+    sessions = {side: requests.Session() for side in servers}
+    n = requests_per_kind
+    paired(sessions, urls, [(f"warm{i}@x.test", f"1{i:06d}") for i in range(30)])
+    created = paired(sessions, urls, [(f"new{i}@x.test", f"2{i:06d}") for i in range(n)])
+    paired(sessions, urls, [(f"a{i}@x.test", f"3{i:06d}") for i in range(n)])
+    paired(sessions, urls, [(f"b{i}@x.test", f"4{i:06d}") for i in range(n)])
+    merged = paired(sessions, urls, [(f"a{i}@x.test", f"4{i:06d}") for i in range(n)])
+    for session in sessions.values():
         session.close()
-    finally:
-        server.stop()
-    return {"new customer": statistics.median(created) * 1000, "merge": statistics.median(merged) * 1000}
+    return {"new customer": created, "merge": merged}
+
+
+def report(backend: str, results: dict[str, dict[str, list[float]]], n: int) -> None:
+    """A markdown table of the figures."""
+    print(f"\n{backend}: {n} requests per kind and side, sides alternating A B B A")
+    print(
+        "| request | A p50 ms (history off) | B p50 ms (history on) | B/A "
+        "| median of B - A, ms | B/A by quarter |"
+    )
+    print("|---|---|---|---|---|---|")
+    for kind, times in results.items():
+        a, b = times["A"], times["B"]
+        p50a, p50b = statistics.median(a) * 1000, statistics.median(b) * 1000
+        diff = statistics.median(y - x for x, y in zip(a, b, strict=True)) * 1000
+        q = len(a) // 4
+        quarters = [
+            statistics.median(b[i : i + q]) / statistics.median(a[i : i + q]) for i in range(0, 4 * q, q)
+        ]
+        print(
+            f"| {kind} | {p50a:.2f} | {p50b:.2f} | {p50b / p50a:.3f} | {diff:+.2f} "
+            f"| {min(quarters):.3f}-{max(quarters):.3f} |"
+        )
 
 
 def main() -> int:
@@ -90,50 +119,36 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--backend", choices=["mysql", "sqlite"], default="mysql")
-    parser.add_argument("--requests", type=int, default=300, help="timed requests per kind and run")
+    parser.add_argument("--requests", type=int, default=400, help="timed requests per kind and side")
     parser.add_argument("--flush-at-commit", type=int, default=1, help="innodb_flush_log_at_trx_commit")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="fluxkart-history-cost-") as tmp:
         work = Path(tmp)
-        variants = {"A (history off)": copy_without_history(work / "off"), "B (history on)": ROOT}
+        app_dirs = {"A": copy_without_history(work / "off"), "B": ROOT}
         mariadb = None
         if args.backend == "mysql":
             mariadb = MariaDBServer(work / "mariadb")
             mariadb.start()
             with mariadb.connect() as conn, conn.cursor() as cur:
                 cur.execute("SET GLOBAL innodb_flush_log_at_trx_commit = %s", (args.flush_at_commit,))
+        servers: dict[str, Gunicorn] = {}
         try:
-            results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
-            order = ["A (history off)", "B (history on)", "B (history on)", "A (history off)"]
-            for run, name in enumerate(order):
-                settings = {"FLUXKART_SQLITE_PATH": str(work / f"run{run}.db")}
+            for side, app_dir in app_dirs.items():
+                settings = {"FLUXKART_SQLITE_PATH": str(work / f"{side}.db")}
                 if mariadb is not None:
-                    database = f"history_cost_{run}"
                     with mariadb.connect() as conn, conn.cursor() as cur:
-                        cur.execute(f"CREATE DATABASE `{database}`")
-                    settings = mariadb.settings(database)
-                figures = one_run(variants[name], settings, work, run, args.requests)
-                results[name].append(figures)
-                print(
-                    f"run {run + 1} {name}: " + ", ".join(f"{k} p50 {v:.2f} ms" for k, v in figures.items())
-                )
+                        cur.execute(f"CREATE DATABASE `history_cost_{side}`")
+                    settings = mariadb.settings(f"history_cost_{side}")
+                servers[side] = Gunicorn(app_dir, settings, work, (1, 1, "sync"))
+                servers[side].start()
+            results = measure(servers, args.requests)
         finally:
+            for server in servers.values():
+                server.stop()
             if mariadb is not None:
                 mariadb.stop()
-
-    print(f"\n{args.backend}, {args.requests} timed requests per kind and run, runs A B B A")
-    print("| request | A p50 ms (runs) | B p50 ms (runs) | B/A of medians | B/A min-max (run pairs) |")
-    print("|---|---|---|---|---|")
-    for kind in ("new customer", "merge"):
-        a = [r[kind] for r in results["A (history off)"]]
-        b = [r[kind] for r in results["B (history on)"]]
-        ratios = [y / x for x in a for y in b]
-        print(
-            f"| {kind} | {statistics.median(a):.2f} ({', '.join(f'{v:.2f}' for v in a)}) "
-            f"| {statistics.median(b):.2f} ({', '.join(f'{v:.2f}' for v in b)}) "
-            f"| {statistics.median(b) / statistics.median(a):.3f} | {min(ratios):.3f}-{max(ratios):.3f} |"
-        )
+    report(args.backend, results, args.requests)
     return 0
 
 

@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import random
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -500,3 +501,50 @@ def test_erasure_racing_identify(settings: dict[str, Any], tmp_path: Path, backe
     assert len(erased) >= RACE_ROUNDS, statuses  # not vacuous: customers were erased in every round
     violations = race_violations(settings, sent)
     assert not violations, "\n".join(violations[:40])
+
+
+# What an erasure without identify's locks looks like: the same code, minus the identifier
+# touches and the FOR UPDATE on the rows (a text patch of a copy; fluxkart.py has no switch).
+ERASURE_LOCKS = {
+    '    db.run("touch_identifiers", email=email, phone=phone)\n    touched = ': "    touched = ",
+    '            db.run("touch_identifier", kind=kind, value=value)\n': "            pass\n",
+    '        db.one("lock_contact_by_id", id=contact_id)\n': "        pass\n",
+}
+
+
+def build_copy_without_erasure_locks(dest: Path) -> Path:
+    """The service's files in `dest`, with apply_erasure's locking taken out."""
+    dest.mkdir(parents=True)
+    for name in ("fluxkart.py", "gunicorn.conf.py", "openapi.json"):
+        shutil.copy2(SERVICE_DIR / name, dest / name)
+    shutil.copytree(SERVICE_DIR / "sql", dest / "sql")
+    source = (dest / "fluxkart.py").read_text()
+    for old, new in ERASURE_LOCKS.items():
+        assert source.count(old) == 1, f"apply_erasure changed: cannot remove {old.strip()!r}"
+        source = source.replace(old, new)
+    (dest / "fluxkart.py").write_text(source)
+    return dest
+
+
+@pytest.mark.unlocked
+@pytest.mark.parametrize("backend", ["mysql"])
+@pytest.mark.parametrize("settings", [{"FLUXKART_API_TOKEN": TOKEN}], indirect=True)
+def test_the_race_catches_an_erasure_without_identify_locks(
+    settings: dict[str, Any], tmp_path: Path, backend: str
+) -> None:
+    """The same race against a copy whose erasure takes no identifier or row locks finds damage.
+
+    `pytest -m unlocked tests/test_erasure.py` (excluded by default, like the stress test's own
+    unlocked run). On SQLite the copy is still correct: BEGIN IMMEDIATE serializes every writer.
+    """
+    app_dir = build_copy_without_erasure_locks(tmp_path / "copy")
+    server = Gunicorn(app_dir, {k: str(v) for k, v in settings.items()}, tmp_path, RACE_WORKERS)
+    try:
+        server.start()
+        sent, timed_out = run_race(server.url, race_plan(seed=7))
+    finally:
+        server.stop()
+    assert not timed_out
+    violations = race_violations(settings, sent)
+    print("\n".join(["e.g.", *violations[:: max(1, len(violations) // 10)]]))
+    assert violations, "no violation found without the erasure's locks"

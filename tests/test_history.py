@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from fluxkart import get_db, in_transaction, record_imported, start_command_run, utcnow
+from fluxkart import create_app, get_db, in_transaction, record_imported, start_command_run, utcnow
 from tests.conftest import Api, read_contacts, run_sql
 
 TOKEN = "history-token-0123456789"
@@ -304,3 +304,104 @@ def test_the_history_needs_the_token(api: Api) -> None:
         assert response.status_code == 401
         assert response.json()["error"]["code"] == "unauthorized"
     assert api.get("/customers/1/history", headers=auth).status_code == 200
+
+
+# --------------------------------------------------------------------------
+# repaired: a healing identify and the repair command, on data the service did not write
+# --------------------------------------------------------------------------
+
+# (id, email, phoneNumber, linkedId, linkPrecedence, createdAt second, deleted)
+Legacy = tuple[int, str | None, str | None, int | None, str, int, bool]
+
+
+def seed_legacy(api: Api, settings: dict[str, Any], rows: list[Legacy]) -> None:
+    """Rows written behind the service's back, the table marked not known to be consistent."""
+    assert api.get("/health/ready").status_code == 200  # the service creates its schema
+    run_sql(
+        settings,
+        "INSERT INTO Contact (id, email, phoneNumber, linkedId, linkPrecedence, createdAt, updatedAt,"
+        " deletedAt) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        [
+            (
+                i,
+                e,
+                p,
+                link,
+                prec,
+                f"2024-01-01 00:00:{s:02d}",
+                f"2024-01-01 00:00:{s:02d}",
+                "2024-02-01 00:00:00" if d else None,
+            )
+            for i, e, p, link, prec, s, d in rows
+        ],
+        many=True,
+    )
+    run_sql(settings, "UPDATE ServiceState SET value = '0' WHERE name = 'consistent'")
+
+
+def test_healing_a_chain_records_repaired(api: Api, settings: dict[str, Any]) -> None:
+    """3 -> 2 -> 1: identify re-points 3 at 1, one `repaired` event naming the row it pointed at."""
+    seed_legacy(
+        api,
+        settings,
+        [(1, "a@l.io", "1", None, "primary", 1, False), (2, "b@l.io", "1", 1, "secondary", 2, False)]
+        + [(3, "c@l.io", "2", 2, "secondary", 3, False)],
+    )
+    assert identify(api, "c@l.io", "2", "heal-chain")["secondaryContactIds"] == [2, 3]
+    assert shape(history(api, 1)["events"]) == [("repaired", 1, [3], 2, "heal-chain")]
+    identify(api, "c@l.io", "2", "heal-again")  # healed: nothing more to record
+    assert len(history_rows(settings)) == 1
+
+
+def test_healing_a_deleted_primary_records_repaired_and_its_id_leads_on(
+    api: Api, settings: dict[str, Any]
+) -> None:
+    """Primary 1 was soft-deleted: row 2 becomes primary, 3 points at it; 1's id leads to 2."""
+    seed_legacy(
+        api,
+        settings,
+        [(1, "a@l.io", "1", None, "primary", 1, True), (2, "b@l.io", "1", 1, "secondary", 2, False)]
+        + [(3, "c@l.io", "1", 1, "secondary", 3, False)],
+    )
+    assert identify(api, "b@l.io", "1", "heal-deleted")["primaryContactId"] == 2
+    expected = [("repaired", 2, [2, 3], 1, "heal-deleted")]
+    assert shape(history(api, 2)["events"]) == expected
+    response = api.get("/customers/1/history")
+    assert response.status_code == 200
+    assert response.json()["customerId"] == 2 and shape(response.json()["events"]) == expected
+    assert response.headers["Link"] == '</customers/2/history>; rel="canonical"'
+
+
+def test_healing_two_primaries_of_one_customer_records_merged(api: Api, settings: dict[str, Any]) -> None:
+    """Two primaries sharing an email (the old service's race): the newer is demoted, as in a merge."""
+    seed_legacy(
+        api,
+        settings,
+        [(1, "a@l.io", "1", None, "primary", 1, False), (2, "a@l.io", "2", None, "primary", 2, False)]
+        + [(3, "b@l.io", "2", 2, "secondary", 3, False)],
+    )
+    identify(api, "a@l.io", None, "heal-two")
+    assert shape(history(api, 1)["events"]) == [("merged", 1, [2, 3], 2, "heal-two")]
+
+
+def test_the_repair_command_records_its_changes_under_its_run_id(api: Api, settings: dict[str, Any]) -> None:
+    seed_legacy(
+        api,
+        settings,
+        [(1, "a@l.io", "1", None, "primary", 1, False), (2, "b@l.io", "1", 1, "secondary", 2, False)]
+        + [(3, "c@l.io", "2", 2, "secondary", 3, False), (4, "d@l.io", "9", None, "primary", 4, False)]
+        + [(5, "d@l.io", "8", None, "primary", 5, False)],
+    )
+    result = create_app(settings).test_cli_runner().invoke(args=["repair"])
+    assert result.exit_code == 0, result.output
+    events = history_rows(settings)
+    assert sorted((e["kind"], e["customerId"], e["contactIds"], e["formerCustomerId"]) for e in events) == [
+        ("merged", 4, [5], 5),
+        ("repaired", 1, [3], 2),
+    ]
+    run_ids = {event["requestId"] for event in events}
+    assert len(run_ids) == 1 and run_ids.pop().startswith("run-")
+    again = create_app(settings).test_cli_runner().invoke(args=["repair"])
+    assert (
+        again.exit_code == 0 and len(history_rows(settings)) == 2
+    )  # nothing left to repair, nothing recorded
