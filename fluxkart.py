@@ -2104,45 +2104,74 @@ def search() -> WerkzeugResponse:
     return redirect(url_for("console.customer_page", primary_id=primary_id), 303)
 
 
+def customer_id_of(db: Database, contact_id: int) -> int:
+    """The id a customer's page is addressed by, from any of its contact ids; ApiError 404/409.
+
+    That is the customer's oldest live row: its primary whenever the rows keep
+    the SPEC's rules, and the row identify or repair would make primary when
+    they do not (data the service did not write). A demoted primary that was
+    since deleted or erased leads, through the history, to the survivor.
+    """
+    if contact_id > MAX_CONTACT_ID:  # beyond BIGINT (SQLite cannot even bind it)
+        raise ApiError(404, "not_found", f"no customer with id {contact_id}")
+    rows = connected_rows(db, set(), set(), ids=[contact_id])
+    if rows:
+        return int(oldest_first(rows.values())[0]["id"])
+    return resolve_customer(db, contact_id)
+
+
 def find_primary_id(db: Database, kind: str, value: str) -> int:
-    """The primary id of the customer with this email, phone number or contact id; ApiError 400/404/409."""
+    """The page id (customer_id_of) of the customer with this email, phone number or contact id.
+
+    ApiError 400 for a value that is not one, 404 when no customer has it.
+    """
     if kind == "id":
         text = value.strip().lstrip("#")
         if not text.isascii() or not text.isdigit() or not 0 < int(text) <= MAX_CONTACT_ID:
             raise ApiError(400, "invalid_contact_id", "A contact id is a whole number, such as 42.")
-        # A demoted and since erased primary's id still leads to the customer that absorbed it.
-        return resolve_customer(db, int(text))
+        return customer_id_of(db, int(text))
     region = current_app.config["FLUXKART_PHONE_REGION"]
     email = normalize_email(value, "the email") if kind == "email" else None
     phone = normalize_phone(value, region, "the phone number") if kind == "phone" else None
     if email is None and phone is None:
         raise ApiError(400, "missing_identifier", f"Type the {SEARCH_KINDS[kind].lower()} to look for.")
-    rows = lookup_customer(db, email, phone)
-    return int(primaries_of(rows)[0]["id"])
+    return int(oldest_first(lookup_customer(db, email, phone))[0]["id"])
 
 
-def customer_rows(db: Database, primary_id: int) -> list[Row]:
-    """Every live row of the customer whose primary is primary_id, oldest first; ApiError 404/409."""
-    if primary_id > MAX_CONTACT_ID:  # beyond BIGINT (SQLite cannot even bind it)
-        raise ApiError(404, "not_found", f"no customer with id {primary_id}")
-    rows = oldest_first(db.all("select_customer_by_primary", primary_id=primary_id))
+def customer_rows(db: Database, customer_id: int) -> list[Row]:
+    """Every live row of the customer whose page id is customer_id, oldest first; ApiError 404/409."""
+    if customer_id > MAX_CONTACT_ID:
+        raise ApiError(404, "not_found", f"no customer with id {customer_id}")
+    rows = oldest_first(connected_rows(db, set(), set(), ids=[customer_id]).values())
     if not rows:
-        raise ApiError(404, "not_found", f"No live customer has the primary id {primary_id}.")
-    if not any(row["id"] == primary_id and row["linkPrecedence"] == "primary" for row in rows):
+        raise ApiError(404, "not_found", f"no customer with id {customer_id}")
+    if rows[0]["id"] != customer_id:
         raise ApiError(
             409,
-            "not_a_primary",
-            f"Contact {primary_id} is not a customer's primary row: search for it by contact id.",
+            "customer_moved",
+            f"contact {customer_id} is now part of customer {rows[0]['id']}: open that one",
         )
     return rows
 
 
-def show_customer(primary_id: int, reveal: bool) -> Response:
+def keeps_the_rules(rows: list[Row]) -> bool:
+    """True when the oldest row is the only primary and every other row links straight to it."""
+    primary, *others = rows
+    return primary["linkPrecedence"] == "primary" and all(
+        row["linkPrecedence"] == "secondary" and row["linkedId"] == primary["id"] for row in others
+    )
+
+
+def show_customer(customer_id: int, reveal: bool) -> Response:
     """The customer page: rows, link graph, history; identifiers masked unless revealed."""
     after = request.args.get("after", "")
     after_id = int(after) if after.isascii() and after.isdigit() and int(after) <= MAX_CONTACT_ID else 0
-    rows = reconnect_once(lambda db: customer_rows(db, primary_id))
-    history = reconnect_once(lambda db: customer_history(db, primary_id, after_id, HISTORY_PAGE))
+    rows = reconnect_once(lambda db: customer_rows(db, customer_id))
+    try:
+        history = reconnect_once(lambda db: customer_history(db, customer_id, after_id, HISTORY_PAGE))
+        history_error = None
+    except ApiError as exc:  # e.g. rows with no primary yet: the rest of the page still helps
+        history, history_error = {"events": [], "nextAfter": None}, exc.message
     email_of: Callable[[str], str] = (lambda e: e) if reveal else mask_email
     phone_of: Callable[[str], str] = (lambda p: p) if reveal else mask_phone
     shown = [
@@ -2155,23 +2184,23 @@ def show_customer(primary_id: int, reveal: bool) -> Response:
     ]
     return console_page(
         "customer.html",
-        primary_id=primary_id,
+        primary_id=customer_id,
         rows=shown,
         graph=link_graph(rows),
+        consistent=keeps_the_rules(rows),
         revealed=reveal,
         events=history["events"],
         next_after=history["nextAfter"],
+        history_error=history_error,
     )
 
 
 @console.get("/customers/<int:primary_id>")
 def customer_page(primary_id: int) -> WerkzeugResponse:
-    """One customer, identifiers masked; a contact id that is not a primary redirects to its primary."""
-    if primary_id > MAX_CONTACT_ID:
-        raise ApiError(404, "not_found", f"no customer with id {primary_id}")
-    survivor = reconnect_once(lambda db: resolve_customer(db, primary_id))
-    if survivor != primary_id:
-        return redirect(url_for("console.customer_page", primary_id=survivor), 303)
+    """One customer, identifiers masked; any other contact id of it redirects here."""
+    customer_id = reconnect_once(lambda db: customer_id_of(db, primary_id))
+    if customer_id != primary_id:
+        return redirect(url_for("console.customer_page", primary_id=customer_id), 303)
     return show_customer(primary_id, reveal=False)
 
 

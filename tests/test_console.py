@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from fluxkart import JsonFormatter, create_app, link_edges, link_graph, mask_email, mask_phone
-from tests.conftest import LiveServer, read_contacts
+from tests.conftest import LiveServer, read_contacts, run_sql
 
 TOKEN = "console-token_Zx81"
 SECRET_KEY = "console-signing-key-for-tests-0123456789"
@@ -356,6 +356,37 @@ def test_a_secondarys_id_leads_to_its_primary_and_unknown_ids_say_so(console: Co
         assert console.get(path).status_code == 404
     assert console.post(f"/console/customers/{huge}/reveal").status_code == 404
     assert console.post(f"/console/customers/{huge}/erase", {"contact_ids": ""}).status_code == 404
+
+
+@CONSOLE
+def test_rows_written_behind_the_services_back_are_shown_as_stored(
+    console: Console, settings: dict[str, Any]
+) -> None:
+    assert console.get("/health/ready").status_code == 200  # the schema exists
+    run_sql(
+        settings,
+        "INSERT INTO Contact (id, email, phoneNumber, linkedId, linkPrecedence, createdAt, updatedAt) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        [
+            (7, "old@x.com", "111", None, "primary", "2020-01-01 00:00:00", "2020-01-01 00:00:00"),
+            (8, "old@x.com", "222", None, "primary", "2020-01-02 00:00:00", "2020-01-02 00:00:00"),
+            (9, "new@x.com", "222", 8, "secondary", "2020-01-03 00:00:00", "2020-01-03 00:00:00"),
+        ],
+        many=True,
+    )
+    console.sign_in()
+    # Any of its ids, and its identifiers, lead to the page of its oldest row.
+    for path in ["/console/customers/9", "/console/customers/8"]:
+        assert console.get(path).url == console.base_url + "/console/customers/7"
+    page = console.post("/console/search", {"kind": "email", "identifier": "new@x.com"})
+    assert page.status_code == 200
+    assert page.url == console.base_url + "/console/customers/7"
+    assert 'id="inconsistent"' in page.text
+    assert page.text.count('class="node node-primary"') == 2  # as stored: two primaries
+    assert len(re.findall(r'<tr data-id="\d+">', page.text)) == 3
+    # The consistent customer of the other tests has no such notice.
+    place_orders(console)
+    assert 'id="inconsistent"' not in console.get("/console/customers/10").text
 
 
 # --------------------------------------------------------------------------
