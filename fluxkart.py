@@ -2922,6 +2922,15 @@ def echo_plan(plan: MigrationPlan) -> None:
         for detail in step.details:
             click.echo(f"       {detail}")
         click.echo(f"     locks: {step.locking}")
+    if plan.steps and plan.contact_rows:
+        click.echo(
+            "  then: normalize every stored email and phone number with the API's own functions "
+            "(repair's first pass), so orders find rows stored as sent from the first request on"
+        )
+        click.echo(
+            "     locks: reads the table a page at a time; writes in short transactions that take "
+            "identify's locks on the rows they change"
+        )
 
 
 def refusal_message(plan: MigrationPlan) -> str:
@@ -2998,6 +3007,27 @@ def migration_database() -> Database:
     return db
 
 
+def normalize_after_migration(db: Database) -> None:
+    """Repair's first pass, run by migrate once the schema is the service's.
+
+    Orders find rows stored as sent ('Doc@Example.com', '555 0101') from the
+    first request on; repair (next) merges the customers this reveals.
+    """
+    started = time.perf_counter()
+    report = RepairReport()
+    try:
+        normalize_stored_identifiers(db, current_app.config["FLUXKART_PHONE_REGION"], report, False)
+    except (DatabaseUnavailable, DatabaseMisconfigured, RetryTransaction) as exc:
+        raise click.ClickException(
+            f"migrate stopped while normalizing identifiers: {exc.__cause__ or exc}; the schema steps "
+            "are done; `flask --app fluxkart repair` starts with the same pass"
+        ) from exc
+    click.echo(
+        f"  identifiers normalized: {report.normalized:,} rows in {time.perf_counter() - started:.1f} s "
+        f"(invalid values left as they are: {report.invalid_count:,}; repair lists them)"
+    )
+
+
 @click.command("migrate")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @with_appcontext
@@ -3011,7 +3041,12 @@ def migrate_command(dry_run: bool) -> None:
     db = migration_database()
     started = time.perf_counter()
     try:
-        plan = plan_migration(db)
+        try:
+            plan = plan_migration(db)
+        except (DatabaseUnavailable, DatabaseMisconfigured, RetryTransaction) as exc:
+            raise click.ClickException(
+                f"migrate could not inspect the database: {exc.__cause__ or exc}"
+            ) from exc
         if plan.unconvertible:
             raise click.ClickException(refusal_message(plan))
         echo_plan(plan)
@@ -3024,16 +3059,7 @@ def migrate_command(dry_run: bool) -> None:
         click.echo("applying:")
         apply_migration(db, plan)
         if plan.contact_rows:
-            # Orders find rows stored as sent ('Doc@Example.com', '555 0101') from the first
-            # request on; repair (next) merges the customers this reveals.
-            report = RepairReport()
-            normalize_stored_identifiers(db, current_app.config["FLUXKART_PHONE_REGION"], report, False)
-            click.echo(
-                f"identifiers normalized: {report.normalized:,} rows"
-                f" (invalid values left as they are: {report.invalid_count:,}; repair lists them)"
-            )
-    except (DatabaseUnavailable, DatabaseMisconfigured, RetryTransaction) as exc:
-        raise click.ClickException(f"migrate could not inspect the database: {exc.__cause__ or exc}") from exc
+            normalize_after_migration(db)
     finally:
         db.close()
     click.echo(f"migrated in {time.perf_counter() - started:.1f} s")
