@@ -30,8 +30,8 @@ import requests
 from openapi_spec_validator import validate as validate_openapi
 
 from tests.conftest import Api
-from tests.mariadb import free_port
 from tests.openapi_check import SPEC, AnswerLog, check_answer, resolve
+from tests.processes import free_port
 
 TOKEN = "s3cret-token"
 
