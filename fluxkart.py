@@ -1047,15 +1047,20 @@ def new_contact(email: str | None, phone: str | None, linked_id: int | None, cre
 def write_plan(db: Database, plan: IdentifyPlan) -> None:
     """Apply an IdentifyPlan inside the caller's transaction; sets the inserted row's id.
 
-    Whenever existing rows change, every identifier of the customer is touched
-    first, so on a multi-primary cluster a concurrent request that linked a row
-    to this customer conflicts with this one (README, "Concurrency").
+    Whenever existing rows change, the identifiers of every row whose link
+    changes are touched first, so on a multi-primary cluster a concurrent
+    request that linked a row to a demoted customer conflicts with this one
+    (README, "Concurrency").
     """
     now = utcnow()
     primary_id = plan.rows[0]["id"]
     if plan.promoted or plan.relinked:
-        existing = [row["id"] for row in plan.rows if row is not plan.inserted]
-        db.run("touch_contact_identifiers", ids=existing)
+        # Only the rows whose link changes: a request that linked to a demoted
+        # customer found it through one of these rows and wrote its identifier.
+        # Touching the whole customer would also deadlock with every request
+        # that is linking a new row to the survivor (identifier, then rows).
+        changed = plan.relinked + ([primary_id] if plan.promoted else [])
+        db.run("touch_contact_identifiers", ids=changed)
         if plan.promoted:
             db.run("promote_contact", id=primary_id, updated_at=now)
         if plan.relinked:
