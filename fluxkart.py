@@ -2363,14 +2363,14 @@ def canonical_identifiers(row: Row, region: str, report: RepairReport) -> tuple[
 def store_canonical(db: Database, changes: list[tuple[Row, str | None, str | None]]) -> int:
     """Write canonical identifiers into rows, under identify's locks; returns how many rows changed.
 
-    The new identifiers' rows are touched first and the rows locked, as
-    identify does, so a concurrent order sees each row before or after, never
-    half. A row changed or deleted since it was read is left for the next run.
+    The rows are locked first, as identify locks a customer's rows, so a
+    concurrent order sees each row before or after, never half; then one
+    statement touches the new identifiers of every changed row (ContactIdentifier:
+    a concurrent order for one of them conflicts, on Galera too). A row changed
+    or deleted since it was read is left for the next run.
     """
-    for _, email, phone in sorted(changes, key=lambda change: (change[1] or "", change[2] or "")):
-        db.run("touch_identifiers", email=email, phone=phone)
     locked = {row["id"]: row for row in db.all("lock_contacts", ids=[row["id"] for row, _, _ in changes])}
-    now, count = utcnow(), 0
+    now, changed = utcnow(), []
     for row, email, phone in changes:
         current = locked.get(row["id"])
         if current is not None and (current["email"], current["phoneNumber"]) == (
@@ -2378,8 +2378,10 @@ def store_canonical(db: Database, changes: list[tuple[Row, str | None, str | Non
             row["phoneNumber"],
         ):
             db.run("update_identifiers", id=row["id"], email=email, phone=phone, updated_at=now)
-            count += 1
-    return count
+            changed.append(row["id"])
+    if changed:
+        db.run("touch_contact_identifiers", ids=changed)
+    return len(changed)
 
 
 def normalize_stored_identifiers(db: Database, region: str, report: RepairReport, dry_run: bool) -> None:
