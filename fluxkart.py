@@ -11,6 +11,8 @@ Routes
     GET  /customers/<id>/history   a customer's history (ids only), oldest first
     DELETE /customers      erase a customer: ?email= ?phoneNumber= ?dryRun=true
     GET  /metrics          Prometheus metrics;  GET /openapi.json  this API's description
+    /console               support staff's HTML pages (docs/console.md): sign-in with the
+                           API token, search, masked customer, link graph, history, erasure
 
 Commands (flask --app fluxkart <command>)
     init-db                create the schema if missing
@@ -28,6 +30,8 @@ Environment (or a .env file)
     FLUXKART_PHONE_REGION  e.g. IN: store numbers valid there in E.164 form
     FLUXKART_WSREP_SYNC_WAIT  causal reads on a Galera node (default 1; 0 only
                            to measure what they cost)
+    FLUXKART_SECRET_KEY    signs the console's session cookie (the console is off
+                           without it and without FLUXKART_API_TOKEN)
 
 The contract is docs/api.md (with openapi.json); the design is in README.md.
 """
@@ -37,10 +41,12 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import os
 import random
 import re
 import resource
+import secrets
 import sqlite3
 import sys
 import threading
@@ -66,14 +72,20 @@ from flask import (
     Flask,
     Response,
     current_app,
+    flash,
     g,
     has_request_context,
     jsonify,
+    redirect,
+    render_template,
     request,
+    session,
     url_for,
 )
 from flask.cli import with_appcontext
+from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 log = logging.getLogger("fluxkart")
 access_log = logging.getLogger("fluxkart.access")
@@ -92,6 +104,7 @@ SETTINGS = (
     "FLUXKART_API_TOKEN",
     "FLUXKART_PHONE_REGION",
     "FLUXKART_WSREP_SYNC_WAIT",
+    "FLUXKART_SECRET_KEY",
 )
 
 # Every default in one place. An empty value (in the environment, .env or the
@@ -108,6 +121,8 @@ DEFAULTS: dict[str, Any] = {
     # Galera's causal reads: every read waits until this node has applied
     # every write the cluster committed before it (SPEC, "Concurrency").
     "FLUXKART_WSREP_SYNC_WAIT": "1",
+    # Signs the console's session cookie; the console is off without it.
+    "FLUXKART_SECRET_KEY": "",
     # A request body is two short strings; anything near this limit is abuse.
     "MAX_CONTENT_LENGTH": 64 * 1024,
 }
@@ -1591,7 +1606,8 @@ DEFAULT_PAGE = 100
 def require_token() -> None:
     """401 unless the bearer token is sent, when FLUXKART_API_TOKEN is set (SPEC, "Access")."""
     token: str = current_app.config["FLUXKART_API_TOKEN"]
-    if not token or request.endpoint in PUBLIC_ENDPOINTS:
+    # The console checks its own signed session instead (a form cannot send a header).
+    if not token or request.endpoint in PUBLIC_ENDPOINTS or request.blueprint == "console":
         return
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
@@ -1784,6 +1800,449 @@ def delete_customer() -> Response:
     g.log_fields = {"erasure": counts}
     log.info("erasure previewed" if dry_run else "customer erased", extra={"fields": counts})
     return jsonify(result)
+
+
+# --------------------------------------------------------------------------
+# Console: support staff's pages at /console (server-rendered, works without JavaScript)
+# --------------------------------------------------------------------------
+
+# Its own Blueprint: templates in templates/console/, the stylesheet in static/
+# (served at /console/static/), every view behind a signed session cookie
+# instead of the API's bearer header (a browser cannot send one from a form).
+console = Blueprint(
+    "console", __name__, url_prefix="/console", template_folder="templates", static_folder="static"
+)
+
+# No script at all, styles only from our own stylesheet (no inline style), forms
+# post only to us, never framed (clickjacking on the erase button).
+CONSOLE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+}
+# A support shift: a signed cookie older than this is refused even if the browser kept it.
+CONSOLE_SESSION_HOURS = 8
+# Views anyone may reach: the sign-in form and the stylesheet it needs.
+CONSOLE_OPEN_ENDPOINTS = {"console.sign_in_form", "console.sign_in", "console.static"}
+SEARCH_KINDS = {"email": "Email", "phone": "Phone number", "id": "Contact id"}
+HISTORY_PAGE = 50
+
+
+class ConsoleSessionInterface(SecureCookieSessionInterface):
+    """Flask's signed cookie, marked Secure whenever the request came over HTTPS.
+
+    gunicorn sets the scheme from X-Forwarded-Proto when the proxy is trusted
+    (forwarded_allow_ips), so a TLS-terminating load balancer counts as HTTPS.
+    """
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        """Secure when configured so, or when this request arrived over HTTPS."""
+        return bool(app.config["SESSION_COOKIE_SECURE"]) or (has_request_context() and request.is_secure)
+
+
+def configure_console(app: Flask) -> None:
+    """Session cookie settings for the console; the signing key is FLUXKART_SECRET_KEY."""
+    app.secret_key = app.config["FLUXKART_SECRET_KEY"] or None
+    app.session_interface = ConsoleSessionInterface()
+    app.config.update(
+        SESSION_COOKIE_NAME="fluxkart_console",
+        SESSION_COOKIE_PATH="/console",  # never sent to the JSON API
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=CONSOLE_SESSION_HOURS),
+    )
+    app.register_blueprint(console)
+
+
+def mask_email(email: str) -> str:
+    """`dana@example.com` -> `d***@example.com`: enough to tell two apart on the phone, no more."""
+    local, _, domain = email.partition("@")
+    return f"{local[:1]}***@{domain}"
+
+
+def mask_phone(phone: str) -> str:
+    """`+919876543210` -> `+91 ******3210`: the country code and the last four digits.
+
+    Shorter numbers show fewer digits (two of 4-7, none below 4), so a mask
+    never gives away most of a number.
+    """
+    prefix, digits = "", phone
+    if phone.startswith("+"):
+        try:
+            parsed = phonenumbers.parse(phone, None)
+            prefix, digits = f"+{parsed.country_code} ", str(phone[1 + len(str(parsed.country_code)) :])
+        except phonenumbers.NumberParseException:
+            prefix, digits = "+", phone[1:]
+    shown = 4 if len(digits) >= 8 else 2 if len(digits) >= 4 else 0
+    return prefix + "*" * (len(digits) - shown) + digits[len(digits) - shown :]
+
+
+# The link graph: nodes on a circle, primary at the top, the others clockwise
+# oldest first. A customer has a handful of rows, for which a circle keeps every
+# edge visible and the picture stable between visits; graph libraries were
+# weighed (README, docs/console.md): Graphviz needs a system binary and a
+# subprocess per page, networkx's layouts need numpy, and SVG writers add
+# nothing over an autoescaped template.
+GRAPH_NODE_RADIUS = 24
+GRAPH_MARGIN = 40
+# Edges of different kinds between the same two rows bend apart instead of overlapping.
+EDGE_BEND = {"link": 0.0, "email": 0.22, "phone": -0.22}
+
+
+def link_edges(rows: list[Row]) -> list[dict[str, Any]]:
+    """Why the rows are one customer: link (secondary -> the row it points at), shared email, shared phone.
+
+    Rows sharing a value are chained oldest first (n rows, n - 1 edges), which
+    is enough to show they are connected without a clique of lines.
+    """
+    rows = oldest_first(rows)
+    ids = {row["id"] for row in rows}
+    edges = [
+        {"kind": "link", "source": row["id"], "target": row["linkedId"]}
+        for row in rows
+        if row["linkedId"] is not None and row["linkedId"] in ids
+    ]
+    for kind, column in (("email", "email"), ("phone", "phoneNumber")):
+        last_with: dict[str, int] = {}
+        for row in rows:
+            value = row[column]
+            if value is None:
+                continue
+            if value in last_with:
+                edges.append({"kind": kind, "source": last_with[value], "target": row["id"]})
+            last_with[value] = row["id"]
+    return edges
+
+
+def link_graph(rows: list[Row]) -> dict[str, Any]:
+    """Positions (SVG user units) of every row and the path of every edge, for templates/console/graph.svg."""
+    primary_ids = {row["id"] for row in primaries_of(rows)}
+    ordered = sorted(oldest_first(rows), key=lambda row: row["id"] not in primary_ids)
+    count = len(ordered)
+    # Big enough that neighbouring nodes keep a node's width between them.
+    radius = 0.0 if count == 1 else max(110.0, count * 3 * GRAPH_NODE_RADIUS / (2 * math.pi))
+    size = 2 * (radius + GRAPH_NODE_RADIUS + GRAPH_MARGIN)
+    centre = size / 2
+    nodes, where = [], {}
+    for index, row in enumerate(ordered):
+        angle = -math.pi / 2 + 2 * math.pi * index / count
+        x, y = centre + radius * math.cos(angle), centre + radius * math.sin(angle)
+        where[row["id"]] = (x, y)
+        nodes.append(
+            {"id": row["id"], "x": round(x, 1), "y": round(y, 1), "primary": row["id"] in primary_ids}
+        )
+    edges = []
+    for edge in link_edges(rows):
+        (x1, y1), (x2, y2) = where[edge["source"]], where[edge["target"]]
+        bend = EDGE_BEND[edge["kind"]]
+        # Control point: the midpoint pushed sideways by a share of the edge's length.
+        cx, cy = (x1 + x2) / 2 - bend * (y2 - y1), (y1 + y2) / 2 + bend * (x2 - x1)
+        path = f"M {x1:.1f} {y1:.1f} Q {cx:.1f} {cy:.1f} {x2:.1f} {y2:.1f}"
+        edges.append({**edge, "path": path})
+    return {"size": round(size, 1), "nodes": nodes, "edges": edges}
+
+
+def console_page(template: str, status: int = 200, **context: Any) -> Response:
+    """Render templates/console/<template> with the given status."""
+    response = current_app.make_response(render_template(f"console/{template}", **context))
+    response.status_code = status
+    return response
+
+
+def console_message(status: int, title: str, message: str, back: bool = True) -> Response:
+    """A page that says what went wrong and what to do about it (and, when it helps, a way back)."""
+    return console_page("message.html", status, title=title, message=message, back=back)
+
+
+def session_fingerprint() -> str:
+    """Ties a session to the API token it was opened with: changing the token signs everyone out."""
+    token: str = current_app.config["FLUXKART_API_TOKEN"]
+    key: str = current_app.config["FLUXKART_SECRET_KEY"]
+    return hmac.new(key.encode(), token.encode(), "sha256").hexdigest()
+
+
+def signed_in() -> bool:
+    """True when this session signed in with the API token that is configured now."""
+    return hmac.compare_digest(str(session.get("auth", "")), session_fingerprint())
+
+
+def csrf_token() -> str:
+    """This session's token for every form (made on first use); templates call it."""
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(32)
+    return str(session["csrf"])
+
+
+@console.context_processor
+def console_context() -> dict[str, Any]:
+    """What every console template may call: csrf_token() and signed_in()."""
+    return {"csrf_token": csrf_token, "signed_in": signed_in}
+
+
+@console.before_request
+def console_gate() -> WerkzeugResponse | None:
+    """Refuse the console without a token or signing key, demand sign-in, check CSRF on every POST."""
+    if request.endpoint == "console.static":
+        return None
+    if not current_app.config["FLUXKART_API_TOKEN"]:
+        return console_message(
+            403,
+            "The console is off",
+            "No API token is configured (FLUXKART_API_TOKEN). The console shows and erases customers' "
+            "personal data, so it stays off until the service has a token to sign in with. "
+            "Set FLUXKART_API_TOKEN and FLUXKART_SECRET_KEY, then restart the service.",
+            back=False,
+        )
+    if not current_app.config["FLUXKART_SECRET_KEY"]:
+        return console_message(
+            403,
+            "The console is off",
+            "No session signing key is configured (FLUXKART_SECRET_KEY), so a sign-in could not be "
+            "kept safely. Set it (docs/console.md says how) and restart the service.",
+            back=False,
+        )
+    if request.endpoint not in CONSOLE_OPEN_ENDPOINTS and not signed_in():
+        return redirect(url_for("console.sign_in_form"), 303)
+    if request.method == "POST":
+        expected = str(session.get("csrf", ""))
+        given = request.form.get("csrf_token", "")
+        if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+            log.warning("console form refused: missing or wrong CSRF token")
+            return console_message(
+                400,
+                "This form has expired",
+                "The form did not carry this session's security token (it was opened before a "
+                "sign-in or sign-out, or sent from another site). Open the page again and resend it.",
+            )
+    return None
+
+
+@console.after_app_request
+def console_headers(response: Response) -> Response:
+    """The console's security headers on every answer under /console, errors included."""
+    if request.path == "/console" or request.path.startswith("/console/"):
+        response.headers.update(CONSOLE_HEADERS)
+    return response
+
+
+@console.errorhandler(ApiError)
+def console_api_error(exc: ApiError) -> Response:
+    """A domain error (400/404/409...) as a page with the same status and message."""
+    return console_message(exc.status, "That did not work", exc.message)
+
+
+@console.errorhandler(DatabaseUnavailable)
+def console_database_unavailable(exc: DatabaseUnavailable) -> Response:
+    """The API's 503 with Retry-After, as a page."""
+    log.error("database unavailable: %s", exc)
+    response = console_message(
+        503, "The database is busy", "The database is unavailable or busy; retry shortly."
+    )
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+@console.get("/sign-in")
+def sign_in_form() -> WerkzeugResponse:
+    """The sign-in form (the API token is the password)."""
+    if signed_in():
+        return redirect(url_for("console.search_form"), 303)
+    return console_page("sign_in.html")
+
+
+@console.post("/sign-in")
+def sign_in() -> WerkzeugResponse:
+    """Check the token in constant time; on success start a fresh session (new CSRF token)."""
+    token: str = current_app.config["FLUXKART_API_TOKEN"]
+    given = request.form.get("token", "").strip()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        log.warning("console sign-in refused: wrong token")
+        return console_page("sign_in.html", 401, error="That is not this service's API token.")
+    session.clear()  # nothing from before the sign-in survives it (session fixation)
+    session["auth"] = session_fingerprint()
+    session["csrf"] = secrets.token_urlsafe(32)
+    log.info("console sign-in")
+    return redirect(url_for("console.search_form"), 303)
+
+
+@console.post("/sign-out")
+def sign_out() -> WerkzeugResponse:
+    """Forget the session; the browser is sent back to the sign-in form."""
+    session.clear()
+    flash("You are signed out.")
+    return redirect(url_for("console.sign_in_form"), 303)
+
+
+@console.get("")
+def search_form() -> Response:
+    """Look a customer up by email, phone number or contact id."""
+    return console_page("search.html", kind="email")
+
+
+@console.post("/search")
+def search() -> WerkzeugResponse:
+    """Find the customer and redirect to its page, addressed by its primary id only.
+
+    The identifier travels in the POST body alone, so it lands in no URL, log
+    line or browser history; the primary id the page is addressed by is the
+    service's own row id (the one GET /customers/<id>/history takes), not a
+    customer's personal data. Redirecting makes reload and Back safe.
+    """
+    kind = request.form.get("kind", "")
+    value = request.form.get("identifier", "")
+    if kind not in SEARCH_KINDS:
+        return console_page("search.html", 400, kind="email", error="Choose what to search by.")
+    try:
+        primary_id = reconnect_once(lambda db: find_primary_id(db, kind, value))
+    except ApiError as exc:
+        return console_page("search.html", exc.status, kind=kind, value=value, error=exc.message)
+    return redirect(url_for("console.customer_page", primary_id=primary_id), 303)
+
+
+def customer_id_of(db: Database, contact_id: int) -> int:
+    """The id a customer's page is addressed by, from any of its contact ids; ApiError 404/409.
+
+    That is the customer's oldest live row: its primary whenever the rows keep
+    the SPEC's rules, and the row identify or repair would make primary when
+    they do not (data the service did not write). A demoted primary that was
+    since deleted or erased leads, through the history, to the survivor.
+    """
+    if contact_id > MAX_CONTACT_ID:  # beyond BIGINT (SQLite cannot even bind it)
+        raise ApiError(404, "not_found", f"no customer with id {contact_id}")
+    rows = connected_rows(db, set(), set(), ids=[contact_id])
+    if rows:
+        return int(oldest_first(rows.values())[0]["id"])
+    return resolve_customer(db, contact_id)
+
+
+def find_primary_id(db: Database, kind: str, value: str) -> int:
+    """The page id (customer_id_of) of the customer with this email, phone number or contact id.
+
+    ApiError 400 for a value that is not one, 404 when no customer has it.
+    """
+    if kind == "id":
+        text = value.strip().lstrip("#")
+        if not text.isascii() or not text.isdigit() or not 0 < int(text) <= MAX_CONTACT_ID:
+            raise ApiError(400, "invalid_contact_id", "A contact id is a whole number, such as 42.")
+        return customer_id_of(db, int(text))
+    region = current_app.config["FLUXKART_PHONE_REGION"]
+    email = normalize_email(value, "the email") if kind == "email" else None
+    phone = normalize_phone(value, region, "the phone number") if kind == "phone" else None
+    if email is None and phone is None:
+        raise ApiError(400, "missing_identifier", f"Type the {SEARCH_KINDS[kind].lower()} to look for.")
+    return int(oldest_first(lookup_customer(db, email, phone))[0]["id"])
+
+
+def customer_rows(db: Database, customer_id: int) -> list[Row]:
+    """Every live row of the customer whose page id is customer_id, oldest first; ApiError 404/409."""
+    if customer_id > MAX_CONTACT_ID:
+        raise ApiError(404, "not_found", f"no customer with id {customer_id}")
+    rows = oldest_first(connected_rows(db, set(), set(), ids=[customer_id]).values())
+    if not rows:
+        raise ApiError(404, "not_found", f"no customer with id {customer_id}")
+    if rows[0]["id"] != customer_id:
+        raise ApiError(
+            409,
+            "customer_moved",
+            f"contact {customer_id} is now part of customer {rows[0]['id']}: open that one",
+        )
+    return rows
+
+
+def keeps_the_rules(rows: list[Row]) -> bool:
+    """True when the oldest row is the only primary and every other row links straight to it."""
+    primary, *others = rows
+    return primary["linkPrecedence"] == "primary" and all(
+        row["linkPrecedence"] == "secondary" and row["linkedId"] == primary["id"] for row in others
+    )
+
+
+def show_customer(customer_id: int, reveal: bool) -> Response:
+    """The customer page: rows, link graph, history; identifiers masked unless revealed."""
+    after = request.args.get("after", "")
+    after_id = int(after) if after.isascii() and after.isdigit() and int(after) <= MAX_CONTACT_ID else 0
+    rows = reconnect_once(lambda db: customer_rows(db, customer_id))
+    try:
+        history = reconnect_once(lambda db: customer_history(db, customer_id, after_id, HISTORY_PAGE))
+        history_error = None
+    except ApiError as exc:  # e.g. rows with no primary yet: the rest of the page still helps
+        history, history_error = {"events": [], "nextAfter": None}, exc.message
+    email_of: Callable[[str], str] = (lambda e: e) if reveal else mask_email
+    phone_of: Callable[[str], str] = (lambda p: p) if reveal else mask_phone
+    shown = [
+        {
+            **row,
+            "email": None if row["email"] is None else email_of(row["email"]),
+            "phoneNumber": None if row["phoneNumber"] is None else phone_of(row["phoneNumber"]),
+        }
+        for row in rows
+    ]
+    return console_page(
+        "customer.html",
+        primary_id=customer_id,
+        rows=shown,
+        graph=link_graph(rows),
+        consistent=keeps_the_rules(rows),
+        revealed=reveal,
+        events=history["events"],
+        next_after=history["nextAfter"],
+        history_error=history_error,
+    )
+
+
+@console.get("/customers/<int:primary_id>")
+def customer_page(primary_id: int) -> WerkzeugResponse:
+    """One customer, identifiers masked; any other contact id of it redirects here."""
+    customer_id = reconnect_once(lambda db: customer_id_of(db, primary_id))
+    if customer_id != primary_id:
+        return redirect(url_for("console.customer_page", primary_id=customer_id), 303)
+    return show_customer(primary_id, reveal=False)
+
+
+@console.post("/customers/<int:primary_id>/reveal")
+def reveal(primary_id: int) -> Response:
+    """The same page with identifiers in full; the log records who asked (request id), not what was shown."""
+    log.info("console reveal", extra={"fields": {"event": "console_reveal", "customerId": primary_id}})
+    return show_customer(primary_id, reveal=True)
+
+
+def erasure_of(db: Database, primary_id: int, dry_run: bool) -> dict[str, Any]:
+    """erase_customer for the customer with this primary, named by one of its identifiers."""
+    rows = customer_rows(db, primary_id)
+    # One identifier is enough to name the customer; erase_customer takes identify's locks on it.
+    email = next((row["email"] for row in rows if row["email"] is not None), None)
+    phone = None if email else next(row["phoneNumber"] for row in rows if row["phoneNumber"] is not None)
+    result: dict[str, Any] = erase_customer(db, email, phone, dry_run)
+    return result
+
+
+@console.get("/customers/<int:primary_id>/erase")
+def erase_preview(primary_id: int) -> Response:
+    """What erasing this customer would remove (the dry run), and the form that confirms it."""
+    preview = reconnect_once(lambda db: erasure_of(db, primary_id, True))
+    return console_page("erase.html", primary_id=primary_id, preview=preview)
+
+
+@console.post("/customers/<int:primary_id>/erase")
+def erase(primary_id: int) -> Response:
+    """Erase the customer, but only if it is still the one the preview showed.
+
+    A merge between preview and confirmation would otherwise erase rows the
+    support agent never saw: then the new preview is shown instead.
+    """
+    seen = request.form.get("contact_ids", "")
+    preview = reconnect_once(lambda db: erasure_of(db, primary_id, True))
+    if seen != ",".join(str(i) for i in preview["contactIds"]):
+        notice = "This customer changed since the preview (an order merged rows into it). Check again."
+        return console_page("erase.html", 409, primary_id=primary_id, preview=preview, notice=notice)
+    result = reconnect_once(lambda db: erasure_of(db, primary_id, False))
+    log.info("console erasure", extra={"fields": {"event": "console_erasure", "customerId": primary_id}})
+    return console_page("erased.html", result=result)
 
 
 # --------------------------------------------------------------------------
@@ -2463,6 +2922,15 @@ def echo_plan(plan: MigrationPlan) -> None:
         for detail in step.details:
             click.echo(f"       {detail}")
         click.echo(f"     locks: {step.locking}")
+    if plan.steps and plan.contact_rows:
+        click.echo(
+            "  then: normalize every stored email and phone number with the API's own functions "
+            "(repair's first pass), so orders find rows stored as sent from the first request on"
+        )
+        click.echo(
+            "     locks: reads the table a page at a time; writes in short transactions that take "
+            "identify's locks on the rows they change"
+        )
 
 
 def refusal_message(plan: MigrationPlan) -> str:
@@ -2539,6 +3007,27 @@ def migration_database() -> Database:
     return db
 
 
+def normalize_after_migration(db: Database) -> None:
+    """Repair's first pass, run by migrate once the schema is the service's.
+
+    Orders find rows stored as sent ('Doc@Example.com', '555 0101') from the
+    first request on; repair (next) merges the customers this reveals.
+    """
+    started = time.perf_counter()
+    report = RepairReport()
+    try:
+        normalize_stored_identifiers(db, current_app.config["FLUXKART_PHONE_REGION"], report, False)
+    except (DatabaseUnavailable, DatabaseMisconfigured, RetryTransaction) as exc:
+        raise click.ClickException(
+            f"migrate stopped while normalizing identifiers: {exc.__cause__ or exc}; the schema steps "
+            "are done; `flask --app fluxkart repair` starts with the same pass"
+        ) from exc
+    click.echo(
+        f"  identifiers normalized: {report.normalized:,} rows in {time.perf_counter() - started:.1f} s "
+        f"(invalid values left as they are: {report.invalid_count:,}; repair lists them)"
+    )
+
+
 @click.command("migrate")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @with_appcontext
@@ -2552,7 +3041,12 @@ def migrate_command(dry_run: bool) -> None:
     db = migration_database()
     started = time.perf_counter()
     try:
-        plan = plan_migration(db)
+        try:
+            plan = plan_migration(db)
+        except (DatabaseUnavailable, DatabaseMisconfigured, RetryTransaction) as exc:
+            raise click.ClickException(
+                f"migrate could not inspect the database: {exc.__cause__ or exc}"
+            ) from exc
         if plan.unconvertible:
             raise click.ClickException(refusal_message(plan))
         echo_plan(plan)
@@ -2565,16 +3059,7 @@ def migrate_command(dry_run: bool) -> None:
         click.echo("applying:")
         apply_migration(db, plan)
         if plan.contact_rows:
-            # Orders find rows stored as sent ('Doc@Example.com', '555 0101') from the first
-            # request on; repair (next) merges the customers this reveals.
-            report = RepairReport()
-            normalize_stored_identifiers(db, current_app.config["FLUXKART_PHONE_REGION"], report, False)
-            click.echo(
-                f"identifiers normalized: {report.normalized:,} rows"
-                f" (invalid values left as they are: {report.invalid_count:,}; repair lists them)"
-            )
-    except (DatabaseUnavailable, DatabaseMisconfigured, RetryTransaction) as exc:
-        raise click.ClickException(f"migrate could not inspect the database: {exc.__cause__ or exc}") from exc
+            normalize_after_migration(db)
     finally:
         db.close()
     click.echo(f"migrated in {time.perf_counter() - started:.1f} s")
@@ -2613,6 +3098,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.after_request(finish_request)
     register_error_handlers(app)
     app.register_blueprint(api)
+    configure_console(app)
     app.cli.add_command(init_db_command)
     app.cli.add_command(migrate_command)
     app.cli.add_command(repair_command)
