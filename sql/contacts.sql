@@ -125,3 +125,19 @@ LIMIT %(limit)s
 -- name: select_one
 -- The readiness probe: proves a connection can run a query.
 SELECT 1 AS ok
+
+-- name: select_max_contact_id
+-- The largest id so far (0 on an empty table). Taken inside the import's
+-- transaction before it inserts: every row it inserts gets a larger id.
+SELECT COALESCE(MAX(id), 0) AS top
+FROM Contact
+
+-- name: select_primaries_after_id
+-- Live primaries with an id above `after`: the import reads back the ids of
+-- the primaries it has just inserted (matched by their identifiers, which no
+-- concurrent request can insert while the import holds them).
+SELECT id, email, phoneNumber
+FROM Contact
+WHERE id > %(after)s
+  AND linkedId IS NULL
+  AND deletedAt IS NULL
