@@ -1000,6 +1000,8 @@ TEMP_ID_BASE = 2**62
 SPREADSHEET_WHOLE = re.compile(r"\s*(\d+)\.0+\s*")
 SPREADSHEET_EXPONENT = re.compile(r"\s*\d+(\.\d*)?[eE][+-]?\d+\s*")
 ORDER_FORMATS = ("auto", "csv", "jsonl")
+# What errors="surrogateescape" decodes a byte that is not UTF-8 to.
+NOT_UTF8 = re.compile("[\udc80-\udcff]")
 ONE_MICROSECOND = timedelta(microseconds=1)
 
 
@@ -1024,10 +1026,10 @@ class JsonFraction(str):
 
 def utf8_problem(text: str) -> str | None:
     """Why `text` (decoded with surrogateescape) is not valid UTF-8, or None when it is."""
-    for column, ch in enumerate(text, start=1):
-        if "\udc80" <= ch <= "\udcff":
-            return f"not valid UTF-8 (byte 0x{ord(ch) - 0xDC00:02X} at character {column})"
-    return None
+    match = NOT_UTF8.search(text)
+    if match is None:
+        return None
+    return f"not valid UTF-8 (byte 0x{ord(match.group()) - 0xDC00:02X} at character {match.start() + 1})"
 
 
 def spreadsheet_phone(value: Any) -> Any:
@@ -1421,7 +1423,7 @@ def import_batch(
     emails = {email for email, _ in orders if email is not None}
     phones = {phone for _, phone in orders if phone is not None}
     identifiers = sorted([("email", e) for e in emails] + [("phone", p) for p in phones])
-    run_many(db, "touch_identifier_rows", [{"kind": k, "value": v} for k, v in identifiers])
+    run_many(db, "touch_identifier_rows", [{"kind": k, "value": v, "version": 1} for k, v in identifiers])
     customers = BatchCustomers(load_components(db, emails, phones))
     outcomes: Counter[str] = Counter()
     for email, phone in orders:
@@ -1436,7 +1438,7 @@ def write_batch(db: Database, customers: BatchCustomers, touched: set[tuple[str,
     run_many(
         db,
         "touch_identifier_rows",
-        [{"kind": k, "value": v} for k, v in sorted(customers.touched - touched)],
+        [{"kind": k, "value": v, "version": 1} for k, v in sorted(customers.touched - touched)],
     )
     run_many(
         db,

@@ -39,9 +39,10 @@ ON DUPLICATE KEY UPDATE version = version + 1
 -- name: touch_identifier_rows
 -- touch_identifiers for many identifiers at once (the import's batch): one
 -- multi-row statement (PyMySQL's executemany), the caller sorts the rows so
--- every batch takes its locks in one order.
+-- every batch takes its locks in one order. (The version is a parameter:
+-- PyMySQL only rewrites a VALUES list made of placeholders alone.)
 INSERT INTO ContactIdentifier (kind, value, version)
-VALUES (%(kind)s, %(value)s, 1)
+VALUES (%(kind)s, %(value)s, %(version)s)
 ON DUPLICATE KEY UPDATE version = version + 1
 
 -- name: lock_contacts_by_emails

@@ -37,7 +37,7 @@ ON CONFLICT (kind, value) DO UPDATE SET version = version + 1
 -- name: touch_identifier_rows
 -- touch_identifiers for many identifiers at once (the import's batch).
 INSERT INTO ContactIdentifier (kind, value, version)
-VALUES (%(kind)s, %(value)s, 1)
+VALUES (%(kind)s, %(value)s, %(version)s)
 ON CONFLICT (kind, value) DO UPDATE SET version = version + 1
 
 -- name: lock_contacts_by_emails
