@@ -1000,6 +1000,13 @@ TEMP_ID_BASE = 2**62
 SPREADSHEET_WHOLE = re.compile(r"\s*(\d+)\.0+\s*")
 SPREADSHEET_EXPONENT = re.compile(r"\s*\d+(\.\d*)?[eE][+-]?\d+\s*")
 ORDER_FORMATS = ("auto", "csv", "jsonl")
+# SQLite has one write lock and its busy handler is not a queue: a waiting
+# writer polls (every 100 ms once it has waited a while), so an import that
+# starts its next batch as soon as the last commits would starve live
+# requests. After this much time holding the lock, the import pauses for
+# longer than one poll.
+SQLITE_HOLD_S = 0.5
+SQLITE_PAUSE_S = 0.15
 # What errors="surrogateescape" decodes a byte that is not UTF-8 to.
 NOT_UTF8 = re.compile("[\udc80-\udcff]")
 ONE_MICROSECOND = timedelta(microseconds=1)
@@ -1081,6 +1088,11 @@ class OrderFile:
         self.bytes_read = 0
         self.line_number = 0
         self.header = ""  # the CSV header row as read, for --rejects
+
+    def release(self) -> None:
+        """Let go of the file without closing it (click closes a file it opened; stdin stays open)."""
+        with contextlib.suppress(ValueError):
+            self.text.detach()
 
     def lines(self) -> Iterator[str]:
         for line in self.text:
@@ -1636,11 +1648,15 @@ def import_orders(file: IO[bytes], fmt: str, rejects: str | None, batch_size: in
         return order
 
     status = 0
+    held_since = time.monotonic()
     try:
         for batch in batches_of(map(count, orders.orders()), batch_size, reject):
             pairs = [(order.email, order.phone) for order in batch]
             work = functools.partial(import_batch, orders=pairs, clock=clock)
             outcomes = in_transaction(db, work, settings["FLUXKART_MAX_ATTEMPTS"])
+            if db.dialect == "sqlite" and time.monotonic() - held_since > SQLITE_HOLD_S:
+                time.sleep(SQLITE_PAUSE_S)  # let the writers waiting in line in
+                held_since = time.monotonic()
             totals.outcomes.update(outcomes)
             totals.imported += len(batch)
             totals.last_line = batch[-1].number
@@ -1664,6 +1680,7 @@ def import_orders(file: IO[bytes], fmt: str, rejects: str | None, batch_size: in
         signal.signal(signal.SIGTERM, previous)
         progress.close()
         rejected.close(orders)
+        orders.release()
         db.close()
     click.echo(totals.summary())
     if status == 0 and totals.rejected:
