@@ -53,7 +53,8 @@ REPO = Path(__file__).resolve().parents[1]
 CHUNK = 10_000  # orders drawn from the model at a time (the model then learns what they did)
 SUMMARY = re.compile(
     r"lines read (?P<lines>[\d,]+), imported (?P<imported>[\d,]+): customers created (?P<created>[\d,]+), "
-    r"rows linked (?P<linked>[\d,]+), merges (?P<merged>[\d,]+), unchanged (?P<unchanged>[\d,]+); "
+    r"rows linked (?P<linked>[\d,]+), merges (?P<merged>[\d,]+), repaired (?P<repaired>[\d,]+), "
+    r"unchanged (?P<unchanged>[\d,]+); "
     r"rejected (?P<rejected>[\d,]+); (?P<seconds>[\d.]+) s, (?P<rate>[\d,]+) orders/s, "
     r"peak RSS (?P<rss>\d+) MiB"
 )

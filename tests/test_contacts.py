@@ -317,10 +317,11 @@ def test_lookup_of_two_customers_is_a_conflict(api: Api, contacts: Any, family: 
     assert contacts() == before
 
 
-def test_lookup_of_rows_without_a_primary_is_a_conflict_not_a_crash(
-    api: Api, settings: dict[str, Any]
+def test_lookup_of_rows_without_a_primary_answers_the_whole_customer(
+    api: Api, settings: dict[str, Any], contacts: Any
 ) -> None:
-    """Rows written behind the service's back (a chain, as buggy implementations leave) get 409, not 500."""
+    """Rows written behind the service's back (a chain to a missing row) are answered as identify would
+    repair them (SPEC, "Data the service did not write"), and the lookup writes nothing."""
     assert api.get("/health/ready").status_code == 200  # the app creates the schema
     created = "2024-01-01 00:00:00.000001"
     run_sql(
@@ -330,9 +331,18 @@ def test_lookup_of_rows_without_a_primary_is_a_conflict_not_a_crash(
         [(7, "chain@x.io", "70", 8, created, created), (8, "link@x.io", "80", 9, created, created)],
         many=True,
     )
-    response = api.get("/customers", params={"email": "chain@x.io"})
-    assert response.status_code == 409
-    assert response.json()["error"]["code"] == "inconsistent_customer"
+    before = contacts()
+    for params in ({"email": "chain@x.io"}, {"phoneNumber": "80"}):
+        response = api.get("/customers", params=params)
+        assert response.status_code == 200, response.text
+        assert response.json()["contact"] == {
+            "primaryContactId": 7,
+            "primaryContatctId": 7,
+            "emails": ["chain@x.io", "link@x.io"],
+            "phoneNumbers": ["70", "80"],
+            "secondaryContactIds": [8],
+        }
+    assert contacts() == before
 
 
 def test_lookup_after_a_merge(api: Api, contacts: Any) -> None:

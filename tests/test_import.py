@@ -378,7 +378,7 @@ def test_importing_the_same_file_again_creates_nothing(
     before = table(config)
     second = run_import(config, str(path), "--batch-size", "37")
     assert second.exit_code == 0, second.output
-    assert "customers created 0, rows linked 0, merges 0, unchanged 400" in second.stdout
+    assert "customers created 0, rows linked 0, merges 0, repaired 0, unchanged 400" in second.stdout
     assert table(config) == before  # not even updatedAt moved
 
 

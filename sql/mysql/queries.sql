@@ -19,22 +19,55 @@ WHERE value IS NOT NULL
 ORDER BY kind
 ON DUPLICATE KEY UPDATE version = version + 1
 
--- name: touch_customer_identifiers
--- Bumps the version of every identifier of the customer whose primary is
--- about to be demoted. Any request that linked rows to that primary wrote one
--- of these rows too, so on a multi-primary cluster the two write sets overlap
--- and one of the transactions is aborted instead of leaving a chain.
+-- name: touch_contact_identifiers
+-- Bumps the version of every identifier these rows carry: run by every
+-- identify that changes existing rows (a merge, a repair). Any request that
+-- linked a row to one of those customers wrote one of these identifier rows
+-- too, so on a multi-primary cluster the two write sets overlap and one of
+-- the transactions is aborted instead of leaving a chain.
 INSERT INTO ContactIdentifier (kind, value, version)
 SELECT 'email', email, 1
 FROM Contact
-WHERE (id = %(primary_id)s OR linkedId = %(primary_id)s)
+WHERE id IN %(ids)s
   AND email IS NOT NULL
 UNION
 SELECT 'phone', phoneNumber, 1
 FROM Contact
-WHERE (id = %(primary_id)s OR linkedId = %(primary_id)s)
+WHERE id IN %(ids)s
   AND phoneNumber IS NOT NULL
 ON DUPLICATE KEY UPDATE version = version + 1
+
+-- name: begin_write
+-- Starts a write transaction. An ordinary InnoDB transaction: row locks are taken by the statements inside it.
+START TRANSACTION
+
+-- name: select_contact_table_exists
+-- 1 when the database already has a Contact table (the service's or another's).
+SELECT COUNT(*) AS n
+FROM information_schema.tables
+WHERE table_schema = DATABASE()
+  AND table_name = 'Contact'
+
+-- name: upsert_service_state
+-- Records one fact about the table (ServiceState).
+INSERT INTO ServiceState (name, value)
+VALUES (%(key)s, %(value)s)
+ON DUPLICATE KEY UPDATE value = VALUES(value)
+
+-- name: fill_identifiers
+-- Creates the ContactIdentifier row of every identifier these rows carry,
+-- leaving existing ones as they are (repair fills the table for data the
+-- service did not write).
+INSERT IGNORE INTO ContactIdentifier (kind, value, version)
+SELECT 'email', email, 0
+FROM Contact
+WHERE id IN %(ids)s
+  AND email IS NOT NULL
+UNION
+SELECT 'phone', phoneNumber, 0
+FROM Contact
+WHERE id IN %(ids)s
+  AND phoneNumber IS NOT NULL
 
 -- name: touch_identifier_rows
 -- touch_identifiers for many identifiers at once (the import's batch): one
@@ -44,39 +77,6 @@ ON DUPLICATE KEY UPDATE version = version + 1
 INSERT INTO ContactIdentifier (kind, value, version)
 VALUES (%(kind)s, %(value)s, %(version)s)
 ON DUPLICATE KEY UPDATE version = version + 1
-
--- name: lock_contacts_by_emails
--- Live rows carrying any of these emails, locked (the import's component
--- read). PyMySQL renders a tuple parameter as a parenthesized list.
-SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt
-FROM Contact
-WHERE email IN %(values)s
-  AND deletedAt IS NULL
-FOR UPDATE
-
--- name: lock_contacts_by_phones
--- Live rows carrying any of these phone numbers, locked.
-SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt
-FROM Contact
-WHERE phoneNumber IN %(values)s
-  AND deletedAt IS NULL
-FOR UPDATE
-
--- name: lock_contacts_by_ids
--- Live rows with these ids (the rows a loaded row links to), locked.
-SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt
-FROM Contact
-WHERE id IN %(values)s
-  AND deletedAt IS NULL
-FOR UPDATE
-
--- name: lock_contacts_by_linked_ids
--- Live rows linked to any of these ids (a loaded row's secondaries), locked.
-SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt
-FROM Contact
-WHERE linkedId IN %(values)s
-  AND deletedAt IS NULL
-FOR UPDATE
 
 -- name: relink_contact_rows
 -- Writes the new link of existing rows the import changed, many in one

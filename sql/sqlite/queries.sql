@@ -14,60 +14,61 @@ WHERE value IS NOT NULL
 ORDER BY kind
 ON CONFLICT (kind, value) DO UPDATE SET version = version + 1
 
--- name: touch_customer_identifiers
--- Bumps the version of every identifier of the customer whose primary is
--- about to be demoted. (`WHERE true` tells SQLite's parser that ON CONFLICT
--- belongs to the INSERT, not to a join.)
+-- name: touch_contact_identifiers
+-- Bumps the version of every identifier these rows carry. (`WHERE true` tells
+-- SQLite's parser that ON CONFLICT belongs to the INSERT, not to a join.)
 INSERT INTO ContactIdentifier (kind, value, version)
 SELECT kind, value, 1
 FROM (
     SELECT 'email' AS kind, email AS value
     FROM Contact
-    WHERE (id = %(primary_id)s OR linkedId = %(primary_id)s)
+    WHERE id IN %(ids)s
       AND email IS NOT NULL
     UNION
     SELECT 'phone' AS kind, phoneNumber AS value
     FROM Contact
-    WHERE (id = %(primary_id)s OR linkedId = %(primary_id)s)
+    WHERE id IN %(ids)s
       AND phoneNumber IS NOT NULL
 )
 WHERE true
 ON CONFLICT (kind, value) DO UPDATE SET version = version + 1
+
+-- name: begin_write
+-- Starts a write transaction. Takes SQLite's single write lock now, not at the first write, so two
+-- writers never both read and then deadlock upgrading their locks.
+BEGIN IMMEDIATE
+
+-- name: select_contact_table_exists
+-- 1 when the database already has a Contact table (the service's or another's).
+SELECT COUNT(*) AS n
+FROM sqlite_master
+WHERE type = 'table'
+  AND name = 'Contact'
+
+-- name: upsert_service_state
+-- Records one fact about the table (ServiceState).
+INSERT INTO ServiceState (name, value)
+VALUES (%(key)s, %(value)s)
+ON CONFLICT (name) DO UPDATE SET value = excluded.value
+
+-- name: fill_identifiers
+-- Creates the ContactIdentifier row of every identifier these rows carry.
+INSERT OR IGNORE INTO ContactIdentifier (kind, value, version)
+SELECT 'email', email, 0
+FROM Contact
+WHERE id IN %(ids)s
+  AND email IS NOT NULL
+UNION
+SELECT 'phone', phoneNumber, 0
+FROM Contact
+WHERE id IN %(ids)s
+  AND phoneNumber IS NOT NULL
 
 -- name: touch_identifier_rows
 -- touch_identifiers for many identifiers at once (the import's batch).
 INSERT INTO ContactIdentifier (kind, value, version)
 VALUES (%(kind)s, %(value)s, %(version)s)
 ON CONFLICT (kind, value) DO UPDATE SET version = version + 1
-
--- name: lock_contacts_by_emails
--- Live rows carrying any of these emails; `values` is a JSON array (sqlite3
--- has no list parameter). BEGIN IMMEDIATE is the lock.
-SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt
-FROM Contact
-WHERE email IN (SELECT value FROM json_each(%(values)s))
-  AND deletedAt IS NULL
-
--- name: lock_contacts_by_phones
--- Live rows carrying any of these phone numbers.
-SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt
-FROM Contact
-WHERE phoneNumber IN (SELECT value FROM json_each(%(values)s))
-  AND deletedAt IS NULL
-
--- name: lock_contacts_by_ids
--- Live rows with these ids.
-SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt
-FROM Contact
-WHERE id IN (SELECT value FROM json_each(%(values)s))
-  AND deletedAt IS NULL
-
--- name: lock_contacts_by_linked_ids
--- Live rows linked to any of these ids.
-SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt
-FROM Contact
-WHERE linkedId IN (SELECT value FROM json_each(%(values)s))
-  AND deletedAt IS NULL
 
 -- name: relink_contact_rows
 -- Writes the new link of an existing row the import changed (executemany:
