@@ -355,14 +355,24 @@ def test_standard_input(fresh_database: Callable[[], dict[str, Any]]) -> None:
 # --------------------------------------------------------------------------
 
 
-def shop_orders(count: int, seed: int, alphabet: int) -> list[Pair]:
-    """Orders over `alphabet` emails and phones: repeats, links and merges all along the file."""
+def shop_orders(count: int, seed: int, customers: int) -> list[Pair]:
+    """Orders of `customers` shoppers: repeats (both identifiers or one), new phone numbers, and
+    bridges that merge two customers; customers stay small, as a shop's do (pairs of
+    neighbours are the only ones ever bridged)."""
     rng = random.Random(seed)
     orders: list[Pair] = []
     for _ in range(count):
+        k = rng.randrange(customers)
+        email, phone = f"c{k}@shop.example", f"9{k:06d}"
         r = rng.random()
-        email = f"c{rng.randrange(alphabet)}@shop.example" if r > 0.1 else None
-        phone = f"9{rng.randrange(alphabet):06d}" if r < 0.9 else None
+        if r < 0.2:
+            phone = None
+        elif r < 0.35:
+            email = None
+        elif r < 0.5:
+            phone = f"8{k:06d}{rng.randrange(3)}"  # a second or third number
+        elif r < 0.6:
+            email = f"c{k ^ 1}@shop.example"  # the neighbour's email: a merge
         orders.append((email, phone))
     return orders
 
@@ -372,7 +382,7 @@ def test_importing_the_same_file_again_creates_nothing(
 ) -> None:
     config = fresh_database()
     path = tmp_path / "orders.jsonl"
-    path.write_text(order_text(shop_orders(400, seed=1, alphabet=150), "jsonl"))
+    path.write_text(order_text(shop_orders(400, seed=1, customers=150), "jsonl"))
     first = run_import(config, str(path), "--batch-size", "37")
     assert first.exit_code == 0, first.output
     before = table(config)
@@ -387,7 +397,7 @@ def test_an_import_killed_half_way_and_run_again_equals_one_full_import(
 ) -> None:
     """SIGKILL after some batches (the open one rolls back), then the same command: same result."""
     killed, whole = fresh_database(), fresh_database()
-    orders = shop_orders(6000, seed=2, alphabet=2000)
+    orders = shop_orders(6000, seed=2, customers=2000)
     path = tmp_path / "orders.csv"
     path.write_text(order_text(orders, "csv"))
     command = [sys.executable, "-m", "flask", "--app", "fluxkart", "import", str(path), "--batch-size", "10"]
@@ -425,8 +435,8 @@ def test_an_import_racing_live_identify_traffic_keeps_the_invariants(
 ) -> None:
     """gunicorn workers serve identify requests on the same customers while the import runs."""
     config = fresh_database()
-    orders = shop_orders(3000, seed=3, alphabet=400)
-    live_orders = shop_orders(600, seed=4, alphabet=400)
+    orders = shop_orders(3000, seed=3, customers=400)
+    live_orders = shop_orders(600, seed=4, customers=400)
     path = tmp_path / "orders.jsonl"
     path.write_text(order_text(orders, "jsonl"))
     server = Gunicorn(REPO, {k: str(v) for k, v in config.items()}, tmp_path, (4, 1, "sync"))
