@@ -2133,7 +2133,7 @@ def raise_interrupt(signum: int, _frame: Any) -> None:
 )
 @click.option(
     "--batch-size",
-    type=click.IntRange(1, 20000),
+    type=click.IntRange(1, 5000),  # SQLite binds at most 32766 parameters a statement
     default=IMPORT_BATCH_LINES,
     show_default=True,
     help="Orders per transaction.",
