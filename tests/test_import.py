@@ -40,7 +40,7 @@ import fluxkart
 from fluxkart import SETTINGS, create_app
 from tests.checker import check_invariants
 from tests.conftest import Api, LiveServer, blank_settings, read_contacts
-from tests.gunicorn import Gunicorn
+from tests.processes import Gunicorn
 
 REPO = Path(fluxkart.__file__).resolve().parent
 database_numbers = itertools.count(1)
@@ -439,7 +439,9 @@ def test_an_import_racing_live_identify_traffic_keeps_the_invariants(
     live_orders = shop_orders(600, seed=4, customers=400)
     path = tmp_path / "orders.jsonl"
     path.write_text(order_text(orders, "jsonl"))
-    server = Gunicorn(REPO, {k: str(v) for k, v in config.items()}, tmp_path, (4, 1, "sync"))
+    env = {name: str(config.get(name, "")) for name in SETTINGS}
+    env.update(WEB_CONCURRENCY="4", GUNICORN_THREADS="1", GUNICORN_WORKER_CLASS="sync")
+    server = Gunicorn(env, tmp_path, REPO)
     answered: list[Pair] = []
     failures: list[str] = []
     started = threading.Event()
@@ -456,7 +458,7 @@ def test_an_import_racing_live_identify_traffic_keeps_the_invariants(
                 else:
                     failures.append(f"{response.status_code} {response.text}")
 
-    server.start()
+    server.start(ready_path="/health/ready")
     try:
         threads = [threading.Thread(target=client, args=(live_orders[i::8],)) for i in range(8)]
         for thread in threads:

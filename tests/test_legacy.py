@@ -266,3 +266,46 @@ def test_repair_renormalizes_for_a_new_region_and_merges(api: Api, settings: dic
     rows = {row["id"]: row for row in live(settings)}
     assert rows[1]["phoneNumber"] == "+919876543210" and rows[2]["linkedId"] == 1
     assert "merged because they share a canonical identifier 1" in result.output
+
+
+def test_the_reference_table_after_migrate_serves_every_kind_without_repair(
+    settings: dict[str, Any], tmp_path: Any
+) -> None:
+    """The reference's own table and rows, `migrate`, then identify straight away: rows stored as sent
+    are found by their canonical form, and the chain and the several primaries are healed on touch."""
+    from tests.conftest import LiveServer
+    from tests.legacy import MYSQL_CONTACT, SQLITE_CONTACT
+
+    run_sql(settings, MYSQL_CONTACT if settings.get("MYSQL_HOST") else SQLITE_CONTACT)
+    t = "2023-01-01 10:00:0{}"
+    run_sql(
+        settings,
+        "INSERT INTO Contact (id, phoneNumber, email, linkedId, linkPrecedence, createdAt, updatedAt)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        [
+            (1, "555 0101", "Doc@Example.com", None, "primary", t.format(1), t.format(1)),
+            (2, "300001", "a@x", None, "primary", t.format(2), t.format(2)),
+            (3, "300002", "b@x", 2, "secondary", t.format(3), t.format(3)),
+            (4, "300003", "b@x", 3, "secondary", t.format(4), t.format(4)),
+            (5, "400001", "N@x", None, "primary", t.format(5), t.format(5)),
+            (6, "400001", "n@x", None, "primary", t.format(6), t.format(6)),
+        ],
+        many=True,
+    )
+    app = create_app(settings)
+    refused = app.test_client().get("/health/ready")
+    assert refused.status_code == 503 and "migrate" in refused.json["error"]["message"]
+    result = app.test_cli_runner().invoke(args=["migrate"])
+    assert result.exit_code == 0, result.output
+    live_server = LiveServer(create_app(settings))
+    try:
+        api = Api(live_server.url)
+        assert api.identify("doc@example.com", "5550101")["primaryContactId"] == 1
+        chain = api.identify(None, "300003")
+        assert (chain["primaryContactId"], chain["secondaryContactIds"]) == (2, [3, 4])
+        twins = api.identify("n@x", "400001")
+        assert (twins["primaryContactId"], twins["secondaryContactIds"]) == (5, [6])
+        assert len(read_contacts(settings)) == 6  # nothing created: every identifier was known
+        api.session.close()
+    finally:
+        live_server.close()
