@@ -2880,8 +2880,8 @@ def import_batch(
     every identifier of the batch (one statement, sorted: one lock order);
     2. lock every live row of their customers (`lock_customer`); 3. decide
     line by line in memory with `plan_identify`; 4. write the final state with
-    multi-row statements, touching every identifier of each customer whose
-    existing rows changed (as write_plan does).
+    multi-row statements, touching the identifiers of every existing row
+    whose link changes (as write_plan does).
     """
     emails = {email for email, _ in orders if email is not None}
     phones = {phone for _, phone in orders if phone is not None}
