@@ -2932,15 +2932,36 @@ def write_batch(db: Database, customers: BatchCustomers) -> None:
         }
         for row in primaries:
             real_ids[row["id"]] = ids[(row["email"], row["phoneNumber"])]
-    run_many(
-        db,
-        "insert_contact",
-        [
-            insert_params(row, real_ids.get(row["linkedId"], row["linkedId"]))
-            for row in new
-            if row["linkPrecedence"] == "secondary"
-        ],
-    )
+    secondaries = [
+        insert_params(row, real_ids.get(row["linkedId"], row["linkedId"]))
+        for row in new
+        if row["linkPrecedence"] == "secondary"
+    ]
+    top = db.one("select_max_contact_id")
+    run_many(db, "insert_contact", secondaries)
+    record_batch_events(db, customers, real_ids, int(top["top"]) if top and secondaries else None)
+
+
+def record_batch_events(
+    db: Database, customers: BatchCustomers, real_ids: dict[int, int], secondaries_after: int | None
+) -> None:
+    """History for what a batch changed, in its transaction: one `imported` event per customer,
+    naming its new primary, the rows the batch re-pointed and the rows it inserted."""
+    touched: dict[int, set[int]] = defaultdict(set)
+    for row_id in real_ids.values():
+        touched[row_id].add(row_id)
+    for row_id in customers.changed:
+        row = customers.rows[row_id]
+        touched[row["linkedId"] or row_id].add(row_id)
+    if secondaries_after is not None:
+        batch_primaries = {row["linkedId"] for row in customers.rows.values() if row["linkedId"]}
+        batch_primaries |= set(real_ids.values()) | {i for i in customers.rows if i < TEMP_ID_BASE}
+        for row in db.all("select_secondaries_after_id", after=secondaries_after):
+            if row["linkedId"] in batch_primaries:
+                touched[row["linkedId"]].add(row["id"])
+    now = utcnow()
+    for customer_id, ids in sorted(touched.items()):
+        record_imported(db, customer_id, sorted(ids), now)
 
 
 def insert_params(row: Row, linked_id: int | None) -> dict[str, Any]:

@@ -340,3 +340,13 @@ FROM Contact
 WHERE id > %(after)s
   AND linkedId IS NULL
   AND deletedAt IS NULL
+
+-- name: select_secondaries_after_id
+-- Live secondaries with an id above `after`: the import reads back the ids of
+-- the secondaries it has just inserted, for its history events (their
+-- customers are locked by the import, so none of them is anybody else's).
+SELECT id, linkedId
+FROM Contact
+WHERE id > %(after)s
+  AND linkedId IS NOT NULL
+  AND deletedAt IS NULL

@@ -39,7 +39,7 @@ from hypothesis import strategies as st
 import fluxkart
 from fluxkart import SETTINGS, create_app
 from tests.checker import check_invariants
-from tests.conftest import Api, LiveServer, blank_settings, read_contacts
+from tests.conftest import Api, LiveServer, blank_settings, read_contacts, run_sql
 from tests.processes import Gunicorn
 
 REPO = Path(fluxkart.__file__).resolve().parent
@@ -390,6 +390,23 @@ def test_importing_the_same_file_again_creates_nothing(
     assert second.exit_code == 0, second.output
     assert "customers created 0, rows linked 0, merges 0, repaired 0, unchanged 400" in second.stdout
     assert table(config) == before  # not even updatedAt moved
+
+
+def test_the_import_records_what_it_changed_in_the_history(
+    fresh_database: Callable[[], dict[str, Any]], tmp_path: Path
+) -> None:
+    """Every row the import inserted or re-pointed is named by an `imported` event of its customer,
+    and a second import of the same file records nothing."""
+    config = fresh_database()
+    path = tmp_path / "orders.jsonl"
+    path.write_text(order_text(shop_orders(300, seed=3, customers=80), "jsonl"))
+    assert run_import(config, str(path), "--batch-size", "25").exit_code == 0
+    events = run_sql(config, "SELECT kind, customerId, contactIds FROM CustomerHistory")
+    assert events and {event["kind"] for event in events} == {"imported"}
+    named = {contact_id for event in events for contact_id in json.loads(event["contactIds"])}
+    assert named == {row["id"] for row in table(config)}
+    assert run_import(config, str(path), "--batch-size", "25").exit_code == 0
+    assert len(run_sql(config, "SELECT id FROM CustomerHistory")) == len(events)
 
 
 def test_an_import_killed_half_way_and_run_again_equals_one_full_import(
