@@ -8,7 +8,11 @@ Routes
     GET  /customers        read-only lookup by ?email= and/or ?phoneNumber=
     GET  /contacts         contact rows, ?limit= ?after= ?email= ?phoneNumber=
     GET  /contacts/<id>    one contact row
+    GET  /customers/<id>/history   a customer's history (ids only), oldest first
+    DELETE /customers      erase a customer: ?email= ?phoneNumber= ?dryRun=true
     GET  /metrics          Prometheus metrics;  GET /openapi.json  this API's description
+    /console               support staff's HTML pages (docs/console.md): sign-in with the
+                           API token, search, masked customer, link graph, history, erasure
 
 Commands (flask --app fluxkart <command>)
     init-db                create the schema if missing
@@ -26,31 +30,42 @@ Environment (or a .env file)
     FLUXKART_PHONE_REGION  e.g. IN: store numbers valid there in E.164 form
     FLUXKART_WSREP_SYNC_WAIT  causal reads on a Galera node (default 1; 0 only
                            to measure what they cost)
+    FLUXKART_SECRET_KEY    signs the console's session cookie (the console is off
+                           without it and without FLUXKART_API_TOKEN)
 
 The contract is docs/api.md (with openapi.json); the design is in README.md.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import functools
 import hmac
+import io
+import itertools
 import json
 import logging
+import math
 import os
 import random
 import re
 import resource
+import secrets
+import signal
 import sqlite3
 import sys
 import threading
 import time
 import unicodedata
 import uuid
-from collections.abc import Callable, Iterable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import click
 import phonenumbers
@@ -64,14 +79,20 @@ from flask import (
     Flask,
     Response,
     current_app,
+    flash,
     g,
     has_request_context,
     jsonify,
+    redirect,
+    render_template,
     request,
+    session,
     url_for,
 )
 from flask.cli import with_appcontext
+from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 log = logging.getLogger("fluxkart")
 access_log = logging.getLogger("fluxkart.access")
@@ -90,6 +111,7 @@ SETTINGS = (
     "FLUXKART_API_TOKEN",
     "FLUXKART_PHONE_REGION",
     "FLUXKART_WSREP_SYNC_WAIT",
+    "FLUXKART_SECRET_KEY",
 )
 
 # Every default in one place. An empty value (in the environment, .env or the
@@ -106,6 +128,8 @@ DEFAULTS: dict[str, Any] = {
     # Galera's causal reads: every read waits until this node has applied
     # every write the cluster committed before it (SPEC, "Concurrency").
     "FLUXKART_WSREP_SYNC_WAIT": "1",
+    # Signs the console's session cookie; the console is off without it.
+    "FLUXKART_SECRET_KEY": "",
     # A request body is two short strings; anything near this limit is abuse.
     "MAX_CONTENT_LENGTH": 64 * 1024,
 }
@@ -279,6 +303,7 @@ def finish_request(response: Response) -> Response:
     if "identify_outcome" in g:
         IDENTIFY_OUTCOMES.labels(g.identify_outcome).inc()
         fields["outcome"] = g.identify_outcome
+    fields.update(g.get("log_fields", {}))  # a view's own figures (erasure counts), never identifiers
     if access_log.isEnabledFor(logging.INFO):
         # makeRecord + handle: Logger.info would also walk the stack for a
         # caller we never print, on every request.
@@ -886,8 +911,10 @@ def apply_identify(db: Database, email: str | None, phone: str | None) -> tuple[
     """
     db.run("touch_identifiers", email=email, phone=phone)
     rows = lock_customer(db, {email} if email else set(), {phone} if phone else set())
-    plan = plan_identify(rows, email, phone, utcnow())
+    now = utcnow()
+    plan = plan_identify(rows, email, phone, now)
     write_plan(db, plan)
+    record_plan_events(db, rows, plan, now)
     return customer_answer(plan.rows), plan.outcome
 
 
@@ -1027,15 +1054,20 @@ def new_contact(email: str | None, phone: str | None, linked_id: int | None, cre
 def write_plan(db: Database, plan: IdentifyPlan) -> None:
     """Apply an IdentifyPlan inside the caller's transaction; sets the inserted row's id.
 
-    Whenever existing rows change, every identifier of the customer is touched
-    first, so on a multi-primary cluster a concurrent request that linked a row
-    to this customer conflicts with this one (README, "Concurrency").
+    Whenever existing rows change, the identifiers of every row whose link
+    changes are touched first, so on a multi-primary cluster a concurrent
+    request that linked a row to a demoted customer conflicts with this one
+    (README, "Concurrency").
     """
     now = utcnow()
     primary_id = plan.rows[0]["id"]
     if plan.promoted or plan.relinked:
-        existing = [row["id"] for row in plan.rows if row is not plan.inserted]
-        db.run("touch_contact_identifiers", ids=existing)
+        # Only the rows whose link changes: a request that linked to a demoted
+        # customer found it through one of these rows and wrote its identifier.
+        # Touching the whole customer would also deadlock with every request
+        # that is linking a new row to the survivor (identifier, then rows).
+        changed = plan.relinked + ([primary_id] if plan.promoted else [])
+        db.run("touch_contact_identifiers", ids=changed)
         if plan.promoted:
             db.run("promote_contact", id=primary_id, updated_at=now)
         if plan.relinked:
@@ -1117,6 +1149,387 @@ def contact_to_json(row: Row) -> dict[str, Any]:
         "updatedAt": stamp(row["updatedAt"]),
         "deletedAt": stamp(row["deletedAt"]),
     }
+
+
+# --------------------------------------------------------------------------
+# History and erasure (SPEC "History and erasure"; docs/history-and-erasure.md)
+# --------------------------------------------------------------------------
+
+HISTORY_READS = prometheus_client.Counter("fluxkart_history_reads", "customer history pages answered")
+ERASURES = prometheus_client.Counter(
+    "fluxkart_erasures",
+    "customer erasures answered (dry_run=true: previews that changed nothing)",
+    ["dry_run"],
+)
+# A DATETIME(6) older than any event: the cursor of a history's first page (MySQL's minimum).
+HISTORY_START = datetime(1000, 1, 1)
+DELETE_IDENTIFIER = {
+    "email": "delete_email_identifier_if_unused",
+    "phone": "delete_phone_identifier_if_unused",
+}
+# How many links a history request follows from the id it was given to its customer.
+MAX_HOPS = 64
+
+_command_run = {"id": ""}
+_command_run_lock = threading.Lock()
+
+
+def start_command_run(run_id: str | None = None) -> str:
+    """Name the unit of work of a CLI command (repair, import); returns the run id recorded in history."""
+    with _command_run_lock:
+        _command_run["id"] = run_id or f"run-{uuid.uuid4().hex}"
+        return _command_run["id"]
+
+
+def current_request_id() -> str:
+    """The id history records for the current unit of work.
+
+    Inside a request, the request's id (X-Request-ID); elsewhere (a CLI
+    command), the process's command run id, made on first use.
+    """
+    if has_request_context() and "request_id" in g:
+        return str(g.request_id)
+    with _command_run_lock:
+        if not _command_run["id"]:
+            _command_run["id"] = f"run-{uuid.uuid4().hex}"
+        return _command_run["id"]
+
+
+@dataclass
+class IdentifyChange:
+    """What one identify transaction changed, in ids: the input of record_identify_events.
+
+    survivor_id: the customer's primary after the change. created: the
+    survivor is a row this request inserted (a new customer). inserted_id: a
+    secondary this request inserted. demoted: each demoted primary -> the ids
+    of its rows that now point at the survivor (itself first). repaired: each
+    former primary (None when there was none, e.g. a missing one) -> the ids of
+    the rows a heal re-pointed from it to the survivor.
+    """
+
+    survivor_id: int
+    created: bool = False
+    inserted_id: int | None = None
+    demoted: dict[int, list[int]] = field(default_factory=dict)
+    repaired: dict[int | None, list[int]] = field(default_factory=dict)
+
+
+def record_event(
+    db: Database,
+    kind: str,
+    customer_id: int,
+    contact_ids: Iterable[int],
+    at: datetime,
+    former_customer_id: int | None = None,
+) -> None:
+    """Append one history event (kind in EVENT_KINDS) in the caller's transaction. Ids only."""
+    db.run(
+        "insert_history_event",
+        kind=kind,
+        created_at=at,
+        request_id=current_request_id(),
+        customer_id=customer_id,
+        former_customer_id=former_customer_id,
+        contact_ids=json.dumps(list(contact_ids), separators=(",", ":")),
+    )
+
+
+def record_identify_events(db: Database, change: IdentifyChange, at: datetime) -> None:
+    """Record what an identify changed, in its transaction: created | repaired, merged | linked.
+
+    Called by apply_identify only when it wrote something: a request that
+    changes nothing records nothing. `at` is the changed rows' updatedAt.
+    """
+    survivor = change.survivor_id
+    if change.created:
+        record_event(db, "created", survivor, [survivor], at)
+    for former, moved in change.repaired.items():
+        record_event(db, "repaired", survivor, moved, at, former)
+    for demoted, moved in change.demoted.items():
+        record_event(db, "merged", survivor, moved, at, demoted)
+    if change.inserted_id is not None:
+        record_event(db, "linked", survivor, [change.inserted_id], at)
+
+
+def record_plan_events(db: Database, rows: list[Row], plan: IdentifyPlan, at: datetime) -> None:
+    """Record what write_plan just wrote (identify, repair), in the same transaction; nothing if unchanged.
+
+    `rows` are the customer's locked rows before the plan. A demoted primary and
+    the rows that pointed at it make one `merged` event; every other re-pointed
+    (or promoted) row goes into a `repaired` event per row it pointed at before.
+    """
+    if plan.outcome == "unchanged":
+        return
+    before = {row["id"]: row for row in rows}
+    change = IdentifyChange(plan.rows[0]["id"])
+    if plan.outcome == "created":
+        change.created = True
+    elif plan.inserted is not None:
+        change.inserted_id = plan.inserted["id"]
+    if plan.promoted is not None:
+        change.repaired[before[change.survivor_id]["linkedId"]] = [change.survivor_id]
+    change.demoted = {primary_id: [primary_id] for primary_id in plan.demoted}
+    for row_id in plan.relinked:  # oldest first
+        if row_id in change.demoted:
+            continue
+        former = before[row_id]["linkedId"]
+        if former in change.demoted:
+            change.demoted[former].append(row_id)
+        else:
+            change.repaired.setdefault(former, []).append(row_id)
+    record_identify_events(db, change, at)
+
+
+def record_imported(db: Database, customer_id: int, contact_ids: Iterable[int], at: datetime) -> None:
+    """For the import command: rows it added to a customer, in the transaction that added them."""
+    record_event(db, "imported", customer_id, contact_ids, at)
+
+
+def event_to_json(row: Row) -> dict[str, Any]:
+    """A history row as the API answers it: ids, kind, time (ISO 8601 UTC) and request id."""
+    event: dict[str, Any] = {
+        "id": row["id"],
+        "kind": row["kind"],
+        "at": row["createdAt"].isoformat(timespec="microseconds") + "Z",
+        "requestId": row["requestId"],
+        "customerId": row["customerId"],
+        "contactIds": json.loads(row["contactIds"]),
+    }
+    if row["kind"] == "merged":
+        event["demotedPrimaryId"] = row["formerCustomerId"]
+    elif row["kind"] == "repaired":
+        event["formerPrimaryId"] = row["formerCustomerId"]
+    return event
+
+
+def resolve_customer(db: Database, contact_id: int) -> int:
+    """The primary id of the customer a contact id now belongs to; ApiError 404/409.
+
+    A live row leads to its primary. A row that is gone or deleted (a demoted
+    and later erased or deleted primary) leads, through the history event that
+    moved its rows, to the customer that absorbed it.
+    """
+    current, seen = contact_id, set()
+    for _ in range(MAX_HOPS):
+        seen.add(current)
+        row = db.one("select_contact_link", id=current)
+        if row is not None and row["deletedAt"] is None:
+            if row["linkPrecedence"] == "primary":
+                return current
+            following = row["linkedId"]
+        else:
+            absorbing = db.one("select_absorbing_event", former_customer_id=current)
+            following = absorbing["customerId"] if absorbing else None
+        if following is None or following in seen:
+            break
+        current = following
+    if current == contact_id:
+        raise ApiError(404, "not_found", f"no customer with id {contact_id}")
+    raise ApiError(
+        409,
+        "inconsistent_customer",
+        f"contact {contact_id} leads to no primary; its rows were not written by this service",
+    )
+
+
+def customer_history(db: Database, customer_id: int, after: int, limit: int) -> dict[str, Any]:
+    """A customer's events, oldest first by (time, id), including those of customers merged into it.
+
+    In: any id of the customer (a demoted primary's id leads to its survivor),
+    the id of the last event already read (0: from the start), a page size.
+    Out: {"customerId": the survivor's primary id, "events": [...],
+    "nextAfter": the cursor of the next page or None}. ApiError 404 for an
+    unknown id or a cursor that names no event, 409 for rows with no primary.
+    """
+    survivor = resolve_customer(db, customer_id)
+    after_at = HISTORY_START
+    if after:
+        cursor = db.one("select_history_event_by_id", id=after)
+        if cursor is None:
+            raise ApiError(404, "not_found", f"no history event {after}: give an id from a previous page")
+        after_at = cursor["createdAt"]
+    rows = db.all(
+        "select_history_page", customer_id=survivor, after=after, after_at=after_at, limit=limit + 1
+    )
+    page = rows[:limit]
+    return {
+        "customerId": survivor,
+        "events": [event_to_json(row) for row in page],
+        "nextAfter": page[-1]["id"] if len(rows) > limit else None,
+    }
+
+
+class DryRunFinished(Exception):
+    """Carries a dry-run erasure's answer out of its transaction, which is then rolled back."""
+
+    def __init__(self, result: dict[str, Any]):
+        super().__init__("dry run")
+        self.result = result
+
+
+def erase_customer(db: Database, email: str | None, phone: str | None, dry_run: bool) -> dict[str, Any]:
+    """Erase a whole customer with hard DELETEs: rows, identifier rows, history; leave one erasure record.
+
+    In: canonical identifiers (at least one). Out: {"dryRun", "primaryContactId",
+    "contactIds", "contacts", "identifiers", "historyEvents"}. With dry_run the
+    same transaction runs and is rolled back: the answer is what would be
+    erased, and nothing changes. ApiError 404 when no customer has these
+    identifiers, 409 when the email and the phone belong to two customers.
+    Takes identify's locks (SPEC "Concurrency"): a racing identify for the
+    customer commits wholly before (and is erased) or after (a new customer).
+    """
+
+    def work(db: Database) -> dict[str, Any]:
+        result = apply_erasure(db, email, phone, dry_run)
+        if dry_run:
+            raise DryRunFinished(result)
+        return result
+
+    try:
+        return in_transaction(db, work, "erasure")
+    except DryRunFinished as finished:
+        return finished.result
+
+
+def identifiers_of(rows: Iterable[Row]) -> set[tuple[str, str]]:
+    """The (kind, value) identifiers rows carry: ('email', ...) and ('phone', ...)."""
+    found = set()
+    for row in rows:
+        if row["email"] is not None:
+            found.add(("email", row["email"]))
+        if row["phoneNumber"] is not None:
+            found.add(("phone", row["phoneNumber"]))
+    return found
+
+
+def rows_by_key(db: Database, key: tuple[str, Any]) -> list[Row]:
+    """Every row (live or deleted) carrying an identifier, or linked to/from an id: ("link", id)."""
+    kind, value = key
+    if kind == "email":
+        return db.all("select_rows_by_email", email=value)
+    if kind == "phone":
+        return db.all("select_rows_by_phone", phone=value)
+    return db.all("select_rows_by_link", id=value)
+
+
+def keys_of(row: Row) -> list[tuple[str, Any]]:
+    """What connects a row to others: its identifiers, its id, and the id it links to."""
+    keys: list[tuple[str, Any]] = [("link", row["id"])]
+    if row["linkedId"] is not None:
+        keys.append(("link", row["linkedId"]))
+    if row["email"] is not None:
+        keys.append(("email", row["email"]))
+    if row["phoneNumber"] is not None:
+        keys.append(("phone", row["phoneNumber"]))
+    return keys
+
+
+def deleted_rows_of(db: Database, live: dict[int, Row]) -> dict[int, Row]:
+    """The soft-deleted rows erased with a customer.
+
+    A deleted row is the customer's when a link or a shared identifier
+    connects it to the customer's rows, directly or through other deleted
+    rows, but never through a link or an identifier that a live row of
+    another customer holds (that row's deleted neighbours are its own).
+    """
+    erased = dict(live)
+    queue = [key for row in live.values() for key in keys_of(row)]
+    done: set[tuple[str, Any]] = set()
+    while queue:
+        key = queue.pop()
+        if key in done:
+            continue
+        done.add(key)
+        rows = rows_by_key(db, key)
+        if any(row["deletedAt"] is None and row["id"] not in live for row in rows):
+            continue  # another customer's link or identifier
+        for row in rows:
+            if row["id"] not in erased:
+                erased[row["id"]] = row
+                queue.extend(keys_of(row))
+    return erased
+
+
+def customer_to_erase(db: Database, email: str | None, phone: str | None) -> dict[int, Row]:
+    """The live rows of the one customer with this email and/or phone; ApiError 404 or 409."""
+    by_email = connected_rows(db, {email}, set()) if email is not None else {}
+    by_phone = connected_rows(db, set(), {phone}) if phone is not None else {}
+    if by_email and by_phone and by_email.keys() != by_phone.keys():
+        ids = ", ".join(str(oldest_first(rows.values())[0]["id"]) for rows in (by_email, by_phone))
+        raise ApiError(
+            409,
+            "several_customers",
+            f"the email and phone number belong to different customers ({ids}); erase them one at a time",
+        )
+    customer = by_email or by_phone
+    if not customer:
+        raise ApiError(404, "not_found", "no customer has this email or phone number")
+    return customer
+
+
+def apply_erasure(db: Database, email: str | None, phone: str | None, dry_run: bool) -> dict[str, Any]:
+    """The erasure, inside one transaction (erase_customer runs it and retries it).
+
+    Lock protocol, identify's own: 1. touch the request's identifier rows; 2.
+    find the customer and touch every identifier it carries, again until a
+    fresh read finds none untouched (then no identify can add to or merge the
+    customer: each would first touch one of them); 3. lock the rows FOR UPDATE;
+    4. delete history, rows and identifier rows; 5. write the erasure record.
+    """
+    db.run("touch_identifiers", email=email, phone=phone)
+    touched = {(kind, value) for kind, value in (("email", email), ("phone", phone)) if value is not None}
+    while True:
+        live = customer_to_erase(db, email, phone)
+        rows = deleted_rows_of(db, live)
+        untouched = identifiers_of(rows.values()) - touched
+        if not untouched:
+            break
+        for kind, value in sorted(untouched):
+            db.run("touch_identifier", kind=kind, value=value)
+        touched |= untouched
+    ids = sorted(rows)
+    for contact_id in ids:
+        db.one("lock_contact_by_id", id=contact_id)
+
+    # History: events keyed by any of the rows, and by every former customer they name.
+    keyed, queue = set(), list(ids)
+    while queue:
+        customer_id = queue.pop()
+        if customer_id in keyed:
+            continue
+        keyed.add(customer_id)
+        queue.extend(
+            event["formerCustomerId"]
+            for event in db.all("select_history_by_customer", customer_id=customer_id)
+            if event["formerCustomerId"] is not None
+        )
+    history_events = sum(
+        db.execute("delete_history_by_customer", {"customer_id": customer_id}).rowcount
+        for customer_id in sorted(keyed)
+    )
+    for contact_id in ids:
+        db.run("delete_contact_by_id", id=contact_id)
+    identifiers = sum(
+        db.execute(DELETE_IDENTIFIER[kind], {"value": value}).rowcount for kind, value in sorted(touched)
+    )
+    result = {
+        "dryRun": dry_run,
+        # The oldest live row: the primary, or the one identify would make primary (SPEC).
+        "primaryContactId": oldest_first(live.values())[0]["id"],
+        "contactIds": ids,
+        "contacts": len(ids),
+        "identifiers": identifiers,
+        "historyEvents": history_events,
+    }
+    db.run(
+        "insert_erasure",
+        erased_at=utcnow(),
+        request_id=current_request_id(),
+        contacts=len(ids),
+        identifiers=identifiers,
+        history_events=history_events,
+    )
+    return result
 
 
 # --------------------------------------------------------------------------
@@ -1205,7 +1618,8 @@ DEFAULT_PAGE = 100
 def require_token() -> None:
     """401 unless the bearer token is sent, when FLUXKART_API_TOKEN is set (SPEC, "Access")."""
     token: str = current_app.config["FLUXKART_API_TOKEN"]
-    if not token or request.endpoint in PUBLIC_ENDPOINTS:
+    # The console checks its own signed session instead (a form cannot send a header).
+    if not token or request.endpoint in PUBLIC_ENDPOINTS or request.blueprint == "console":
         return
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
@@ -1337,6 +1751,512 @@ def get_contact(contact_id: int) -> Response:
     return jsonify(contact_to_json(row))
 
 
+def query_bool(name: str) -> bool:
+    """A true/false query parameter, false when absent; 400 for anything else."""
+    raw = request.args.get(name, "false")
+    if raw not in ("true", "false"):
+        raise ApiError(400, "invalid_parameter", f"{name} must be true or false")
+    return raw == "true"
+
+
+@api.get("/customers/<int:primaryId>/history")
+def get_customer_history(primaryId: int) -> Response:
+    """GET /customers/<primaryId>/history: the customer's events, oldest first, paginated.
+
+    Any id of the customer works; a demoted primary's id answers its survivor's
+    history, named by "customerId" and a Link rel="canonical".
+    """
+    primary_id = primaryId  # the path's name for it is the API's (camelCase)
+    limit = query_int("limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    after = query_int("after", 0, 0, MAX_CONTACT_ID)
+    if primary_id > MAX_CONTACT_ID:
+        raise ApiError(404, "not_found", f"no customer with id {primary_id}")
+    history = reconnect_once(lambda db: customer_history(db, primary_id, after, limit))
+    HISTORY_READS.inc()
+    response = jsonify(history)
+    survivor = history["customerId"]
+    links = []
+    if survivor != primary_id:
+        links.append(f'<{url_for("api.get_customer_history", primaryId=survivor)}>; rel="canonical"')
+    if history["nextAfter"] is not None:
+        next_url = url_for(
+            "api.get_customer_history", primaryId=survivor, limit=limit, after=history["nextAfter"]
+        )
+        links.append(f'<{next_url}>; rel="next"')
+    if links:
+        response.headers["Link"] = ", ".join(links)
+    return response
+
+
+@api.delete("/customers")
+def delete_customer() -> Response:
+    """DELETE /customers?email=&phoneNumber=[&dryRun=true]: erase a whole customer (privacy request).
+
+    Refused (403) while no API token is configured. The access log line carries
+    the counts, never the identifiers.
+    """
+    if not current_app.config["FLUXKART_API_TOKEN"]:
+        raise ApiError(
+            403,
+            "erasure_disabled",
+            "erasure is refused while FLUXKART_API_TOKEN is not set: nobody erases customers on an "
+            "open service; set the token and send it as 'Authorization: Bearer <token>'",
+        )
+    email, phone = query_identifiers()
+    if email is None and phone is None:
+        raise ApiError(400, "missing_identifier", "give ?email= and/or ?phoneNumber=")
+    dry_run = query_bool("dryRun")
+    result = reconnect_once(lambda db: erase_customer(db, email, phone, dry_run))
+    ERASURES.labels("true" if dry_run else "false").inc()
+    counts = {name: result[name] for name in ("dryRun", "contacts", "identifiers", "historyEvents")}
+    g.log_fields = {"erasure": counts}
+    log.info("erasure previewed" if dry_run else "customer erased", extra={"fields": counts})
+    return jsonify(result)
+
+
+# --------------------------------------------------------------------------
+# Console: support staff's pages at /console (server-rendered, works without JavaScript)
+# --------------------------------------------------------------------------
+
+# Its own Blueprint: templates in templates/console/, the stylesheet in static/
+# (served at /console/static/), every view behind a signed session cookie
+# instead of the API's bearer header (a browser cannot send one from a form).
+console = Blueprint(
+    "console", __name__, url_prefix="/console", template_folder="templates", static_folder="static"
+)
+
+# No script at all, styles only from our own stylesheet (no inline style), forms
+# post only to us, never framed (clickjacking on the erase button).
+CONSOLE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+}
+# A support shift: a signed cookie older than this is refused even if the browser kept it.
+CONSOLE_SESSION_HOURS = 8
+# Views anyone may reach: the sign-in form and the stylesheet it needs.
+CONSOLE_OPEN_ENDPOINTS = {"console.sign_in_form", "console.sign_in", "console.static"}
+SEARCH_KINDS = {"email": "Email", "phone": "Phone number", "id": "Contact id"}
+HISTORY_PAGE = 50
+
+
+class ConsoleSessionInterface(SecureCookieSessionInterface):
+    """Flask's signed cookie, marked Secure whenever the request came over HTTPS.
+
+    gunicorn sets the scheme from X-Forwarded-Proto when the proxy is trusted
+    (forwarded_allow_ips), so a TLS-terminating load balancer counts as HTTPS.
+    """
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        """Secure when configured so, or when this request arrived over HTTPS."""
+        return bool(app.config["SESSION_COOKIE_SECURE"]) or (has_request_context() and request.is_secure)
+
+
+def configure_console(app: Flask) -> None:
+    """Session cookie settings for the console; the signing key is FLUXKART_SECRET_KEY."""
+    app.secret_key = app.config["FLUXKART_SECRET_KEY"] or None
+    app.session_interface = ConsoleSessionInterface()
+    app.config.update(
+        SESSION_COOKIE_NAME="fluxkart_console",
+        SESSION_COOKIE_PATH="/console",  # never sent to the JSON API
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=CONSOLE_SESSION_HOURS),
+    )
+    app.register_blueprint(console)
+
+
+def mask_email(email: str) -> str:
+    """`dana@example.com` -> `d***@example.com`: enough to tell two apart on the phone, no more."""
+    local, _, domain = email.partition("@")
+    return f"{local[:1]}***@{domain}"
+
+
+def mask_phone(phone: str) -> str:
+    """`+919876543210` -> `+91 ******3210`: the country code and the last four digits.
+
+    Shorter numbers show fewer digits (two of 4-7, none below 4), so a mask
+    never gives away most of a number.
+    """
+    prefix, digits = "", phone
+    if phone.startswith("+"):
+        try:
+            parsed = phonenumbers.parse(phone, None)
+            prefix, digits = f"+{parsed.country_code} ", str(phone[1 + len(str(parsed.country_code)) :])
+        except phonenumbers.NumberParseException:
+            prefix, digits = "+", phone[1:]
+    shown = 4 if len(digits) >= 8 else 2 if len(digits) >= 4 else 0
+    return prefix + "*" * (len(digits) - shown) + digits[len(digits) - shown :]
+
+
+# The link graph: nodes on a circle, primary at the top, the others clockwise
+# oldest first. A customer has a handful of rows, for which a circle keeps every
+# edge visible and the picture stable between visits; graph libraries were
+# weighed (README, docs/console.md): Graphviz needs a system binary and a
+# subprocess per page, networkx's layouts need numpy, and SVG writers add
+# nothing over an autoescaped template.
+GRAPH_NODE_RADIUS = 24
+GRAPH_MARGIN = 40
+# Edges of different kinds between the same two rows bend apart instead of overlapping.
+EDGE_BEND = {"link": 0.0, "email": 0.22, "phone": -0.22}
+
+
+def link_edges(rows: list[Row]) -> list[dict[str, Any]]:
+    """Why the rows are one customer: link (secondary -> the row it points at), shared email, shared phone.
+
+    Rows sharing a value are chained oldest first (n rows, n - 1 edges), which
+    is enough to show they are connected without a clique of lines.
+    """
+    rows = oldest_first(rows)
+    ids = {row["id"] for row in rows}
+    edges = [
+        {"kind": "link", "source": row["id"], "target": row["linkedId"]}
+        for row in rows
+        if row["linkedId"] is not None and row["linkedId"] in ids
+    ]
+    for kind, column in (("email", "email"), ("phone", "phoneNumber")):
+        last_with: dict[str, int] = {}
+        for row in rows:
+            value = row[column]
+            if value is None:
+                continue
+            if value in last_with:
+                edges.append({"kind": kind, "source": last_with[value], "target": row["id"]})
+            last_with[value] = row["id"]
+    return edges
+
+
+def link_graph(rows: list[Row]) -> dict[str, Any]:
+    """Positions (SVG user units) of every row and the path of every edge, for templates/console/graph.svg."""
+    primary_ids = {row["id"] for row in primaries_of(rows)}
+    ordered = sorted(oldest_first(rows), key=lambda row: row["id"] not in primary_ids)
+    count = len(ordered)
+    # Big enough that neighbouring nodes keep a node's width between them.
+    radius = 0.0 if count == 1 else max(110.0, count * 3 * GRAPH_NODE_RADIUS / (2 * math.pi))
+    size = 2 * (radius + GRAPH_NODE_RADIUS + GRAPH_MARGIN)
+    centre = size / 2
+    nodes, where = [], {}
+    for index, row in enumerate(ordered):
+        angle = -math.pi / 2 + 2 * math.pi * index / count
+        x, y = centre + radius * math.cos(angle), centre + radius * math.sin(angle)
+        where[row["id"]] = (x, y)
+        nodes.append(
+            {"id": row["id"], "x": round(x, 1), "y": round(y, 1), "primary": row["id"] in primary_ids}
+        )
+    edges = []
+    for edge in link_edges(rows):
+        (x1, y1), (x2, y2) = where[edge["source"]], where[edge["target"]]
+        bend = EDGE_BEND[edge["kind"]]
+        # Control point: the midpoint pushed sideways by a share of the edge's length.
+        cx, cy = (x1 + x2) / 2 - bend * (y2 - y1), (y1 + y2) / 2 + bend * (x2 - x1)
+        path = f"M {x1:.1f} {y1:.1f} Q {cx:.1f} {cy:.1f} {x2:.1f} {y2:.1f}"
+        edges.append({**edge, "path": path})
+    return {"size": round(size, 1), "nodes": nodes, "edges": edges}
+
+
+def console_page(template: str, status: int = 200, **context: Any) -> Response:
+    """Render templates/console/<template> with the given status."""
+    response = current_app.make_response(render_template(f"console/{template}", **context))
+    response.status_code = status
+    return response
+
+
+def console_message(status: int, title: str, message: str, back: bool = True) -> Response:
+    """A page that says what went wrong and what to do about it (and, when it helps, a way back)."""
+    return console_page("message.html", status, title=title, message=message, back=back)
+
+
+def session_fingerprint() -> str:
+    """Ties a session to the API token it was opened with: changing the token signs everyone out."""
+    token: str = current_app.config["FLUXKART_API_TOKEN"]
+    key: str = current_app.config["FLUXKART_SECRET_KEY"]
+    return hmac.new(key.encode(), token.encode(), "sha256").hexdigest()
+
+
+def signed_in() -> bool:
+    """True when this session signed in with the API token that is configured now."""
+    return hmac.compare_digest(str(session.get("auth", "")), session_fingerprint())
+
+
+def csrf_token() -> str:
+    """This session's token for every form (made on first use); templates call it."""
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(32)
+    return str(session["csrf"])
+
+
+@console.context_processor
+def console_context() -> dict[str, Any]:
+    """What every console template may call: csrf_token() and signed_in()."""
+    return {"csrf_token": csrf_token, "signed_in": signed_in}
+
+
+@console.before_request
+def console_gate() -> WerkzeugResponse | None:
+    """Refuse the console without a token or signing key, demand sign-in, check CSRF on every POST."""
+    if request.endpoint == "console.static":
+        return None
+    if not current_app.config["FLUXKART_API_TOKEN"]:
+        return console_message(
+            403,
+            "The console is off",
+            "No API token is configured (FLUXKART_API_TOKEN). The console shows and erases customers' "
+            "personal data, so it stays off until the service has a token to sign in with. "
+            "Set FLUXKART_API_TOKEN and FLUXKART_SECRET_KEY, then restart the service.",
+            back=False,
+        )
+    if not current_app.config["FLUXKART_SECRET_KEY"]:
+        return console_message(
+            403,
+            "The console is off",
+            "No session signing key is configured (FLUXKART_SECRET_KEY), so a sign-in could not be "
+            "kept safely. Set it (docs/console.md says how) and restart the service.",
+            back=False,
+        )
+    if request.endpoint not in CONSOLE_OPEN_ENDPOINTS and not signed_in():
+        return redirect(url_for("console.sign_in_form"), 303)
+    if request.method == "POST":
+        expected = str(session.get("csrf", ""))
+        given = request.form.get("csrf_token", "")
+        if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+            log.warning("console form refused: missing or wrong CSRF token")
+            return console_message(
+                400,
+                "This form has expired",
+                "The form did not carry this session's security token (it was opened before a "
+                "sign-in or sign-out, or sent from another site). Open the page again and resend it.",
+            )
+    return None
+
+
+@console.after_app_request
+def console_headers(response: Response) -> Response:
+    """The console's security headers on every answer under /console, errors included."""
+    if request.path == "/console" or request.path.startswith("/console/"):
+        response.headers.update(CONSOLE_HEADERS)
+    return response
+
+
+@console.errorhandler(ApiError)
+def console_api_error(exc: ApiError) -> Response:
+    """A domain error (400/404/409...) as a page with the same status and message."""
+    return console_message(exc.status, "That did not work", exc.message)
+
+
+@console.errorhandler(DatabaseUnavailable)
+def console_database_unavailable(exc: DatabaseUnavailable) -> Response:
+    """The API's 503 with Retry-After, as a page."""
+    log.error("database unavailable: %s", exc)
+    response = console_message(
+        503, "The database is busy", "The database is unavailable or busy; retry shortly."
+    )
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+@console.get("/sign-in")
+def sign_in_form() -> WerkzeugResponse:
+    """The sign-in form (the API token is the password)."""
+    if signed_in():
+        return redirect(url_for("console.search_form"), 303)
+    return console_page("sign_in.html")
+
+
+@console.post("/sign-in")
+def sign_in() -> WerkzeugResponse:
+    """Check the token in constant time; on success start a fresh session (new CSRF token)."""
+    token: str = current_app.config["FLUXKART_API_TOKEN"]
+    given = request.form.get("token", "").strip()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        log.warning("console sign-in refused: wrong token")
+        return console_page("sign_in.html", 401, error="That is not this service's API token.")
+    session.clear()  # nothing from before the sign-in survives it (session fixation)
+    session["auth"] = session_fingerprint()
+    session["csrf"] = secrets.token_urlsafe(32)
+    log.info("console sign-in")
+    return redirect(url_for("console.search_form"), 303)
+
+
+@console.post("/sign-out")
+def sign_out() -> WerkzeugResponse:
+    """Forget the session; the browser is sent back to the sign-in form."""
+    session.clear()
+    flash("You are signed out.")
+    return redirect(url_for("console.sign_in_form"), 303)
+
+
+@console.get("")
+def search_form() -> Response:
+    """Look a customer up by email, phone number or contact id."""
+    return console_page("search.html", kind="email")
+
+
+@console.post("/search")
+def search() -> WerkzeugResponse:
+    """Find the customer and redirect to its page, addressed by its primary id only.
+
+    The identifier travels in the POST body alone, so it lands in no URL, log
+    line or browser history; the primary id the page is addressed by is the
+    service's own row id (the one GET /customers/<id>/history takes), not a
+    customer's personal data. Redirecting makes reload and Back safe.
+    """
+    kind = request.form.get("kind", "")
+    value = request.form.get("identifier", "")
+    if kind not in SEARCH_KINDS:
+        return console_page("search.html", 400, kind="email", error="Choose what to search by.")
+    try:
+        primary_id = reconnect_once(lambda db: find_primary_id(db, kind, value))
+    except ApiError as exc:
+        return console_page("search.html", exc.status, kind=kind, value=value, error=exc.message)
+    return redirect(url_for("console.customer_page", primary_id=primary_id), 303)
+
+
+def customer_id_of(db: Database, contact_id: int) -> int:
+    """The id a customer's page is addressed by, from any of its contact ids; ApiError 404/409.
+
+    That is the customer's oldest live row: its primary whenever the rows keep
+    the SPEC's rules, and the row identify or repair would make primary when
+    they do not (data the service did not write). A demoted primary that was
+    since deleted or erased leads, through the history, to the survivor.
+    """
+    if contact_id > MAX_CONTACT_ID:  # beyond BIGINT (SQLite cannot even bind it)
+        raise ApiError(404, "not_found", f"no customer with id {contact_id}")
+    rows = connected_rows(db, set(), set(), ids=[contact_id])
+    if rows:
+        return int(oldest_first(rows.values())[0]["id"])
+    return resolve_customer(db, contact_id)
+
+
+def find_primary_id(db: Database, kind: str, value: str) -> int:
+    """The page id (customer_id_of) of the customer with this email, phone number or contact id.
+
+    ApiError 400 for a value that is not one, 404 when no customer has it.
+    """
+    if kind == "id":
+        text = value.strip().lstrip("#")
+        if not text.isascii() or not text.isdigit() or not 0 < int(text) <= MAX_CONTACT_ID:
+            raise ApiError(400, "invalid_contact_id", "A contact id is a whole number, such as 42.")
+        return customer_id_of(db, int(text))
+    region = current_app.config["FLUXKART_PHONE_REGION"]
+    email = normalize_email(value, "the email") if kind == "email" else None
+    phone = normalize_phone(value, region, "the phone number") if kind == "phone" else None
+    if email is None and phone is None:
+        raise ApiError(400, "missing_identifier", f"Type the {SEARCH_KINDS[kind].lower()} to look for.")
+    return int(oldest_first(lookup_customer(db, email, phone))[0]["id"])
+
+
+def customer_rows(db: Database, customer_id: int) -> list[Row]:
+    """Every live row of the customer whose page id is customer_id, oldest first; ApiError 404/409."""
+    if customer_id > MAX_CONTACT_ID:
+        raise ApiError(404, "not_found", f"no customer with id {customer_id}")
+    rows = oldest_first(connected_rows(db, set(), set(), ids=[customer_id]).values())
+    if not rows:
+        raise ApiError(404, "not_found", f"no customer with id {customer_id}")
+    if rows[0]["id"] != customer_id:
+        raise ApiError(
+            409,
+            "customer_moved",
+            f"contact {customer_id} is now part of customer {rows[0]['id']}: open that one",
+        )
+    return rows
+
+
+def keeps_the_rules(rows: list[Row]) -> bool:
+    """True when the oldest row is the only primary and every other row links straight to it."""
+    primary, *others = rows
+    return primary["linkPrecedence"] == "primary" and all(
+        row["linkPrecedence"] == "secondary" and row["linkedId"] == primary["id"] for row in others
+    )
+
+
+def show_customer(customer_id: int, reveal: bool) -> Response:
+    """The customer page: rows, link graph, history; identifiers masked unless revealed."""
+    after = request.args.get("after", "")
+    after_id = int(after) if after.isascii() and after.isdigit() and int(after) <= MAX_CONTACT_ID else 0
+    rows = reconnect_once(lambda db: customer_rows(db, customer_id))
+    try:
+        history = reconnect_once(lambda db: customer_history(db, customer_id, after_id, HISTORY_PAGE))
+        history_error = None
+    except ApiError as exc:  # e.g. rows with no primary yet: the rest of the page still helps
+        history, history_error = {"events": [], "nextAfter": None}, exc.message
+    email_of: Callable[[str], str] = (lambda e: e) if reveal else mask_email
+    phone_of: Callable[[str], str] = (lambda p: p) if reveal else mask_phone
+    shown = [
+        {
+            **row,
+            "email": None if row["email"] is None else email_of(row["email"]),
+            "phoneNumber": None if row["phoneNumber"] is None else phone_of(row["phoneNumber"]),
+        }
+        for row in rows
+    ]
+    return console_page(
+        "customer.html",
+        primary_id=customer_id,
+        rows=shown,
+        graph=link_graph(rows),
+        consistent=keeps_the_rules(rows),
+        revealed=reveal,
+        events=history["events"],
+        next_after=history["nextAfter"],
+        history_error=history_error,
+    )
+
+
+@console.get("/customers/<int:primary_id>")
+def customer_page(primary_id: int) -> WerkzeugResponse:
+    """One customer, identifiers masked; any other contact id of it redirects here."""
+    customer_id = reconnect_once(lambda db: customer_id_of(db, primary_id))
+    if customer_id != primary_id:
+        return redirect(url_for("console.customer_page", primary_id=customer_id), 303)
+    return show_customer(primary_id, reveal=False)
+
+
+@console.post("/customers/<int:primary_id>/reveal")
+def reveal(primary_id: int) -> Response:
+    """The same page with identifiers in full; the log records who asked (request id), not what was shown."""
+    log.info("console reveal", extra={"fields": {"event": "console_reveal", "customerId": primary_id}})
+    return show_customer(primary_id, reveal=True)
+
+
+def erasure_of(db: Database, primary_id: int, dry_run: bool) -> dict[str, Any]:
+    """erase_customer for the customer with this primary, named by one of its identifiers."""
+    rows = customer_rows(db, primary_id)
+    # One identifier is enough to name the customer; erase_customer takes identify's locks on it.
+    email = next((row["email"] for row in rows if row["email"] is not None), None)
+    phone = None if email else next(row["phoneNumber"] for row in rows if row["phoneNumber"] is not None)
+    result: dict[str, Any] = erase_customer(db, email, phone, dry_run)
+    return result
+
+
+@console.get("/customers/<int:primary_id>/erase")
+def erase_preview(primary_id: int) -> Response:
+    """What erasing this customer would remove (the dry run), and the form that confirms it."""
+    preview = reconnect_once(lambda db: erasure_of(db, primary_id, True))
+    return console_page("erase.html", primary_id=primary_id, preview=preview)
+
+
+@console.post("/customers/<int:primary_id>/erase")
+def erase(primary_id: int) -> Response:
+    """Erase the customer, but only if it is still the one the preview showed.
+
+    A merge between preview and confirmation would otherwise erase rows the
+    support agent never saw: then the new preview is shown instead.
+    """
+    seen = request.form.get("contact_ids", "")
+    preview = reconnect_once(lambda db: erasure_of(db, primary_id, True))
+    if seen != ",".join(str(i) for i in preview["contactIds"]):
+        notice = "This customer changed since the preview (an order merged rows into it). Check again."
+        return console_page("erase.html", 409, primary_id=primary_id, preview=preview, notice=notice)
+    result = reconnect_once(lambda db: erasure_of(db, primary_id, False))
+    log.info("console erasure", extra={"fields": {"event": "console_erasure", "customerId": primary_id}})
+    return console_page("erased.html", result=result)
+
+
 # --------------------------------------------------------------------------
 # Commands: flask --app fluxkart <command>
 # --------------------------------------------------------------------------
@@ -1450,14 +2370,14 @@ def canonical_identifiers(row: Row, region: str, report: RepairReport) -> tuple[
 def store_canonical(db: Database, changes: list[tuple[Row, str | None, str | None]]) -> int:
     """Write canonical identifiers into rows, under identify's locks; returns how many rows changed.
 
-    The new identifiers' rows are touched first and the rows locked, as
-    identify does, so a concurrent order sees each row before or after, never
-    half. A row changed or deleted since it was read is left for the next run.
+    The rows are locked first, as identify locks a customer's rows, so a
+    concurrent order sees each row before or after, never half; then one
+    statement touches the new identifiers of every changed row (ContactIdentifier:
+    a concurrent order for one of them conflicts, on Galera too). A row changed
+    or deleted since it was read is left for the next run.
     """
-    for _, email, phone in sorted(changes, key=lambda change: (change[1] or "", change[2] or "")):
-        db.run("touch_identifiers", email=email, phone=phone)
     locked = {row["id"]: row for row in db.all("lock_contacts", ids=[row["id"] for row, _, _ in changes])}
-    now, count = utcnow(), 0
+    now, changed = utcnow(), []
     for row, email, phone in changes:
         current = locked.get(row["id"])
         if current is not None and (current["email"], current["phoneNumber"]) == (
@@ -1465,8 +2385,10 @@ def store_canonical(db: Database, changes: list[tuple[Row, str | None, str | Non
             row["phoneNumber"],
         ):
             db.run("update_identifiers", id=row["id"], email=email, phone=phone, updated_at=now)
-            count += 1
-    return count
+            changed.append(row["id"])
+    if changed:
+        db.run("touch_contact_identifiers", ids=changed)
+    return len(changed)
 
 
 def normalize_stored_identifiers(db: Database, region: str, report: RepairReport, dry_run: bool) -> None:
@@ -1521,9 +2443,11 @@ def repair_customer(db: Database, seed: tuple[str, Any], dry_run: bool) -> Ident
     phones = {value} if kind == "phone" else set()
     ids = [value] if kind == "id" else []
     rows = lock_customer(db, emails, phones, ids)
-    plan = plan_identify(rows, None, None, utcnow()) if rows else IdentifyPlan(rows=[], outcome="unchanged")
+    now = utcnow()
+    plan = plan_identify(rows, None, None, now) if rows else IdentifyPlan(rows=[], outcome="unchanged")
     if not dry_run and rows:
         write_plan(db, plan)
+        record_plan_events(db, rows, plan, now)
     return plan
 
 
@@ -1565,6 +2489,7 @@ def repair_command(dry_run: bool) -> None:
     values are reported and left as they are).
     """
     started = time.monotonic()
+    start_command_run()  # the request id of this run's history events
     db = get_db()
     db.connect()
     region = current_app.config["FLUXKART_PHONE_REGION"]
@@ -1601,6 +2526,641 @@ def repair_command(dry_run: bool) -> None:
     click.echo("\n".join(lines))
     if report.failed or report.invalid_count:
         raise SystemExit(1)
+
+
+# --------------------------------------------------------------------------
+# Commands: import (historical orders; equals replaying them through identify)
+# --------------------------------------------------------------------------
+
+# Lines per batch: one transaction, a handful of multi-row statements. Big
+# enough to amortize round trips, small enough that a batch holds its locks
+# for a fraction of a second (live identify requests wait at most that long).
+IMPORT_BATCH_LINES = 2000
+# Without a terminal, a progress line this often (seconds).
+PROGRESS_EVERY_S = 5.0
+# In-memory ids of rows a batch inserts: above every real id, in creation
+# order, until the rows are written and get their real ids.
+TEMP_ID_BASE = 2**62
+# A phone cell a spreadsheet wrote as a number: 9876543210.0 (the fraction is
+# only zeros). Exponent forms (9.87654E+09) have lost digits and are refused.
+SPREADSHEET_WHOLE = re.compile(r"\s*(\d+)\.0+\s*")
+SPREADSHEET_EXPONENT = re.compile(r"\s*\d+(\.\d*)?[eE][+-]?\d+\s*")
+ORDER_FORMATS = ("auto", "csv", "jsonl")
+# SQLite has one write lock and its busy handler is not a queue: a waiting
+# writer polls (every 100 ms once it has waited a while), so an import that
+# starts its next batch as soon as the last commits would starve live
+# requests. After this much time holding the lock, the import pauses for
+# longer than one poll.
+SQLITE_HOLD_S = 0.5
+SQLITE_PAUSE_S = 0.15
+# What errors="surrogateescape" decodes a byte that is not UTF-8 to.
+NOT_UTF8 = re.compile("[\udc80-\udcff]")
+ONE_MICROSECOND = timedelta(microseconds=1)
+
+
+class ImportRefused(Exception):
+    """The file cannot be imported at all (no identifier column): nothing was written."""
+
+
+@dataclass
+class OrderLine:
+    """One order of an export file: its canonical identifiers, or why it is rejected."""
+
+    number: int  # the file's line where the record starts (1 is the first line)
+    text: str  # the record as read (several lines for a quoted CSV newline), for --rejects
+    email: str | None = None
+    phone: str | None = None
+    reason: str | None = None
+
+
+class JsonFraction(str):
+    """A JSON number with a fraction or exponent, kept as its text (json.loads parse_float)."""
+
+
+def utf8_problem(text: str) -> str | None:
+    """Why `text` (decoded with surrogateescape) is not valid UTF-8, or None when it is."""
+    match = NOT_UTF8.search(text)
+    if match is None:
+        return None
+    return f"not valid UTF-8 (byte 0x{ord(match.group()) - 0xDC00:02X} at character {match.start() + 1})"
+
+
+def spreadsheet_phone(value: Any) -> Any:
+    """A phone cell or JSON value as identify takes it: 9876543210.0 becomes 9876543210.
+
+    A spreadsheet that stored the column as numbers exports a whole number
+    with a zero fraction; identify alone would read the '.' as formatting and
+    keep the zero. Anything else is passed on unchanged (identify validates it).
+    """
+    if isinstance(value, JsonFraction):
+        match = SPREADSHEET_WHOLE.fullmatch(value)
+        return int(match.group(1)) if match else float(value)  # a float: identify's own 400
+    if isinstance(value, str):
+        if match := SPREADSHEET_WHOLE.fullmatch(value):
+            return match.group(1)
+        if SPREADSHEET_EXPONENT.fullmatch(value):
+            raise ApiError(
+                400,
+                "invalid_phone_number",
+                f"phoneNumber {value.strip()!r} is in scientific notation: the spreadsheet lost its "
+                "digits; export the column as text",
+            )
+    return value
+
+
+def order_identifiers(email: Any, phone: Any, region: str) -> tuple[str | None, str | None]:
+    """The canonical (email, phone) of one order, by identify's own rules; ApiError when invalid."""
+    if isinstance(email, JsonFraction):
+        email = float(email)  # identify's answer to a JSON number
+    canonical_email = normalize_email(email)
+    canonical_phone = normalize_phone(spreadsheet_phone(phone), region)
+    if canonical_email is None and canonical_phone is None:
+        raise ApiError(400, "missing_identifier", "neither an email nor a phoneNumber")
+    return canonical_email, canonical_phone
+
+
+class OrderFile:
+    """An export file read as a stream of orders: CSV with a header row, or JSON Lines.
+
+    UTF-8 with or without a byte-order mark; bytes that are not UTF-8 reject
+    their line only. The file is read one line at a time (memory does not grow
+    with it); `bytes_read` follows the position for the progress bar.
+    """
+
+    def __init__(self, binary: IO[bytes], fmt: str, region: str):
+        self.text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        self.region = region
+        self.format = fmt
+        self.bytes_read = 0
+        self.line_number = 0
+        self.header = ""  # the CSV header row as read, for --rejects
+
+    def release(self) -> None:
+        """Let go of the file without closing it (click closes a file it opened; stdin stays open)."""
+        with contextlib.suppress(ValueError):
+            self.text.detach()
+
+    def lines(self) -> Iterator[str]:
+        for line in self.text:
+            self.line_number += 1
+            self.bytes_read += len(line.encode("utf-8", "surrogateescape"))
+            yield line
+
+    def orders(self) -> Iterator[OrderLine]:
+        """Every order line in file order; raises ImportRefused before the first when the CSV
+        header names neither identifier column. Blank lines are skipped."""
+        lines = self.lines()
+        first = ""
+        for line in lines:
+            if line.strip():
+                first = line
+                break
+        if not first:
+            return
+        if self.format == "auto":
+            self.format = "jsonl" if first.lstrip().startswith("{") else "csv"
+        remaining = itertools.chain([first], lines)
+        if self.format == "jsonl":
+            yield from self.json_orders(remaining)
+        else:
+            yield from self.csv_orders(remaining, self.line_number)
+
+    def json_orders(self, lines: Iterator[str]) -> Iterator[OrderLine]:
+        for text in lines:
+            if not text.strip():
+                continue
+            order = OrderLine(self.line_number, text)
+            try:
+                if problem := utf8_problem(text):
+                    raise ApiError(400, "invalid_utf8", problem)
+                try:
+                    body = json.loads(text, parse_float=JsonFraction)
+                except (ValueError, RecursionError) as exc:
+                    raise ApiError(400, "invalid_json", "not valid JSON") from exc
+                if not isinstance(body, dict):
+                    raise ApiError(400, "invalid_body", "not a JSON object")
+                order.email, order.phone = order_identifiers(
+                    body.get("email"), body.get("phoneNumber"), self.region
+                )
+            except ApiError as exc:
+                order.reason = exc.message
+            yield order
+
+    def csv_orders(self, lines: Iterator[str], first_number: int) -> Iterator[OrderLine]:
+        pending: list[str] = []  # the lines of the record being read
+
+        def feed() -> Iterator[str]:
+            for line in lines:
+                pending.append(line)
+                yield line
+
+        reader = csv.reader(feed())
+        header = next(reader)
+        self.header = "".join(pending)
+        columns = [name.strip().lower() for name in header]
+        if "email" not in columns and "phonenumber" not in columns:
+            raise ImportRefused(
+                f"line {first_number}: the header has neither an 'email' nor a 'phoneNumber' column "
+                f"(it has: {', '.join(repr(name) for name in header)}); nothing was imported"
+            )
+        for name in ("email", "phonenumber"):
+            if columns.count(name) > 1:
+                raise ImportRefused(f"line {first_number}: the header has two '{name}' columns")
+        email_at = columns.index("email") if "email" in columns else None
+        phone_at = columns.index("phonenumber") if "phonenumber" in columns else None
+        while True:
+            pending.clear()
+            try:
+                record = next(reader)
+                problem = None
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                record, problem = None, f"not valid CSV ({exc})"
+            text = "".join(pending)
+            order = OrderLine(self.line_number - len(pending) + 1, text)
+            if record == [] or (record is None and not text.strip()):
+                continue
+            try:
+                if (
+                    problem is None
+                    and (problem := utf8_problem(text)) is None
+                    and len(record or []) != len(header)
+                ):
+                    problem = f"has {len(record or [])} columns, the header has {len(header)}"
+                if problem:
+                    raise ApiError(400, "invalid_line", problem)
+                assert record is not None
+                order.email, order.phone = order_identifiers(
+                    record[email_at] if email_at is not None else None,
+                    record[phone_at] if phone_at is not None else None,
+                    self.region,
+                )
+            except ApiError as exc:
+                order.reason = exc.message
+            yield order
+
+
+class Rejects:
+    """The rejected lines, verbatim, in a file that imports like the original once fixed."""
+
+    def __init__(self, path: str | None):
+        self.file = open(path, "wb") if path else None  # noqa: SIM115 (closed by close())
+        self.header_written = False
+
+    def add(self, orders: OrderFile, order: OrderLine) -> None:
+        if self.file is None:
+            return
+        if orders.format == "csv" and not self.header_written:
+            self.write(orders.header)
+            self.header_written = True
+        self.write(order.text)
+
+    def write(self, text: str) -> None:
+        assert self.file is not None
+        if not text.endswith(("\n", "\r")):
+            text += "\n"
+        self.file.write(text.encode("utf-8", "surrogateescape"))
+
+    def close(self, orders: OrderFile | None) -> None:
+        if self.file is None:
+            return
+        if orders is not None and orders.format == "csv" and not self.header_written and orders.header:
+            self.write(orders.header)  # no rejects: still a valid (empty) import file
+        self.file.close()
+
+
+# -- identify's rules over the batch's customers, in memory ------------------
+
+
+class BatchCustomers:
+    """The customers one import batch touches, in memory: every live row of the connected
+    components of the batch's identifiers (locked), indexed by email, phone and link.
+
+    `identify` applies one order with identify's own pure `plan_identify`, so the import
+    and the API cannot decide differently.
+    """
+
+    def __init__(self, rows: Iterable[Row]):
+        self.rows: dict[int, Row] = {}
+        self.by_email: dict[str, set[int]] = defaultdict(set)
+        self.by_phone: dict[str, set[int]] = defaultdict(set)
+        self.linked: dict[int, set[int]] = defaultdict(set)  # id -> rows whose linkedId is id
+        self.changed: set[int] = set()  # existing rows whose link or precedence changed
+        self.inserted: list[int] = []  # temporary ids, in creation order
+        for row in rows:
+            self.add(dict(row))
+
+    def add(self, row: Row) -> None:
+        self.rows[row["id"]] = row
+        if row["email"] is not None:
+            self.by_email[row["email"]].add(row["id"])
+        if row["phoneNumber"] is not None:
+            self.by_phone[row["phoneNumber"]].add(row["id"])
+        if row["linkedId"] is not None:
+            self.linked[row["linkedId"]].add(row["id"])
+
+    def component(self, email: str | None, phone: str | None) -> list[Row]:
+        """Every row connected to the request's identifiers (shared email, shared phone, link)."""
+        seen: set[int] = set()
+        todo = [*(self.by_email.get(email, ()) if email is not None else ())]
+        todo += self.by_phone.get(phone, ()) if phone is not None else ()
+        while todo:
+            row_id = todo.pop()
+            if row_id in seen:
+                continue
+            seen.add(row_id)
+            row = self.rows[row_id]
+            todo.extend(self.by_email.get(row["email"], ()) if row["email"] is not None else ())
+            todo.extend(self.by_phone.get(row["phoneNumber"], ()) if row["phoneNumber"] is not None else ())
+            if row["linkedId"] in self.rows:
+                todo.append(row["linkedId"])
+            todo.extend(self.linked.get(row_id, ()))
+        return [self.rows[row_id] for row_id in seen]
+
+    def relink(self, row_id: int, precedence: str, linked_id: int | None, now: datetime) -> None:
+        row = self.rows[row_id]
+        if row["linkedId"] is not None:
+            self.linked[row["linkedId"]].discard(row_id)
+        row["linkPrecedence"], row["linkedId"], row["updatedAt"] = precedence, linked_id, now
+        if linked_id is not None:
+            self.linked[linked_id].add(row_id)
+        if row_id < TEMP_ID_BASE:
+            self.changed.add(row_id)
+
+    def identify(self, email: str | None, phone: str | None, now: datetime) -> str:
+        """Apply one order to the rows in memory, as identify would; returns its outcome."""
+        rows = self.component(email, phone)
+        plan = plan_identify(rows, email, phone, now)
+        primary_id = plan.rows[0]["id"]
+        if plan.promoted is not None:
+            self.relink(plan.promoted["id"], "primary", None, now)
+        for row_id in plan.relinked:
+            self.relink(row_id, "secondary", primary_id, now)
+        if plan.inserted is not None:
+            new = plan.inserted
+            new["id"] = TEMP_ID_BASE + len(self.inserted)
+            new["updatedAt"] = new["createdAt"]
+            self.inserted.append(new["id"])
+            self.add(new)
+        return plan.outcome
+
+
+# -- the batch's transaction ------------------------------------------------
+
+
+class OrderClock:
+    """Each order's `now`: the wall clock, but strictly after the previous order's, so the
+    file's order is the rows' (createdAt) order even when lines are microseconds apart."""
+
+    def __init__(self) -> None:
+        self.last = datetime.min
+
+    def now(self) -> datetime:
+        self.last = max(utcnow(), self.last + ONE_MICROSECOND)
+        return self.last
+
+
+def run_many(db: Database, name: str, rows: list[dict[str, Any]]) -> None:
+    """Run a named INSERT ... VALUES once per parameter set: one multi-row statement on MySQL
+    (PyMySQL's executemany rewrites it), in-process calls on SQLite."""
+    if not rows:
+        return
+    try:
+        db.connect().cursor().executemany(db.queries[name], rows)
+    except Exception as exc:
+        raise db.translate(exc) from exc
+
+
+def import_batch(
+    db: Database, orders: list[tuple[str | None, str | None]], clock: OrderClock
+) -> Counter[str]:
+    """Apply a batch of orders in file order inside the caller's transaction; returns the
+    outcome counts (created, linked, merged, repaired, unchanged).
+
+    identify's protocol (apply_identify) for many requests at once: 1. touch
+    every identifier of the batch (one statement, sorted: one lock order);
+    2. lock every live row of their customers (`lock_customer`); 3. decide
+    line by line in memory with `plan_identify`; 4. write the final state with
+    multi-row statements, touching the identifiers of every existing row
+    whose link changes (as write_plan does).
+    """
+    emails = {email for email, _ in orders if email is not None}
+    phones = {phone for _, phone in orders if phone is not None}
+    identifiers = sorted([("email", e) for e in emails] + [("phone", p) for p in phones])
+    run_many(db, "touch_identifier_rows", [{"kind": k, "value": v, "version": 1} for k, v in identifiers])
+    customers = BatchCustomers(lock_customer(db, emails, phones))
+    outcomes: Counter[str] = Counter()
+    for email, phone in orders:
+        outcomes[customers.identify(email, phone, clock.now())] += 1
+    write_batch(db, customers)
+    return outcomes
+
+
+def write_batch(db: Database, customers: BatchCustomers) -> None:
+    """Write what the batch changed: relinked rows, new primaries, then new secondaries."""
+    rows = customers.rows
+    if customers.changed:
+        # As write_plan: the identifiers of every existing row whose link changes, so a
+        # racing request on another cluster node that linked to a demoted customer conflicts.
+        db.run("touch_contact_identifiers", ids=sorted(customers.changed))
+    run_many(
+        db,
+        "relink_contact_rows",
+        [
+            {
+                "id": row["id"],
+                "phone": row["phoneNumber"],
+                "email": row["email"],
+                "linked_id": row["linkedId"],
+                "link_precedence": row["linkPrecedence"],
+                "created_at": row["createdAt"],
+                "updated_at": row["updatedAt"],
+            }
+            for row in (rows[row_id] for row_id in sorted(customers.changed))
+        ],
+    )
+    new = [rows[row_id] for row_id in customers.inserted]
+    real_ids: dict[int, int] = {}
+    primaries = [row for row in new if row["linkPrecedence"] == "primary"]
+    if primaries:
+        top = db.one("select_max_contact_id")
+        run_many(db, "insert_contact", [insert_params(row, None) for row in primaries])
+        after = int(top["top"]) if top else 0
+        ids = {
+            (r["email"], r["phoneNumber"]): r["id"] for r in db.all("select_primaries_after_id", after=after)
+        }
+        for row in primaries:
+            real_ids[row["id"]] = ids[(row["email"], row["phoneNumber"])]
+    secondaries = [
+        insert_params(row, real_ids.get(row["linkedId"], row["linkedId"]))
+        for row in new
+        if row["linkPrecedence"] == "secondary"
+    ]
+    top = db.one("select_max_contact_id")
+    run_many(db, "insert_contact", secondaries)
+    record_batch_events(db, customers, real_ids, int(top["top"]) if top and secondaries else None)
+
+
+def record_batch_events(
+    db: Database, customers: BatchCustomers, real_ids: dict[int, int], secondaries_after: int | None
+) -> None:
+    """History for what a batch changed, in its transaction: one `imported` event per customer,
+    naming its new primary, the rows the batch re-pointed and the rows it inserted."""
+    touched: dict[int, set[int]] = defaultdict(set)
+    for row_id in real_ids.values():
+        touched[row_id].add(row_id)
+    for row_id in customers.changed:
+        row = customers.rows[row_id]
+        touched[row["linkedId"] or row_id].add(row_id)
+    if secondaries_after is not None:
+        batch_primaries = {row["linkedId"] for row in customers.rows.values() if row["linkedId"]}
+        batch_primaries |= set(real_ids.values()) | {i for i in customers.rows if i < TEMP_ID_BASE}
+        for row in db.all("select_secondaries_after_id", after=secondaries_after):
+            if row["linkedId"] in batch_primaries:
+                touched[row["linkedId"]].add(row["id"])
+    now = utcnow()
+    for customer_id, ids in sorted(touched.items()):
+        record_imported(db, customer_id, sorted(ids), now)
+
+
+def insert_params(row: Row, linked_id: int | None) -> dict[str, Any]:
+    """insert_contact's parameters for a row the batch created."""
+    return {
+        "email": row["email"],
+        "phone": row["phoneNumber"],
+        "linked_id": linked_id,
+        "link_precedence": row["linkPrecedence"],
+        "created_at": row["createdAt"],
+    }
+
+
+# -- the command: batches, progress, summary --------------------------------
+
+
+@dataclass
+class ImportTotals:
+    """What an import did so far, for the progress line and the summary."""
+
+    started: float = field(default_factory=time.monotonic)
+    lines: int = 0  # order lines read (blank lines and the header not counted)
+    imported: int = 0  # lines applied in committed batches
+    rejected: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    last_line: int = 0  # the file line of the last order in a committed batch
+
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.imported / elapsed if elapsed > 0 else 0.0
+
+    def summary(self) -> str:
+        elapsed = time.monotonic() - self.started
+        o = self.outcomes
+        return (
+            f"lines read {self.lines:,}, imported {self.imported:,}: customers created {o['created']:,}, "
+            f"rows linked {o['linked']:,}, merges {o['merged']:,}, repaired {o['repaired']:,}, "
+            f"unchanged {o['unchanged']:,}; "
+            f"rejected {self.rejected:,}; {elapsed:.1f} s, {self.rate():,.0f} orders/s, "
+            f"peak RSS {peak_rss_mib():.0f} MiB"
+        )
+
+
+class ImportProgress:
+    """A click progress bar (bytes of the file, rate, ETA) on a terminal; a plain line every
+    PROGRESS_EVERY_S seconds otherwise, or when the size is unknown (standard input)."""
+
+    def __init__(self, size: int | None, totals: ImportTotals, quiet: bool):
+        self.totals = totals
+        self.position = 0
+        self.next_line_at = time.monotonic() + PROGRESS_EVERY_S
+        self.quiet = quiet
+        self.bar: Any = None
+        if not quiet and size and sys.stderr.isatty():
+            self.bar = click.progressbar(
+                length=size,
+                label="importing",
+                file=sys.stderr,
+                show_eta=True,
+                show_percent=True,
+                item_show_func=lambda _: f"{totals.imported:,} orders, {totals.rate():,.0f}/s",
+            )
+            self.bar.__enter__()
+
+    def update(self, position: int) -> None:
+        if self.bar is not None:
+            self.bar.update(position - self.position, position)
+        elif not self.quiet and time.monotonic() >= self.next_line_at:
+            self.next_line_at = time.monotonic() + PROGRESS_EVERY_S
+            t = self.totals
+            click.echo(
+                f"import: {t.imported:,} orders imported, {t.rejected:,} rejected, {t.rate():,.0f} orders/s",
+                err=True,
+            )
+        self.position = position
+
+    def close(self) -> None:
+        bar, self.bar = self.bar, None
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+
+def batches_of(
+    orders: Iterable[OrderLine], size: int, on_reject: Callable[[OrderLine], None]
+) -> Iterator[list[OrderLine]]:
+    """Valid orders in lists of `size`, in file order; rejected lines go to `on_reject` as read."""
+    batch: list[OrderLine] = []
+    for order in orders:
+        if order.reason is not None:
+            on_reject(order)
+            continue
+        batch.append(order)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def raise_interrupt(signum: int, _frame: Any) -> None:
+    """SIGTERM stops an import as Ctrl-C does: the open batch rolls back."""
+    raise KeyboardInterrupt
+
+
+@click.command("import")
+@click.argument("file", type=click.File("rb"))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(ORDER_FORMATS),
+    default="auto",
+    show_default=True,
+    help="csv (a header row naming email and/or phoneNumber) or jsonl (one JSON object a line); "
+    "auto: JSON Lines when the first line starts with '{'.",
+)
+@click.option(
+    "--rejects",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the rejected lines here, as they were (with the CSV header): fix them and import this file.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 5000),  # SQLite binds at most 32766 parameters a statement
+    default=IMPORT_BATCH_LINES,
+    show_default=True,
+    help="Orders per transaction.",
+)
+@click.option("--quiet", is_flag=True, help="No progress, only rejected lines and the summary.")
+@with_appcontext
+def import_orders(file: IO[bytes], fmt: str, rejects: str | None, batch_size: int, quiet: bool) -> None:
+    """Import historical orders from FILE ('-' reads standard input): the result equals sending
+    each valid line to POST /identify in file order. Invalid lines are reported (line number
+    and reason) and skipped. Re-running the same file changes nothing it already imported, so
+    an interrupted import is finished by running it again. docs/import.md.
+
+    Exit status: 0 every line imported; 3 finished, some lines rejected; 1 refused or stopped
+    (nothing after the last committed batch was written).
+    """
+    settings = current_app.config
+    totals = ImportTotals()
+    orders = OrderFile(file, fmt, settings["FLUXKART_PHONE_REGION"])
+    size = None
+    with contextlib.suppress(OSError, ValueError):
+        size = os.fstat(file.fileno()).st_size if file.seekable() else None
+    progress = ImportProgress(size, totals, quiet)
+    rejected = Rejects(rejects)
+    db = get_db()
+    clock = OrderClock()
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+
+    def reject(order: OrderLine) -> None:
+        totals.rejected += 1
+        click.echo(f"line {order.number}: {order.reason}", err=True)
+        rejected.add(orders, order)
+
+    def count(order: OrderLine) -> OrderLine:
+        totals.lines += 1
+        return order
+
+    status = 0
+    held_since = time.monotonic()
+    try:
+        for batch in batches_of(map(count, orders.orders()), batch_size, reject):
+            pairs = [(order.email, order.phone) for order in batch]
+            work = functools.partial(import_batch, orders=pairs, clock=clock)
+            outcomes = in_transaction(db, work, "import")
+            if db.dialect == "sqlite" and time.monotonic() - held_since > SQLITE_HOLD_S:
+                time.sleep(SQLITE_PAUSE_S)  # let the writers waiting in line in
+                held_since = time.monotonic()
+            totals.outcomes.update(outcomes)
+            totals.imported += len(batch)
+            totals.last_line = batch[-1].number
+            progress.update(orders.bytes_read)
+        if totals.lines == 0 and orders.line_number == 0:
+            click.echo("the file is empty: nothing to import", err=True)
+    except ImportRefused as exc:
+        progress.close()
+        click.echo(f"refused: {exc}", err=True)
+        status = 1
+    except (DatabaseUnavailable, KeyboardInterrupt) as exc:
+        progress.close()
+        why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped: {exc}"
+        click.echo(
+            f"{why}. Imported every order up to line {totals.last_line}; the batch after it was "
+            "rolled back. Run the same command again to finish: orders already imported change nothing.",
+            err=True,
+        )
+        status = 130 if isinstance(exc, KeyboardInterrupt) else 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        progress.close()
+        rejected.close(orders)
+        orders.release()
+        db.close()
+    click.echo(totals.summary())
+    if status == 0 and totals.rejected:
+        status = 3
+    if status:
+        click.get_current_context().exit(status)
 
 
 # --------------------------------------------------------------------------
@@ -2011,6 +3571,15 @@ def echo_plan(plan: MigrationPlan) -> None:
         for detail in step.details:
             click.echo(f"       {detail}")
         click.echo(f"     locks: {step.locking}")
+    if plan.steps and plan.contact_rows:
+        click.echo(
+            "  then: normalize every stored email and phone number with the API's own functions "
+            "(repair's first pass), so orders find rows stored as sent from the first request on"
+        )
+        click.echo(
+            "     locks: reads the table a page at a time; writes in short transactions that take "
+            "identify's locks on the rows they change"
+        )
 
 
 def refusal_message(plan: MigrationPlan) -> str:
@@ -2087,6 +3656,27 @@ def migration_database() -> Database:
     return db
 
 
+def normalize_after_migration(db: Database) -> None:
+    """Repair's first pass, run by migrate once the schema is the service's.
+
+    Orders find rows stored as sent ('Doc@Example.com', '555 0101') from the
+    first request on; repair (next) merges the customers this reveals.
+    """
+    started = time.perf_counter()
+    report = RepairReport()
+    try:
+        normalize_stored_identifiers(db, current_app.config["FLUXKART_PHONE_REGION"], report, False)
+    except (DatabaseUnavailable, DatabaseMisconfigured, RetryTransaction) as exc:
+        raise click.ClickException(
+            f"migrate stopped while normalizing identifiers: {exc.__cause__ or exc}; the schema steps "
+            "are done; `flask --app fluxkart repair` starts with the same pass"
+        ) from exc
+    click.echo(
+        f"  identifiers normalized: {report.normalized:,} rows in {time.perf_counter() - started:.1f} s "
+        f"(invalid values left as they are: {report.invalid_count:,}; repair lists them)"
+    )
+
+
 @click.command("migrate")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @with_appcontext
@@ -2100,7 +3690,12 @@ def migrate_command(dry_run: bool) -> None:
     db = migration_database()
     started = time.perf_counter()
     try:
-        plan = plan_migration(db)
+        try:
+            plan = plan_migration(db)
+        except (DatabaseUnavailable, DatabaseMisconfigured, RetryTransaction) as exc:
+            raise click.ClickException(
+                f"migrate could not inspect the database: {exc.__cause__ or exc}"
+            ) from exc
         if plan.unconvertible:
             raise click.ClickException(refusal_message(plan))
         echo_plan(plan)
@@ -2113,16 +3708,7 @@ def migrate_command(dry_run: bool) -> None:
         click.echo("applying:")
         apply_migration(db, plan)
         if plan.contact_rows:
-            # Orders find rows stored as sent ('Doc@Example.com', '555 0101') from the first
-            # request on; repair (next) merges the customers this reveals.
-            report = RepairReport()
-            normalize_stored_identifiers(db, current_app.config["FLUXKART_PHONE_REGION"], report, False)
-            click.echo(
-                f"identifiers normalized: {report.normalized:,} rows"
-                f" (invalid values left as they are: {report.invalid_count:,}; repair lists them)"
-            )
-    except (DatabaseUnavailable, DatabaseMisconfigured, RetryTransaction) as exc:
-        raise click.ClickException(f"migrate could not inspect the database: {exc.__cause__ or exc}") from exc
+            normalize_after_migration(db)
     finally:
         db.close()
     click.echo(f"migrated in {time.perf_counter() - started:.1f} s")
@@ -2161,7 +3747,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.after_request(finish_request)
     register_error_handlers(app)
     app.register_blueprint(api)
+    configure_console(app)
     app.cli.add_command(init_db_command)
     app.cli.add_command(migrate_command)
     app.cli.add_command(repair_command)
+    app.cli.add_command(import_orders)
     return app

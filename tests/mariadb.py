@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pymysql
@@ -79,7 +80,7 @@ class Server:
 class MariaDBServer(Server):
     """One mariadbd process on 127.0.0.1 with its own data directory, run as root."""
 
-    def __init__(self, base: Path, isolation: str = "REPEATABLE-READ"):
+    def __init__(self, base: Path, isolation: str = "REPEATABLE-READ", extra_args: Sequence[str] = ()):
         binaries = server_binaries()
         if binaries is None:
             raise RuntimeError("mariadbd/mysqld is not installed")
@@ -88,6 +89,8 @@ class MariaDBServer(Server):
         self.datadir = base / "data"
         self.port = free_port()
         self.isolation = isolation
+        # Appended to the command line at every launch (a Galera node's wsrep options; later wins).
+        self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
 
     def install(self) -> None:
@@ -140,6 +143,7 @@ class MariaDBServer(Server):
                     # A throwaway server: durability at commit buys the tests nothing.
                     "--innodb-flush-log-at-trx-commit=2",
                     "--innodb-buffer-pool-size=256M",
+                    *self.extra_args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

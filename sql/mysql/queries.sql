@@ -21,10 +21,11 @@ ON DUPLICATE KEY UPDATE version = version + 1
 
 -- name: touch_contact_identifiers
 -- Bumps the version of every identifier these rows carry: run by every
--- identify that changes existing rows (a merge, a repair). Any request that
--- linked a row to one of those customers wrote one of these identifier rows
--- too, so on a multi-primary cluster the two write sets overlap and one of
--- the transactions is aborted instead of leaving a chain.
+-- identify that re-points rows (a merge, a repair), for the rows it re-points.
+-- Any request that linked a row to a demoted customer found it through one of
+-- those rows and wrote that identifier row too, so on a multi-primary cluster
+-- the two write sets overlap and one of the transactions is aborted instead of
+-- leaving a chain.
 INSERT INTO ContactIdentifier (kind, value, version)
 SELECT 'email', email, 1
 FROM Contact
@@ -68,3 +69,31 @@ SELECT 'phone', phoneNumber, 0
 FROM Contact
 WHERE id IN %(ids)s
   AND phoneNumber IS NOT NULL
+
+-- name: touch_identifier
+-- Erasure: bumps the version of one identifier of the customer it erases (or
+-- creates its row), so every identify that depends on it waits (one node) or
+-- conflicts (multi-primary cluster) until the erasure commits or rolls back.
+INSERT INTO ContactIdentifier (kind, value, version)
+VALUES (%(kind)s, %(value)s, 1)
+ON DUPLICATE KEY UPDATE version = version + 1
+
+-- name: touch_identifier_rows
+-- touch_identifiers for many identifiers at once (the import's batch): one
+-- multi-row statement (PyMySQL's executemany), the caller sorts the rows so
+-- every batch takes its locks in one order. (The version is a parameter:
+-- PyMySQL only rewrites a VALUES list made of placeholders alone.)
+INSERT INTO ContactIdentifier (kind, value, version)
+VALUES (%(kind)s, %(value)s, %(version)s)
+ON DUPLICATE KEY UPDATE version = version + 1
+
+-- name: relink_contact_rows
+-- Writes the new link of existing rows the import changed, many in one
+-- multi-row statement (PyMySQL's executemany): every row exists and is
+-- locked by this transaction, so the upsert only ever takes its UPDATE arm.
+INSERT INTO Contact (id, phoneNumber, email, linkedId, linkPrecedence, createdAt, updatedAt)
+VALUES (%(id)s, %(phone)s, %(email)s, %(linked_id)s, %(link_precedence)s, %(created_at)s, %(updated_at)s)
+ON DUPLICATE KEY UPDATE
+    linkedId = VALUES(linkedId),
+    linkPrecedence = VALUES(linkPrecedence),
+    updatedAt = VALUES(updatedAt)

@@ -63,3 +63,24 @@ SELECT 'phone', phoneNumber, 0
 FROM Contact
 WHERE id IN %(ids)s
   AND phoneNumber IS NOT NULL
+
+-- name: touch_identifier
+-- Erasure: bumps the version of one identifier of the customer it erases.
+INSERT INTO ContactIdentifier (kind, value, version)
+VALUES (%(kind)s, %(value)s, 1)
+ON CONFLICT (kind, value) DO UPDATE SET version = version + 1
+
+-- name: touch_identifier_rows
+-- touch_identifiers for many identifiers at once (the import's batch).
+INSERT INTO ContactIdentifier (kind, value, version)
+VALUES (%(kind)s, %(value)s, %(version)s)
+ON CONFLICT (kind, value) DO UPDATE SET version = version + 1
+
+-- name: relink_contact_rows
+-- Writes the new link of an existing row the import changed (executemany:
+-- in-process, so one statement per row costs no round trip).
+UPDATE Contact
+SET linkedId = %(linked_id)s,
+    linkPrecedence = %(link_precedence)s,
+    updatedAt = %(updated_at)s
+WHERE id = %(id)s
