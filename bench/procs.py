@@ -76,6 +76,27 @@ def child_pids(parent: int) -> list[int]:
     return sorted(found)
 
 
+def descendant_pids(root: int) -> list[int]:
+    """Every process below `root` (a shell script's children and theirs)."""
+    found, frontier = [], [root]
+    while frontier:
+        children = [pid for parent in frontier for pid in child_pids(parent)]
+        found += children
+        frontier = children
+    return found
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory (VmRSS) of a live process now, in MiB; 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def peak_rss_mib(pid: int) -> float:
     """Peak resident memory (VmHWM) of a live process, in MiB; 0 when it is gone."""
     try:
