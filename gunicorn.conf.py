@@ -6,8 +6,10 @@ gunicorn -c gunicorn.conf.py 'fluxkart:create_app()'
 import multiprocessing
 import os
 
+# Local by default (SPEC, "Access"): only this machine can reach a started service
+# until HOST says otherwise. The Procfile, the production path, binds every interface.
 # The platform (or the load balancer's target group) says which port.
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '3000')}"
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '3000')}"
 
 # Chosen by measurement on a 2-core host (bench/, README "Performance"):
 # 3 sync workers per core matched 2 gthread workers x 8 threads in throughput

@@ -267,7 +267,7 @@ def scrape_metrics(port: int) -> Counter[str]:
     for line in text.splitlines():
         for prefix, label in (
             ("fluxkart_identify_outcomes_total{", "outcome"),
-            ("fluxkart_identify_retries_total{", "retry"),
+            ("fluxkart_transaction_retries_total{", "retry"),
         ):
             if line.startswith(prefix):
                 labels, value = line[len(prefix) :].rsplit("} ", 1)

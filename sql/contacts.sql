@@ -125,3 +125,11 @@ LIMIT %(limit)s
 -- name: select_one
 -- The readiness probe: proves a connection can run a query.
 SELECT 1 AS ok
+
+-- name: commit
+-- Ends the write transaction begun by begin_write.
+COMMIT
+
+-- name: rollback
+-- Undoes the open write transaction (after a conflict or an error).
+ROLLBACK

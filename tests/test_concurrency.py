@@ -436,7 +436,7 @@ def stress(
     server = launch(app_dir, settings, workers)
     try:
         burst = run_burst(server.url, plan_burst(seed))
-        retry_reasons = server.metric("fluxkart_identify_retries")
+        retry_reasons = server.metric("fluxkart_transaction_retries")
         outcomes = server.metric("fluxkart_identify_outcomes")
     finally:
         server.stop()

@@ -73,7 +73,21 @@ def sqlite_db() -> Iterator[sqlite3.Connection]:
     conn.close()
 
 
-@pytest.mark.parametrize("name", sorted(SQLITE))
+# Transaction control cannot be EXPLAINed; it is run for real instead.
+TRANSACTION_CONTROL = ("begin_write", "commit", "rollback")
+
+
+def test_transaction_control_runs_on_sqlite(sqlite_db: sqlite3.Connection) -> None:
+    """begin_write opens a write transaction that commit and rollback close."""
+    for end in ("commit", "rollback"):
+        sqlite_db.isolation_level = None
+        sqlite_db.execute(SQLITE["begin_write"])
+        assert sqlite_db.in_transaction
+        sqlite_db.execute(SQLITE[end])
+        assert not sqlite_db.in_transaction
+
+
+@pytest.mark.parametrize("name", sorted(set(SQLITE) - set(TRANSACTION_CONTROL)))
 def test_statement_compiles_on_sqlite(sqlite_db: sqlite3.Connection, name: str) -> None:
     """EXPLAIN prepares the statement without running it: syntax, tables and columns are checked."""
     sql = SQLITE[name]
@@ -134,7 +148,19 @@ def explain(conn: pymysql.connections.Connection, name: str, **values: Any) -> l
         return list(cur.fetchall())
 
 
-@pytest.mark.parametrize("name", sorted(MYSQL))
+def test_transaction_control_runs_on_mysql(mysql_conn: pymysql.connections.Connection) -> None:
+    """begin_write opens a transaction that commit and rollback close."""
+    with mysql_conn.cursor() as cur:
+        for end in ("commit", "rollback"):
+            cur.execute(MYSQL["begin_write"])
+            cur.execute("SELECT @@in_transaction")
+            assert list(cur.fetchone().values()) == [1]
+            cur.execute(MYSQL[end])
+            cur.execute("SELECT @@in_transaction")
+            assert list(cur.fetchone().values()) == [0]
+
+
+@pytest.mark.parametrize("name", sorted(set(MYSQL) - set(TRANSACTION_CONTROL)))
 def test_statement_compiles_on_mysql(mysql_conn: pymysql.connections.Connection, name: str) -> None:
     """MariaDB accepts EXPLAIN of every statement (SELECT, INSERT, UPDATE) as the app sends it."""
     assert explain(mysql_conn, name, created_at="2024-01-01 00:00:00.000000", updated_at=None)

@@ -35,3 +35,7 @@ FROM Contact
 WHERE (id = %(primary_id)s OR linkedId = %(primary_id)s)
   AND phoneNumber IS NOT NULL
 ON DUPLICATE KEY UPDATE version = version + 1
+
+-- name: begin_write
+-- Starts a write transaction. An ordinary InnoDB transaction: row locks are taken by the statements inside it.
+START TRANSACTION

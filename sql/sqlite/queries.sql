@@ -33,3 +33,8 @@ FROM (
 )
 WHERE true
 ON CONFLICT (kind, value) DO UPDATE SET version = version + 1
+
+-- name: begin_write
+-- Starts a write transaction. Takes SQLite's single write lock now, not at the first write, so two
+-- writers never both read and then deadlock upgrading their locks.
+BEGIN IMMEDIATE
