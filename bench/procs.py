@@ -132,8 +132,8 @@ class GunicornConfig:
 
     def label(self) -> str:
         """What gunicorn will run, defaults resolved as gunicorn.conf.py resolves them."""
-        workers = self.workers or 3 * (os.cpu_count() or 1)
-        worker_class = self.worker_class or "sync"
+        workers = self.workers or (os.cpu_count() or 1)
+        worker_class = self.worker_class or "gevent"
         threads = self.threads or 1
         if worker_class == "sync" and threads > 1:
             worker_class = "gthread"  # what gunicorn itself does with sync and threads > 1
