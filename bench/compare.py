@@ -6,7 +6,7 @@
 The benchmark starts a throwaway mariadbd (never the machine's server on 3306), preloads
 the service's database, then starts the other service with `--compare-command` (its
 `{port}`, `{database}` and `{mysql_port}` filled in, and MYSQL_HOST/MYSQL_PORT/MYSQL_USER/
-MYSQL_PASSWORD pointing at the throwaway server); without a command it prints those settings
+MYSQL_PASSWORD pointing at the throwaway server, MYSQL_DATABASE naming its database); without a command it prints those settings
 and waits for the URL to answer, for a service the developer starts by hand. Once the other
 service has created its tables, the preloaded rows are copied into every table the two
 databases share (same name, common columns), so both start from the same customers.
@@ -40,11 +40,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import database
-from bench.loadgen import run_wrk
+from bench.loadgen import percentiles_ms, run_wrk, timed_posts
 from bench.procs import Gunicorn, descendant_pids, rss_mib
 from bench.run import Bench, CpuSnapshot, Options, Tenant, log, run_record, scrape_metrics
 from bench.workload import Batch, commit
 from tests.processes import stop_process
+from tests.slow_clients import SlowClients, raise_open_files_limit
 
 
 @dataclass
@@ -166,7 +167,7 @@ class Compare(Bench):
             with open(log_path, "ab") as out:
                 other.process = subprocess.Popen(
                     command,
-                    env={**os.environ, **settings},
+                    env={**os.environ, **settings, "MYSQL_DATABASE": other.database},
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # its own group: stopped with everything it started
@@ -254,6 +255,42 @@ class Compare(Bench):
         side.tenant.record(label, batch.pairs[:sent], sent)
         return record
 
+    def slow_client_probe(self, side: Side, held_count: int, requests: int = 60) -> dict[str, Any]:
+        """identify latency of one fast client (sequential, keep-alive) with and without
+        `held_count` idle / slow-header / slow-body connections held open on the side."""
+        out: dict[str, Any] = {"held": held_count}
+        for phase in ("alone", "held"):
+            held = SlowClients(side.port, held_count if phase == "held" else 0)
+            try:
+                held.open()
+                held.trickle()
+                batch = self.batch(side.tenant, "shop", requests)
+                answers = timed_posts(side.port, batch.bodies)
+                commit(side.tenant.model, batch, len(batch.bodies))
+                side.tenant.record(f"slow clients {phase}", batch.pairs, len(batch.pairs))
+                held.trickle()
+                finished = held.finish("slow body", 3) if phase == "held" else []
+                if finished:  # the slow bodies' identify request, now complete
+                    side.tenant.record("slow body", [("slow@example.com", "5550001")], 1)
+            finally:
+                held.close()
+            errors = sum(1 for status, _, _ in answers if status != 200)
+            side.tenant.non_2xx += errors
+            latency = percentiles_ms([seconds for _, seconds, _ in answers])
+            out[phase] = {
+                "p50": latency["p50"],
+                "p99": latency["p99"],
+                "max": latency["max"],
+                "errors": errors,
+            }
+            if phase == "held":
+                out["held_served"] = finished
+        log(
+            f"  slow clients, {side.label}: identify p50 {out['alone']['p50']:.1f} ms alone, "
+            f"{out['held']['p50']:.1f} ms (max {out['held']['max']:.1f}) with {held_count} held"
+        )
+        return out
+
     # -- the whole run ----------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
@@ -298,6 +335,12 @@ class Compare(Bench):
                         f"server {record['workers_us']:.0f} µs/req "
                         f"mariadbd {record['mariadb_us']:.0f} µs/req{errors}"
                     )
+        slow: dict[str, Any] = {}
+        if o.slow_clients:
+            raise_open_files_limit(4 * o.slow_clients + 1000)
+            with self.phase(f"{o.slow_clients} slow clients"):
+                for side in self.sides:
+                    slow[side.label] = self.slow_client_probe(side, o.slow_clients)
         with self.phase("invariants"):
             self.invariants(self.main, "after the side-by-side load")
         self.results["compare"] = {
@@ -313,6 +356,7 @@ class Compare(Bench):
             ],
             "runs": runs,
             "order": order,
+            "slow_clients": slow,
             "other": {"url": self.other.url, "database": self.other.database, "command": o.compare_command},
         }
         return self.results
@@ -399,6 +443,25 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "gunicorn master first, then each worker; under load, the highest VmRSS sampled every 0.5 s."
     )
     lines.append("")
+    slow = cmp.get("slow_clients")
+    if slow:
+        held = next(iter(slow.values()))["held"]
+        lines += [
+            f"One fast client's identify (sequential, keep-alive, 60 requests) alone and while {held:,} "
+            "other connections are held open (a third idle, a third sending headers a line at a time, "
+            "a third with part of a body):",
+            "",
+            "| side | p50 ms alone | p50 ms held | p99 ms held | max ms held | errors "
+            "| held connections served after |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for label, probe in slow.items():
+            lines.append(
+                f"| {label} | {probe['alone']['p50']:.1f} | {probe['held']['p50']:.1f} | "
+                f"{probe['held']['p99']:.1f} | {probe['held']['max']:.1f} | "
+                f"{probe['alone']['errors'] + probe['held']['errors']} | {probe.get('held_served')} |"
+            )
+        lines.append("")
     for verdict in results.get("invariants", []):
         found = {**(verdict.get("project") or {}), **verdict["linkage"]}
         lines.append(

@@ -110,6 +110,7 @@ class Options:
     quick: bool
     compare: str | None = None  # "URL@DATABASE" of another service (bench/compare.py)
     compare_command: str | None = None
+    slow_clients: int = 0
 
 
 def int_list(text: str) -> list[int]:
@@ -175,6 +176,14 @@ def parse_options(argv: list[str]) -> Options:
         help="starts the other service; {port}, {database}, {mysql_port} are filled in and "
         "MYSQL_HOST/MYSQL_PORT/MYSQL_USER/MYSQL_PASSWORD point at the throwaway server",
     )
+    parser.add_argument(
+        "--slow-clients",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="with --compare: a fast client's identify latency while N idle/slow connections are held "
+        "(default 1000; 0 skips)",
+    )
     parser.add_argument("--seed", type=int, default=20261124)
     parser.add_argument("--out", type=Path, help="results folder (default bench/results)")
     args = parser.parse_args(argv)
@@ -205,6 +214,7 @@ def parse_options(argv: list[str]) -> Options:
         quick=quick,
         compare=args.compare,
         compare_command=args.compare_command,
+        slow_clients=args.slow_clients,
     )
 
 
