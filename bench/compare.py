@@ -5,8 +5,9 @@
 
 The benchmark starts a throwaway mariadbd (never the machine's server on 3306), preloads
 the service's database, then starts the other service with `--compare-command` (its
-`{port}`, `{database}` and `{mysql_port}` filled in, and MYSQL_HOST/MYSQL_PORT/MYSQL_USER/
-MYSQL_PASSWORD pointing at the throwaway server, MYSQL_DATABASE naming its database); without a command it prints those settings
+`{port}`, `{database}` and `{mysql_port}` filled in, MYSQL_HOST/MYSQL_PORT/MYSQL_USER/
+MYSQL_PASSWORD pointing at the throwaway server and MYSQL_DATABASE naming its database);
+without a command it prints those settings
 and waits for the URL to answer, for a service the developer starts by hand. Once the other
 service has created its tables, the preloaded rows are copied into every table the two
 databases share (same name, common columns), so both start from the same customers.
@@ -175,7 +176,7 @@ class Compare(Bench):
             self.stack.callback(stop_process, other.process, 20)
             limit, hint = 600.0, f"see {log_path}"
         else:
-            exports = " ".join(f"{k}={v}" for k, v in settings.items())
+            exports = " ".join(f"{k}={v}" for k, v in {**settings, "MYSQL_DATABASE": other.database}.items())
             log(f"start the other service now on {other.url} with database {other.database}: {exports}")
             limit, hint = 900.0, "nothing answered"
         deadline = time.monotonic() + limit  # the first run of the reference installs its npm packages
