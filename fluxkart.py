@@ -42,6 +42,7 @@ import threading
 import time
 import unicodedata
 import uuid
+import weakref
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -604,6 +605,13 @@ class DatabasePool:
             raise DatabaseUnavailable("every database connection of this worker stayed busy")
         with self.lock:
             return self.idle.pop() if self.idle else self.make()
+
+    def close(self) -> None:
+        """Close every idle connection (those lent out are closed by their borrowers' errors)."""
+        with self.lock:
+            idle, self.idle = self.idle, []
+        for db in idle:
+            db.close()
 
     def release(self, db: Database) -> None:
         """Give a Database back (a broken connection was already dropped by Database)."""
@@ -1216,9 +1224,12 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         "local": threading.local(),
     }
     ext = app.extensions["fluxkart"]
-    ext["pool"] = DatabasePool(
-        lambda: Database(app.config, ext["queries"], ext["schema"]), int(settings["FLUXKART_DB_POOL_SIZE"])
+    config, queries, schema = app.config, ext["queries"], ext["schema"]  # not the app: see finalize
+    pool = ext["pool"] = DatabasePool(
+        lambda: Database(config, queries, schema), int(settings["FLUXKART_DB_POOL_SIZE"])
     )
+    # Close the pooled connections when the app goes away (tests build one app per test).
+    weakref.finalize(app, pool.close)
     app.teardown_request(release_db)
     app.before_request(start_request)
     app.before_request(require_token)
