@@ -259,7 +259,7 @@ class Compare(Bench):
     def slow_client_probe(self, side: Side, held_count: int, requests: int = 60) -> dict[str, Any]:
         """identify latency of one fast client (sequential, keep-alive) with and without
         `held_count` idle / slow-header / slow-body connections held open on the side."""
-        out: dict[str, Any] = {"held": held_count}
+        out: dict[str, Any] = {"connections": held_count}
         for phase in ("alone", "held"):
             held = SlowClients(side.port, held_count if phase == "held" else 0)
             try:
@@ -446,7 +446,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     lines.append("")
     slow = cmp.get("slow_clients")
     if slow:
-        held = next(iter(slow.values()))["held"]
+        held = o["slow_clients"]
         lines += [
             f"One fast client's identify (sequential, keep-alive, 60 requests) alone and while {held:,} "
             "other connections are held open (a third idle, a third sending headers a line at a time, "
