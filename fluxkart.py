@@ -12,6 +12,8 @@ Routes
 
 Commands (flask --app fluxkart <command>)
     init-db                create the schema if missing
+    migrate [--dry-run]    bring an existing Contact table to this schema
+    repair [--dry-run]     normalize stored identifiers, make every customer follow the rules
 
 Environment (or a .env file)
     MYSQL_HOST, MYSQL_PORT, MYSQL_USER, MYSQL_PASSWORD, MYSQL_DATABASE
@@ -36,6 +38,7 @@ import logging
 import os
 import random
 import re
+import resource
 import sqlite3
 import sys
 import threading
@@ -44,7 +47,9 @@ import unicodedata
 import uuid
 import weakref
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -163,10 +168,17 @@ def parse_queries(text: str) -> dict[str, str]:
     return queries
 
 
-def load_queries(dialect: str) -> dict[str, str]:
-    """Portable statements plus the dialect's own, in the dialect's parameter style."""
-    queries = parse_queries((SQL_DIR / "contacts.sql").read_text())
-    queries.update(parse_queries((SQL_DIR / dialect / "queries.sql").read_text()))
+# The service's statements: the portable ones, then the dialect's own.
+SERVICE_SQL = ("contacts.sql", "{dialect}/queries.sql")
+# The migrate command's: the fills both dialects share, then the dialect's inspection and DDL.
+MIGRATE_SQL = ("migrate.sql", "{dialect}/migrate.sql")
+
+
+def load_queries(dialect: str, files: tuple[str, ...] = SERVICE_SQL) -> dict[str, str]:
+    """The statements of `files` (later files win), in the dialect's parameter style."""
+    queries: dict[str, str] = {}
+    for name in files:
+        queries.update(parse_queries((SQL_DIR / name.format(dialect=dialect)).read_text()))
     if dialect == "sqlite":
         # sqlite3 binds :name; it has no row locks (BEGIN IMMEDIATE is the lock).
         queries = {
@@ -366,7 +378,7 @@ sqlite3.register_adapter(datetime, adapt_datetime)
 sqlite3.register_converter("DATETIME", convert_datetime)
 
 
-def connect_mysql(settings: dict[str, Any]) -> Any:
+def connect_mysql(settings: dict[str, Any], read_timeout: float | None = MYSQL_READ_TIMEOUT_S) -> Any:
     """A PyMySQL connection set up for the service: utf8mb4, autocommit, UTC,
     READ COMMITTED, a short lock wait, causal reads on Galera. Creates the
     database when it is missing."""
@@ -378,7 +390,7 @@ def connect_mysql(settings: dict[str, Any]) -> Any:
         charset="utf8mb4",
         autocommit=True,
         connect_timeout=5,
-        read_timeout=MYSQL_READ_TIMEOUT_S,
+        read_timeout=read_timeout,
         write_timeout=MYSQL_READ_TIMEOUT_S,
         cursorclass=pymysql.cursors.DictCursor,
     )
@@ -400,13 +412,14 @@ def connect_mysql(settings: dict[str, Any]) -> Any:
         cur.execute("SELECT @@log_bin AS log_bin, @@binlog_format AS binlog_format")
         server = cur.fetchone()
         if server["log_bin"] and server["binlog_format"] == "STATEMENT":
-            # READ COMMITTED writes cannot be logged as statements; ROW can be set per
-            # session by a user with BINLOG ADMIN. Without it, the 1665 that follows
-            # on the first write is reported as a setting to fix.
+            # READ COMMITTED writes cannot be logged as statements (error 1665 on the
+            # first write); ROW can be set per session by a user with BINLOG ADMIN.
+            # Without it no write can succeed: say so now, so readiness fails too.
             try:
                 cur.execute("SET SESSION binlog_format = 'ROW'")
-            except pymysql.err.MySQLError:
-                pass
+            except pymysql.err.MySQLError as exc:
+                conn.close()
+                raise DatabaseMisconfigured(f"MySQL error 1665: {MYSQL_SETTING_ERRORS[1665]}") from exc
         cur.execute("SHOW VARIABLES LIKE 'wsrep_on'")
         wsrep = cur.fetchone()
         if wsrep and wsrep["Value"] == "ON":
@@ -414,8 +427,11 @@ def connect_mysql(settings: dict[str, Any]) -> Any:
     return conn
 
 
-def connect_sqlite(settings: dict[str, Any]) -> sqlite3.Connection:
-    """An sqlite3 connection: we issue BEGIN/COMMIT ourselves, WAL, rows as dicts."""
+def connect_sqlite(settings: dict[str, Any], read_timeout: float | None = None) -> sqlite3.Connection:
+    """An sqlite3 connection: we issue BEGIN/COMMIT ourselves, WAL, rows as dicts.
+
+    (`read_timeout` is MySQL's; an SQLite statement runs in this process.)
+    """
     conn = sqlite3.connect(
         settings["FLUXKART_SQLITE_PATH"],
         timeout=LOCK_WAIT_TIMEOUT_S,  # how long BEGIN IMMEDIATE waits for another writer
@@ -437,12 +453,38 @@ def connect_sqlite(settings: dict[str, Any]) -> sqlite3.Connection:
 CONNECT = {"mysql": connect_mysql, "sqlite": connect_sqlite}
 
 
+# The schema version this code writes and needs (ServiceState 'schema').
+SCHEMA_VERSION = "2"
+# A placeholder for a list parameter is expanded to one placeholder per item.
+LIST_PLACEHOLDER = {"mysql": "%({})s", "sqlite": ":{}"}
+
+
+def expand_lists(sql: str, params: dict[str, Any], dialect: str) -> tuple[str, dict[str, Any]]:
+    """`x IN %(ids)s` with ids=[1, 2] becomes `x IN (%(ids_0)s, %(ids_1)s)`; [] becomes `(NULL)`.
+
+    Values stay bound parameters; only the number of placeholders changes.
+    """
+    form = LIST_PLACEHOLDER[dialect]
+    for name, value in list(params.items()):
+        if isinstance(value, list | tuple | set | frozenset):
+            items = list(value) or [None]  # IN (NULL) matches nothing
+            keys = [f"{name}_{i}" for i in range(len(items))]
+            pattern = re.escape(form.format(name)) + (r"(?!\w)" if dialect == "sqlite" else "")
+            expanded = "(" + ", ".join(form.format(key) for key in keys) + ")"
+            sql = re.sub(pattern, lambda _, text=expanded: text, sql)  # type: ignore[misc]
+            del params[name]
+            params.update(zip(keys, items, strict=True))
+    return sql, params
+
+
 class Database:
     """One thread's connection to MySQL or SQLite, opened lazily, dropped on failure.
 
     Every statement is a named one from sql/ (`queries`), run with a dict of
-    parameters. Driver errors come out as RetryTransaction (start the unit of
-    work over), DatabaseUnavailable (503) or DatabaseMisconfigured.
+    parameters (a list value is expanded for `IN`). Driver errors come out as
+    RetryTransaction (start the unit of work over), DatabaseUnavailable (503)
+    or DatabaseMisconfigured. `serving` is False for the commands that adopt a
+    table the service did not create (migrate): they skip the schema check.
     """
 
     def __init__(self, settings: dict[str, Any], queries: dict[str, str], schema: list[str]):
@@ -452,13 +494,21 @@ class Database:
         self.dialect: str = settings["FLUXKART_DIALECT"]
         self.conn: Any = None
         self.in_transaction = False
+        self.serving = True
+        self.state: dict[str, str] = {}  # ServiceState as read at connect
+        self.state_read_at = 0.0
+        # migration_database() turns these off: migrate inspects the tables
+        # before creating any, and its ALTERs run far longer than a request.
+        self.create_schema = True
+        self.read_timeout: float | None = MYSQL_READ_TIMEOUT_S
 
     def connect(self) -> Any:
         """The open connection, opening it (and creating the schema if missing) when there is none."""
         if self.conn is None:
             try:
-                self.conn = CONNECT[self.dialect](self.settings)
-                self.ensure_schema()
+                self.conn = CONNECT[self.dialect](self.settings, self.read_timeout)
+                if self.create_schema:
+                    self.ensure_schema()
             except Exception as exc:
                 raise self.translate(exc) from exc
         return self.conn
@@ -466,18 +516,42 @@ class Database:
     def ensure_schema(self) -> None:
         """Create the tables if missing (idempotent, so safe on every new connection).
 
+        When the service creates Contact itself it first records, in ServiceState,
+        that the table has its schema and is consistent (empty). A Contact table
+        found without that record was written by something else: raise
+        DatabaseMisconfigured telling the operator to run `migrate` (SPEC,
+        "Commands"), unless this connection serves a command that adopts it.
         A MySQL user without CREATE is refused even when the tables exist: then
         an operator ran init-db with more rights, and we go on without it.
         """
         cur = self.conn.cursor()
-        for statement in self.schema:
-            try:
+        cur.execute(self.queries["select_contact_table_exists"])
+        existed = cur.fetchone()["n"] > 0
+        try:
+            cur.execute(self.schema[0])  # ServiceState, first in the file
+            if not existed:
+                facts = {"schema": SCHEMA_VERSION, "consistent": "1"}
+                facts["phone_region"] = self.settings["FLUXKART_PHONE_REGION"]
+                for name, value in facts.items():
+                    cur.execute(self.queries["upsert_service_state"], {"key": name, "value": value})
+            for statement in self.schema[1:]:
                 cur.execute(statement)
-            except pymysql.err.MySQLError as exc:
-                if exc.args[0] not in MYSQL_NO_CREATE_CODES:
-                    raise
-                log.warning("no CREATE privilege; expecting the schema to exist (flask init-db)")
-                return
+        except pymysql.err.MySQLError as exc:
+            if exc.args[0] not in MYSQL_NO_CREATE_CODES:
+                raise
+            log.warning("no CREATE privilege; expecting the schema to exist (flask init-db)")
+        self.read_state()
+        if self.serving and self.state.get("schema") != SCHEMA_VERSION:
+            raise DatabaseMisconfigured(
+                "the Contact table was not created by this service (or by an older version): "
+                "run `flask --app fluxkart migrate`, then `repair` (README, Switching from the reference)"
+            )
+
+    def read_state(self) -> dict[str, str]:
+        """ServiceState as a dict (re-read now), e.g. {"schema": "2", "consistent": "1"}."""
+        self.state = {row["name"]: row["value"] for row in self.all("select_service_state")}
+        self.state_read_at = time.monotonic()
+        return self.state
 
     def close(self) -> None:
         """Drop the connection; the next call opens a new one."""
@@ -492,9 +566,12 @@ class Database:
     def execute(self, name: str, params: dict[str, Any]) -> Any:
         """Run a named statement with its parameters; returns the driver's cursor."""
         conn = self.connect()
+        sql = self.queries[name]
+        if any(isinstance(value, list | tuple | set | frozenset) for value in params.values()):
+            sql, params = expand_lists(sql, dict(params), self.dialect)
         try:
             cur = conn.cursor()
-            cur.execute(self.queries[name], params)
+            cur.execute(sql, params)
             return cur
         except Exception as exc:
             raise self.translate(exc) from exc
@@ -786,7 +863,7 @@ def utcnow() -> datetime:
 
 
 def oldest_first(rows: Iterable[Row]) -> list[Row]:
-    """Rows by (createdAt, id): "oldest" never means id alone."""
+    """Rows by (createdAt, id): "oldest" never means id alone (SPEC, "Data")."""
     return sorted(rows, key=lambda row: (row["createdAt"], row["id"]))
 
 
@@ -798,22 +875,29 @@ def primaries_of(rows: Iterable[Row]) -> list[Row]:
 def is_settled(rows: list[Row], email: str | None, phone: str | None) -> bool:
     """True when the request would change nothing: one customer that has every identifier.
 
-    `rows` is one customer's rows (select_customer). Each identifier belongs to
-    at most one customer, so if this one has them all, no other customer does.
+    `rows` is one customer's rows (select_customer), each with the largest
+    customer id any matching row points to: all matches must lead to this one
+    customer. Each identifier belongs to at most one customer, so if this one
+    has them all, no other customer does.
+    Only trusted on a table known to be consistent (see `trusts_fast_path`).
     """
+    primaries = primaries_of(rows)
     return (
-        len(primaries_of(rows)) == 1
+        len(primaries) == 1
+        and all(row["lastCustomerId"] == primaries[0]["id"] for row in rows)
         and (email is None or any(row["email"] == email for row in rows))
         and (phone is None or any(row["phoneNumber"] == phone for row in rows))
     )
 
 
 def customer_answer(rows: list[Row]) -> dict[str, Any]:
-    """The identify answer for one customer's rows (any order)."""
-    rows = oldest_first(rows)
-    primary = primaries_of(rows)[0]
-    others = [row for row in rows if row is not primary]
-    ordered = [primary, *others]
+    """The identify answer for one customer's live rows, in any order (SPEC, "POST /identify" 4).
+
+    The oldest row is the primary: identify makes it so, and the read-only
+    lookup answers data it has not repaired yet as identify would leave it.
+    """
+    ordered = oldest_first(rows)
+    primary = ordered[0]
     return {
         "contact": {
             "primaryContactId": primary["id"],
@@ -823,112 +907,249 @@ def customer_answer(rows: list[Row]) -> dict[str, Any]:
             "phoneNumbers": list(
                 dict.fromkeys(r["phoneNumber"] for r in ordered if r["phoneNumber"] is not None)
             ),
-            "secondaryContactIds": [row["id"] for row in others],
+            "secondaryContactIds": [row["id"] for row in ordered[1:]],
         }
     }
 
 
-def identify(db: Database, email: str | None, phone: str | None) -> tuple[dict[str, Any], str]:
-    """Link this order's identifiers to their customer; returns (answer, outcome).
+# How often a thread reads ServiceState again: a `repair` that starts marks the
+# table not consistent, one that finishes marks it consistent.
+CONSISTENCY_RECHECK_S = 5
 
-    A repeat customer whose identifiers are all known is answered from one
-    consistent read, with no transaction and no lock. Anything else runs the
-    locked merge in `apply_identify`.
+
+def trusts_fast_path(db: Database) -> bool:
+    """True when every customer in the table is known to satisfy the rules (ServiceState).
+
+    Only then can a repeat order be answered from one lock-free read: on data the
+    service did not write (not yet repaired), a customer read by its primary may
+    be only part of the connected component.
     """
-    rows = db.all("select_customer", email=email, phone=phone)
-    if is_settled(rows, email, phone):
-        return customer_answer(rows), "unchanged"
+    if time.monotonic() - db.state_read_at > CONSISTENCY_RECHECK_S:
+        db.read_state()
+    return db.state.get("consistent") == "1"
+
+
+def identify(db: Database, email: str | None, phone: str | None) -> tuple[dict[str, Any], str]:
+    """Link this order's canonical identifiers to their customer (SPEC, "POST /identify").
+
+    Returns (answer, outcome), outcome one of created, linked, merged, repaired,
+    unchanged. A repeat customer whose identifiers are all known is answered
+    from one consistent read, with no transaction and no lock. Anything else
+    runs the locked merge in `apply_identify`. Raises DatabaseUnavailable when
+    retries run out.
+    """
+    db.connect()
+    if trusts_fast_path(db):
+        rows = db.all("select_customer", email=email, phone=phone)
+        if is_settled(rows, email, phone):
+            return customer_answer(rows), "unchanged"
     return in_transaction(db, lambda db: apply_identify(db, email, phone), "identify")
 
 
 def apply_identify(db: Database, email: str | None, phone: str | None) -> tuple[dict[str, Any], str]:
-    """The SPEC's identify rules, inside one transaction.
+    """The SPEC's identify rules inside one transaction, healing whatever the customer looks like.
 
     Lock protocol (README, "Concurrency"): 1. write the request's identifier
-    rows, email first; 2. lock the primaries of the customers they belong
-    to and start over if one was demoted meanwhile; 3. read those customers,
-    whose rows cannot change while we hold their primaries; 4. write.
+    rows (ContactIdentifier), email first; 2. lock every live row of the
+    customers they belong to, in id order (`lock_customer`); 3. decide in
+    memory (`plan_identify`); 4. write (`write_plan`).
     """
     db.run("touch_identifiers", email=email, phone=phone)
+    rows = lock_customer(db, {email} if email else set(), {phone} if phone else set())
+    plan = plan_identify(rows, email, phone, utcnow())
+    write_plan(db, plan)
+    return customer_answer(plan.rows), plan.outcome
 
-    primaries = db.all("lock_primaries", email=email, phone=phone)
-    if any(row["linkPrecedence"] != "primary" or row["deletedAt"] is not None for row in primaries):
-        raise RetryTransaction("customer_moved")  # merged into another while we waited
 
-    now = utcnow()
-    if not primaries:
-        return customer_answer([insert_contact(db, email, phone, None, now)]), "created"
+# A customer that keeps growing while we lock it is being merged into by
+# concurrent requests: after this many rounds, start the transaction over.
+MAX_LOCK_ROUNDS = 8
 
-    rows = [row for p in primaries for row in db.all("select_customer_by_primary", primary_id=p["id"])]
-    survivor, *demoted = oldest_first(primaries)
-    for primary in demoted:
-        db.run("touch_customer_identifiers", primary_id=primary["id"])
-        db.run("relink_customer", primary_id=survivor["id"], demoted_id=primary["id"], updated_at=now)
-    for row in rows:
-        if row["id"] != survivor["id"]:
-            row["linkPrecedence"], row["linkedId"] = "secondary", survivor["id"]
-    outcome = "merged" if demoted else "unchanged"
 
+def connected_rows(
+    db: Database,
+    emails: set[str],
+    phones: set[str],
+    known: dict[int, Row] | None = None,
+    ids: Iterable[int] = (),
+) -> dict[int, Row]:
+    """Every live row connected to these identifiers, to the `known` rows or to the rows `ids`, by id.
+
+    Follows shared emails, shared phone numbers and links, one statement per
+    step (`select_connected`), until a step finds nothing new: the union of
+    the customers of the SPEC (a connected component of live rows). Reads
+    without locking.
+    """
+    rows: dict[int, Row] = dict(known or {})
+    new = list(rows.values())
+    emails = set(emails) | {row["email"] for row in new if row["email"] is not None}
+    phones = set(phones) | {row["phoneNumber"] for row in new if row["phoneNumber"] is not None}
+    searched_emails: set[str] = set()
+    searched_phones: set[str] = set()
+    parents = set(ids)
+    while True:
+        parents |= {row["linkedId"] for row in new if row["linkedId"] is not None} - rows.keys()
+        children = {row["id"] for row in new}
+        if not (emails or phones or parents or children):
+            return rows
+        found = db.all(
+            "select_connected",
+            emails=sorted(emails),
+            phones=sorted(phones),
+            parents=sorted(parents),
+            children=sorted(children),
+        )
+        searched_emails |= emails
+        searched_phones |= phones
+        new = [row for row in found if row["id"] not in rows]
+        rows.update((row["id"], row) for row in new)
+        emails = {row["email"] for row in new if row["email"] is not None} - searched_emails
+        phones = {row["phoneNumber"] for row in new if row["phoneNumber"] is not None} - searched_phones
+        parents = set()
+
+
+def lock_customer(db: Database, emails: set[str], phones: set[str], ids: Iterable[int] = ()) -> list[Row]:
+    """Lock and return every live row of the customers owning these identifiers (or rows `ids`).
+
+    Reads the component without locks, locks its rows in id order
+    (`lock_contacts`, which answers them as they are once locked), then checks
+    that nothing outside the locked set connects to it; if something does (a
+    concurrent request linked or merged meanwhile), locks that too. Once all
+    rows are locked nobody can link to or merge them until we commit. Raises
+    RetryTransaction("customer_moved") when the customer keeps changing.
+    """
+    locked: dict[int, Row] = {}
+    candidates = connected_rows(db, emails, phones, ids=ids)
+    for _ in range(MAX_LOCK_ROUNDS):
+        wanted = sorted(candidates.keys() - locked.keys())
+        if not wanted:
+            return list(locked.values())
+        locked.update((row["id"], row) for row in db.all("lock_contacts", ids=wanted))
+        # One step from the locked rows as they now are: anything new connects to them.
+        candidates = connected_rows(db, emails, phones, known=locked)
+    raise RetryTransaction("customer_moved")
+
+
+@dataclass
+class IdentifyPlan:
+    """What identify will change, decided in memory from the customer's locked rows."""
+
+    rows: list[Row]  # the customer's live rows afterwards, oldest first
+    outcome: str  # created, linked, merged, repaired or unchanged
+    promoted: Row | None = None  # the oldest row, when it was not marked primary yet
+    relinked: list[int] = field(default_factory=list)  # rows re-pointed at the primary
+    demoted: list[int] = field(default_factory=list)  # of those, the former primaries
+    inserted: Row | None = None  # the new row (its id is set once it is written)
+
+
+def plan_identify(rows: list[Row], email: str | None, phone: str | None, now: datetime) -> IdentifyPlan:
+    """The SPEC's identify rules applied to the live rows of the request's customer(s); pure.
+
+    `rows` is the whole connected component (any shape: several primaries,
+    chains, a deleted primary). The oldest row becomes or stays the primary,
+    every other row points straight at it, and a secondary carrying the
+    request's identifiers is added when the customer lacks one of them.
+    Nothing here touches the database: import applies the same function.
+    """
+    if not rows:
+        new = new_contact(email, phone, None, now)
+        return IdentifyPlan(rows=[new], outcome="created", inserted=new)
+    primary, *others = oldest_first(rows)
+    plan = IdentifyPlan(rows=[], outcome="unchanged")
+    if primary["linkPrecedence"] != "primary" or primary["linkedId"] is not None:
+        primary = plan.promoted = {**primary, "linkPrecedence": "primary", "linkedId": None}
+    plan.rows.append(primary)
+    for row in others:
+        if row["linkPrecedence"] != "secondary" or row["linkedId"] != primary["id"]:
+            plan.relinked.append(row["id"])
+            if row["linkPrecedence"] == "primary":
+                plan.demoted.append(row["id"])
+            row = {**row, "linkPrecedence": "secondary", "linkedId": primary["id"]}
+        plan.rows.append(row)
     if (email is not None and all(row["email"] != email for row in rows)) or (
         phone is not None and all(row["phoneNumber"] != phone for row in rows)
     ):
         # Never older than its primary, even if this host's clock is behind the one that made it.
-        created_at = max(now, survivor["createdAt"] + timedelta(microseconds=1))
-        rows.append(insert_contact(db, email, phone, survivor["id"], created_at))
-        outcome = "merged" if demoted else "linked"
-    return customer_answer(rows), outcome
+        created_at = max(now, primary["createdAt"] + timedelta(microseconds=1))
+        plan.inserted = new_contact(email, phone, primary["id"], created_at)
+        plan.rows.append(plan.inserted)
+    if plan.demoted:
+        plan.outcome = "merged"
+    elif plan.inserted:
+        plan.outcome = "linked"
+    elif plan.relinked or plan.promoted:
+        plan.outcome = "repaired"
+    return plan
 
 
-def insert_contact(
-    db: Database, email: str | None, phone: str | None, linked_id: int | None, created_at: datetime
-) -> Row:
-    """Insert a primary (no linked_id) or a secondary row; returns it as select_customer would."""
-    precedence = "primary" if linked_id is None else "secondary"
-    new_id = db.run(
-        "insert_contact",
-        email=email,
-        phone=phone,
-        linked_id=linked_id,
-        link_precedence=precedence,
-        created_at=created_at,
-    )
+def new_contact(email: str | None, phone: str | None, linked_id: int | None, created_at: datetime) -> Row:
+    """A row to insert: a primary (no linked_id) or a secondary; its id is set when written."""
     return {
-        "id": new_id,
+        "id": None,
         "email": email,
         "phoneNumber": phone,
         "linkedId": linked_id,
-        "linkPrecedence": precedence,
+        "linkPrecedence": "primary" if linked_id is None else "secondary",
         "createdAt": created_at,
     }
+
+
+def write_plan(db: Database, plan: IdentifyPlan) -> None:
+    """Apply an IdentifyPlan inside the caller's transaction; sets the inserted row's id.
+
+    Whenever existing rows change, every identifier of the customer is touched
+    first, so on a multi-primary cluster a concurrent request that linked a row
+    to this customer conflicts with this one (README, "Concurrency").
+    """
+    now = utcnow()
+    primary_id = plan.rows[0]["id"]
+    if plan.promoted or plan.relinked:
+        existing = [row["id"] for row in plan.rows if row is not plan.inserted]
+        db.run("touch_contact_identifiers", ids=existing)
+        if plan.promoted:
+            db.run("promote_contact", id=primary_id, updated_at=now)
+        if plan.relinked:
+            db.run("relink_contacts", ids=plan.relinked, primary_id=primary_id, updated_at=now)
+    new = plan.inserted
+    if new is not None:
+        new["id"] = db.run(
+            "insert_contact",
+            email=new["email"],
+            phone=new["phoneNumber"],
+            linked_id=new["linkedId"],
+            link_precedence=new["linkPrecedence"],
+            created_at=new["createdAt"],
+        )
 
 
 def lookup_customer(db: Database, email: str | None, phone: str | None) -> list[Row]:
     """The live rows of the customer owning this email and/or phone, writing nothing (SPEC, "Reads").
 
-    Raises ApiError 404 when no customer has either identifier, 409 when the
-    two belong to different customers (identify would merge them; a read-only
-    lookup must not pretend it did) or when the stored rows have no primary.
+    The whole connected component, as identify would see it (data the service
+    did not write is answered as identify would repair it). Raises ApiError
+    404 when no customer has either identifier, 409 when the two belong to
+    different customers (identify would merge them; a read-only lookup must not
+    pretend it did).
     """
-    rows = db.all("select_customers", email=email, phone=phone)
+    by_email = connected_rows(db, {email}, set()) if email is not None else {}
+    if phone is None or any(row["phoneNumber"] == phone for row in by_email.values()):
+        rows = by_email
+    else:
+        by_phone = connected_rows(db, set(), {phone})
+        if by_email and by_phone:
+            ids = ", ".join(
+                str(oldest_first(rows)[0]["id"]) for rows in (by_email.values(), by_phone.values())
+            )
+            raise ApiError(
+                409,
+                "several_customers",
+                f"the email and phone number belong to different customers ({ids}); "
+                "look them up one at a time",
+            )
+        rows = by_email or by_phone
     if not rows:
         raise ApiError(404, "not_found", "no customer has this email or phone number")
-    primaries = primaries_of(rows)
-    if not primaries:
-        # Only data written behind the service's back (a secondary whose primary
-        # is missing or itself a secondary) reads like this.
-        raise ApiError(
-            409,
-            "inconsistent_customer",
-            "this customer's stored rows have no primary; they were not written by this service",
-        )
-    if len(primaries) > 1:
-        ids = ", ".join(str(row["id"]) for row in oldest_first(primaries))
-        raise ApiError(
-            409,
-            "several_customers",
-            f"the email and phone number belong to different customers ({ids}); look them up one at a time",
-        )
-    return rows
+    return list(rows.values())
 
 
 def list_contact_rows(
@@ -1201,6 +1422,788 @@ def init_db_command() -> None:
 
 
 # --------------------------------------------------------------------------
+# Commands: repair (SPEC, "Commands")
+# --------------------------------------------------------------------------
+
+
+class Progress:
+    """A long command's progress on stderr: a click bar on a terminal, else a line every few seconds."""
+
+    PLAIN_EVERY_S = 5.0
+
+    def __init__(self, label: str, total: int | None):
+        self.label, self.total, self.done = label, total, 0
+        self.started = self.printed = time.monotonic()
+        self.bar: Any = None
+        if total is not None and sys.stderr.isatty():
+            self.bar = click.progressbar(
+                length=total, label=label, file=sys.stderr, show_pos=True, show_eta=True
+            )
+            self.bar.__enter__()
+
+    def advance(self, count: int) -> None:
+        """Count `count` more items done."""
+        self.done += count
+        if self.bar is not None:
+            self.bar.update(count)
+        elif time.monotonic() - self.printed >= self.PLAIN_EVERY_S:
+            self.printed = time.monotonic()
+            rate = self.done / max(self.printed - self.started, 1e-9)
+            of = f"/{self.total}" if self.total is not None else ""
+            click.echo(f"{self.label}: {self.done}{of} ({rate:.0f}/s)", err=True)
+
+    def close(self) -> None:
+        """Finish the bar (or print the last plain line)."""
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+        else:
+            click.echo(f"{self.label}: {self.done} done", err=True)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# Repair reads the table a page at a time and changes it a few rows at a time,
+# so its transactions stay short while the service serves.
+REPAIR_PAGE = 1000
+REPAIR_BATCH = 200
+# Repair looks for customers that break the rules again after each pass (a
+# merge can make new ones); this many passes at most.
+MAX_REPAIR_PASSES = 5
+# At most this many invalid values are listed one by one; the rest are counted.
+MAX_LISTED = 50
+
+
+@dataclass
+class RepairReport:
+    """What repair read, changed and could not change."""
+
+    rows_read: int = 0
+    normalized: int = 0
+    invalid: list[str] = field(default_factory=list)  # "row 12: email ..." (the first MAX_LISTED)
+    invalid_count: int = 0
+    without_identifier: list[int] = field(default_factory=list)  # row ids (the first MAX_LISTED)
+    without_identifier_count: int = 0
+    customers_repaired: int = 0
+    rows_repointed: int = 0
+    primaries_demoted: int = 0
+    merged_by_identifier: int = 0
+    primaries_promoted: int = 0
+    failed: int = 0  # customers whose transaction ran out of retries
+
+    def changed(self) -> bool:
+        return bool(self.normalized or self.customers_repaired)
+
+
+def canonical_identifiers(row: Row, region: str, report: RepairReport) -> tuple[str | None, str | None]:
+    """A stored row's identifiers in canonical form; an invalid value is kept as it is and reported."""
+    values: list[str | None] = []
+    for column, normalize in (("email", normalize_email), ("phoneNumber", normalize_phone)):
+        stored = row[column]
+        try:
+            values.append(normalize(stored) if column == "email" else normalize(stored, region))
+        except ApiError as exc:
+            values.append(stored)
+            report.invalid_count += 1
+            if len(report.invalid) < MAX_LISTED:
+                report.invalid.append(f"row {row['id']}: {column} {exc.message} (left as it is)")
+    email, phone = values
+    if email is None and phone is None:
+        report.without_identifier_count += 1
+        if len(report.without_identifier) < MAX_LISTED:
+            report.without_identifier.append(row["id"])
+    return email, phone
+
+
+def store_canonical(db: Database, changes: list[tuple[Row, str | None, str | None]]) -> int:
+    """Write canonical identifiers into rows, under identify's locks; returns how many rows changed.
+
+    The new identifiers' rows are touched first and the rows locked, as
+    identify does, so a concurrent order sees each row before or after, never
+    half. A row changed or deleted since it was read is left for the next run.
+    """
+    for _, email, phone in sorted(changes, key=lambda change: (change[1] or "", change[2] or "")):
+        db.run("touch_identifiers", email=email, phone=phone)
+    locked = {row["id"]: row for row in db.all("lock_contacts", ids=[row["id"] for row, _, _ in changes])}
+    now, count = utcnow(), 0
+    for row, email, phone in changes:
+        current = locked.get(row["id"])
+        if current is not None and (current["email"], current["phoneNumber"]) == (
+            row["email"],
+            row["phoneNumber"],
+        ):
+            db.run("update_identifiers", id=row["id"], email=email, phone=phone, updated_at=now)
+            count += 1
+    return count
+
+
+def normalize_stored_identifiers(db: Database, region: str, report: RepairReport, dry_run: bool) -> None:
+    """Repair's first step (also migrate's last): every live row's identifiers in canonical form.
+
+    Reads the table a page at a time (bounded memory), writes in short
+    transactions, and fills ContactIdentifier for every identifier it reads.
+    """
+    progress = Progress("normalizing identifiers", db.one("count_live_contacts")["n"])  # type: ignore[index]
+    after = 0
+    while page := db.all("select_live_page", after=after, limit=REPAIR_PAGE):
+        after = page[-1]["id"]
+        report.rows_read += len(page)
+        changes = []
+        for row in page:
+            email, phone = canonical_identifiers(row, region, report)
+            if (email, phone) != (row["email"], row["phoneNumber"]):
+                changes.append((row, email, phone))
+        for start in range(0, len(changes), REPAIR_BATCH):
+            batch = changes[start : start + REPAIR_BATCH]
+            if dry_run:
+                report.normalized += len(batch)
+            else:
+                report.normalized += in_transaction(db, partial(store_canonical, changes=batch), "repair")
+        if not dry_run:
+            db.run("fill_identifiers", ids=[row["id"] for row in page])
+        progress.advance(len(page))
+    progress.close()
+
+
+def unsettled_seeds(db: Database) -> Iterable[tuple[str, Any]]:
+    """("id", row id) or ("email"/"phone", value) for every place the rules are broken, page by page.
+
+    Keyset pagination: the table may change while we read; a customer repaired
+    meanwhile simply no longer shows up.
+    """
+    after: Any = 0
+    while page := db.all("select_unsettled_contacts", after=after, limit=REPAIR_PAGE):
+        after = page[-1]["id"]
+        yield from (("id", row["id"]) for row in page)
+    for kind, statement in (("email", "select_shared_emails"), ("phone", "select_shared_phones")):
+        after = ""
+        while page := db.all(statement, after=after, limit=REPAIR_PAGE):
+            after = page[-1]["value"]
+            yield from ((kind, row["value"]) for row in page)
+
+
+def repair_customer(db: Database, seed: tuple[str, Any], dry_run: bool) -> IdentifyPlan:
+    """Lock the customer around one seed and make it satisfy the rules (one transaction)."""
+    kind, value = seed
+    emails = {value} if kind == "email" else set()
+    phones = {value} if kind == "phone" else set()
+    ids = [value] if kind == "id" else []
+    rows = lock_customer(db, emails, phones, ids)
+    plan = plan_identify(rows, None, None, utcnow()) if rows else IdentifyPlan(rows=[], outcome="unchanged")
+    if not dry_run and rows:
+        write_plan(db, plan)
+    return plan
+
+
+def repair_customers(db: Database, report: RepairReport, dry_run: bool) -> None:
+    """Repair's second step: every customer that breaks the rules, one short transaction each."""
+    for _ in range(MAX_REPAIR_PASSES):
+        before = report.customers_repaired
+        progress = Progress("repairing customers", None)
+        for seed in unsettled_seeds(db):
+            try:
+                plan = in_transaction(db, partial(repair_customer, seed=seed, dry_run=dry_run), "repair")
+            except DatabaseUnavailable as exc:
+                report.failed += 1
+                log.error("could not repair the customer of %s %s: %s", seed[0], seed[1], exc)
+                continue
+            finally:
+                progress.advance(1)
+            if plan.outcome != "unchanged":
+                report.customers_repaired += 1
+                report.rows_repointed += len(plan.relinked)
+                report.primaries_promoted += plan.promoted is not None
+                if seed[0] == "id":
+                    report.primaries_demoted += len(plan.demoted)
+                else:
+                    report.merged_by_identifier += len(plan.demoted)
+        progress.close()
+        if dry_run or report.customers_repaired == before:
+            return
+
+
+@click.command("repair")
+@click.option("--dry-run", is_flag=True, help="Report what would change; change nothing.")
+@with_appcontext
+def repair_command(dry_run: bool) -> None:
+    """Normalize every stored identifier, then make every customer satisfy the rules (SPEC, "Commands").
+
+    Works in short transactions that take identify's locks, so it runs while
+    the service serves. Exits 1 when something could not be repaired (invalid
+    values are reported and left as they are).
+    """
+    started = time.monotonic()
+    db = get_db()
+    db.connect()
+    region = current_app.config["FLUXKART_PHONE_REGION"]
+    report = RepairReport()
+    if not dry_run:
+        # Until the pass is over, identify must not trust a lock-free read.
+        db.run("upsert_service_state", key="consistent", value="0")
+    normalize_stored_identifiers(db, region, report, dry_run)
+    repair_customers(db, report, dry_run)
+    if not dry_run and not report.failed:
+        db.run("upsert_service_state", key="phone_region", value=region)
+        db.run("upsert_service_state", key="consistent", value="1")
+    verb = "would be" if dry_run else "were"
+    lines = [
+        f"rows read: {report.rows_read}",
+        f"identifiers that {verb} normalized: {report.normalized} rows",
+        f"customers that {verb} repaired: {report.customers_repaired}"
+        f" (rows re-pointed {report.rows_repointed}, primaries demoted {report.primaries_demoted},"
+        f" merged because they share a canonical identifier {report.merged_by_identifier},"
+        f" primaries promoted {report.primaries_promoted})",
+        f"invalid values left as they are: {report.invalid_count}",
+        *(f"  {line}" for line in report.invalid),
+        f"rows with neither identifier (never matched): {report.without_identifier_count}"
+        + (f" (ids {', '.join(map(str, report.without_identifier))})" if report.without_identifier else ""),
+        f"customers that could not be repaired (retries ran out): {report.failed}",
+        f"duration: {time.monotonic() - started:.1f} s; peak memory: {peak_rss_mib():.0f} MiB",
+    ]
+    if dry_run:
+        lines.append(
+            "dry run: nothing was changed (merges that only normalization would reveal are not counted)"
+        )
+    elif not report.changed():
+        lines.append("nothing to repair: the table already satisfies the rules")
+    click.echo("\n".join(lines))
+    if report.failed or report.invalid_count:
+        raise SystemExit(1)
+
+
+# --------------------------------------------------------------------------
+# Migrate: bring an existing Contact table to this schema (SPEC, "Commands")
+# --------------------------------------------------------------------------
+
+# Contact's columns as information_schema describes a table that
+# sql/mysql/schema.sql created: name -> (type, nullable, collation, extra).
+# tests/test_migrate.py checks this against such a table.
+MYSQL_CONTACT_COLUMNS: dict[str, tuple[str, str, str | None, str]] = {
+    "id": ("int", "NO", None, "auto_increment"),
+    "phoneNumber": ("varchar(32)", "YES", "utf8mb4_bin", ""),
+    "email": ("varchar(255)", "YES", "utf8mb4_bin", ""),
+    "linkedId": ("int", "YES", None, ""),
+    "linkPrecedence": ("enum('primary','secondary')", "NO", "utf8mb4_bin", ""),
+    "createdAt": ("datetime(6)", "NO", None, ""),
+    "updatedAt": ("datetime(6)", "NO", None, ""),
+    "deletedAt": ("datetime(6)", "YES", None, ""),
+}
+MYSQL_CONTACT_ENGINE = "InnoDB"
+MYSQL_CONTACT_COLLATION = "utf8mb4_bin"
+# The service's indexes on Contact (both dialects): name -> (column, the
+# statement adding it on MySQL, the index the replaced implementation's
+# `run.sh --indexes` made on that column, the statement renaming that one).
+CONTACT_INDEXES = {
+    "Contact_email": ("email", "add_contact_email_index", "idx_email", "rename_legacy_email_index"),
+    "Contact_phoneNumber": (
+        "phoneNumber",
+        "add_contact_phone_index",
+        "idx_phoneNumber",
+        "rename_legacy_phone_index",
+    ),
+    "Contact_linkedId": (
+        "linkedId",
+        "add_contact_linked_id_index",
+        "idx_linkedId",
+        "rename_legacy_linked_id_index",
+    ),
+}
+# How many of the rows that would lose data migrate names (it also says how many there are).
+MIGRATE_REFUSAL_LIST = 50
+# How long migrate's ALTERs wait for Contact's metadata lock before giving up.
+MIGRATE_LOCK_WAIT_S = 10
+INT_DISPLAY_WIDTH = re.compile(r"^(tinyint|smallint|mediumint|int|bigint)\(\d+\)")
+CREATE_TABLE_NAME = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+)", re.IGNORECASE)
+CREATE_INDEX_NAME = re.compile(r"^CREATE INDEX IF NOT EXISTS (\w+)", re.IGNORECASE)
+
+
+@dataclass
+class MigrationStep:
+    """One change migrate makes: what changes, what it rewrites or locks, and how."""
+
+    change: str
+    locking: str
+    run: Callable[[Database], None]
+    details: list[str] = field(default_factory=list)
+    # True when the step changes Contact's values or column types (not only indexes or other tables).
+    rewrites: bool = False
+
+
+@dataclass
+class MigrationPlan:
+    """Everything migrate would do to this database, decided before it changes anything."""
+
+    dialect: str
+    server: str
+    contact_rows: int = 0
+    steps: list[MigrationStep] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    # Rows holding a value the new columns cannot hold: the first few, and how many in all.
+    unconvertible: list[Row] = field(default_factory=list)
+    unconvertible_total: int = 0
+
+
+def schema_names(schema: list[str], pattern: re.Pattern[str]) -> list[str]:
+    """The tables (or indexes) the schema's statements create, in file order."""
+    return [m.group(1) for statement in schema if (m := pattern.match(statement))]
+
+
+def plan_migration(db: Database) -> MigrationPlan:
+    """Inspect the database and decide every step migrate takes (changes nothing).
+
+    Out: the plan, whose `unconvertible` rows (when any) mean migrate must refuse.
+    Errors: DatabaseUnavailable / RetryTransaction from the driver; ClickException
+    when Contact lacks a column the service needs (not a table migrate knows).
+    """
+    version = db.one("select_server_version")
+    plan = MigrationPlan(db.dialect, str(version["version"] if version else "?"))
+    tables = {str(row["name"]) for row in db.all("select_table_names")}
+    state: dict[str, str] = {}
+    if "ServiceState" in tables:
+        state = {row["name"]: row["value"] for row in db.all("select_service_state")}
+    if "Contact" in tables:
+        unconvertible = db.all("select_unconvertible_contacts", limit=MIGRATE_REFUSAL_LIST)
+        if unconvertible:
+            plan.unconvertible = unconvertible
+            plan.unconvertible_total = int(unconvertible[0]["total"])
+            return plan
+        plan_fills(db, plan)
+        if db.dialect == "mysql":
+            plan_mysql_contact(db, plan)
+        else:
+            plan_sqlite_contact(db, plan, "sqlite_sequence" in tables)
+    # Rows that needed filling or converting were written by something else, whatever
+    # ServiceState says (e.g. a dump of the old table restored over a migrated one).
+    adopting = "Contact" in tables and (state.get("schema") != "2" or any(s.rewrites for s in plan.steps))
+    plan_schema(db, plan, tables)
+    plan_service_state(plan, state, adopting)
+    return plan
+
+
+def plan_fills(db: Database, plan: MigrationPlan) -> None:
+    """The step filling the NULLs a legacy table holds where the service's columns are NOT NULL."""
+    counts = db.one("count_migrate_fills") or {}
+    plan.contact_rows = int(counts.get("contact_rows") or 0)
+    missing = {
+        key: int(counts.get(key) or 0)
+        for key in ("missing_link_precedence", "missing_created_at", "missing_updated_at")
+    }
+    if not any(missing.values()):
+        return
+    earliest = utcnow()
+    if missing["missing_created_at"] or missing["missing_updated_at"]:
+        earliest = (db.one("select_earliest_created_at") or {}).get("earliest") or earliest
+    rules = {
+        "missing_link_precedence": "linkPrecedence: 'secondary' where linkedId is set, else 'primary'",
+        "missing_created_at": "createdAt: the row's updatedAt, else its deletedAt, else the oldest "
+        f"createdAt in the table ({earliest})",
+        "missing_updated_at": "updatedAt: the row's createdAt (as filled)",
+    }
+    locking = "one UPDATE: locks only the rows it changes, until it commits; no rewrite"
+    if db.dialect == "sqlite":
+        locking = "one UPDATE inside the migrate transaction (the database's write lock); no rewrite"
+    plan.steps.append(
+        MigrationStep(
+            "fill the values the service's columns cannot leave NULL",
+            locking,
+            run_named("fill_missing_values", earliest=earliest),
+            [f"{rules[key]}: {count:,} rows" for key, count in missing.items() if count],
+            rewrites=True,
+        )
+    )
+
+
+def run_named(*names: str, **params: Any) -> Callable[[Database], None]:
+    """A step that runs these named statements in order."""
+
+    def run(db: Database) -> None:
+        for name in names:
+            db.run(name, **params)
+
+    return run
+
+
+def describe_mysql_column(column: tuple[str, str, str | None, str]) -> str:
+    """'varchar(32) utf8mb4_bin NULL' for the plan."""
+    kind, nullable, collation, extra = column
+    words = [kind, collation or "", "NULL" if nullable == "YES" else "NOT NULL", extra]
+    return " ".join(word for word in words if word)
+
+
+def plan_mysql_contact(db: Database, plan: MigrationPlan) -> None:
+    """Steps bringing Contact's columns, table options and indexes to sql/mysql/schema.sql's."""
+    actual = {}
+    for row in db.all("select_contact_columns"):
+        kind = INT_DISPLAY_WIDTH.sub(r"\1", str(row["type"]).lower())  # MariaDB says int(11), MySQL 8 int
+        extra = "auto_increment" if "auto_increment" in str(row["extra"] or "").lower() else ""
+        actual[str(row["name"])] = (kind, str(row["nullable"]), row["collation"], extra)
+    missing = [name for name in MYSQL_CONTACT_COLUMNS if name not in actual]
+    if missing:
+        raise click.ClickException(
+            f"Contact has no column {', '.join(missing)}: it is not a table migrate knows how to adopt"
+        )
+    changes = [
+        f"{name}: {describe_mysql_column(actual[name])} -> {describe_mysql_column(target)}"
+        for name, target in MYSQL_CONTACT_COLUMNS.items()
+        if actual[name] != target
+    ]
+    plan.notes += [
+        f"column {name} is not the service's: left as it is"
+        for name in actual
+        if name not in MYSQL_CONTACT_COLUMNS
+    ]
+    table = db.one("select_contact_table") or {}
+    if table.get("engine") != MYSQL_CONTACT_ENGINE:
+        changes.append(f"storage engine: {table.get('engine')} -> {MYSQL_CONTACT_ENGINE}")
+    if changes:
+        if table.get("collation") != MYSQL_CONTACT_COLLATION:
+            changes.append(f"table default collation: {table.get('collation')} -> {MYSQL_CONTACT_COLLATION}")
+        plan.steps.append(
+            MigrationStep(
+                "convert Contact's columns to the service's types and collations (identifiers compare "
+                "byte for byte from now on; repair re-links what the old collation joined)",
+                "rewrites the table: ALGORITHM=COPY, LOCK=SHARED (reads go on; writes wait until it ends)",
+                run_named("convert_contact_columns"),
+                changes,
+                rewrites=True,
+            )
+        )
+    elif table.get("collation") != MYSQL_CONTACT_COLLATION:
+        plan.steps.append(
+            MigrationStep(
+                f"set Contact's default collation: {table.get('collation')} -> {MYSQL_CONTACT_COLLATION}",
+                "metadata only: ALGORITHM=INSTANT (only the brief metadata lock every ALTER takes)",
+                run_named("set_contact_default_collation"),
+            )
+        )
+    indexes = {str(row["name"]): str(row["column_list"]) for row in db.all("select_contact_indexes")}
+    known = {"PRIMARY", *CONTACT_INDEXES}
+    if not any(name in indexes or legacy in indexes for name, (_, _, legacy, _) in CONTACT_INDEXES.items()):
+        # The reference's production shape: all three in one statement, one read of the table.
+        plan.steps.append(
+            MigrationStep(
+                "add indexes " + ", ".join(f"{name} on {c[0]}" for name, c in CONTACT_INDEXES.items()),
+                "builds the indexes in one read of the table, without rewriting it: ALGORITHM=INPLACE, "
+                "LOCK=NONE (reads and writes go on)",
+                run_named("add_contact_indexes"),
+            )
+        )
+        indexes.update({name: column for name, (column, *_) in CONTACT_INDEXES.items()})
+    for name, (column, add, legacy, rename) in CONTACT_INDEXES.items():
+        if indexes.get(name) == column:
+            continue
+        if indexes.get(legacy) == column and name not in indexes:
+            known.add(legacy)
+            plan.steps.append(
+                MigrationStep(
+                    f"rename index {legacy} on {column} to {name}",
+                    "metadata only: ALGORITHM=INSTANT (only the brief metadata lock every ALTER takes)",
+                    run_named(rename),
+                )
+            )
+        else:
+            plan.steps.append(
+                MigrationStep(
+                    f"add index {name} on {column}",
+                    "builds the index without rewriting the table: ALGORITHM=INPLACE, LOCK=NONE "
+                    "(reads and writes go on)",
+                    run_named(add),
+                )
+            )
+    plan.notes += [
+        f"index {name} on ({columns}) is not the service's: left as it is"
+        for name, columns in indexes.items()
+        if name not in known
+    ]
+
+
+def sqlite_definitions(create_table: str) -> dict[str, str]:
+    """A CREATE TABLE statement's column and constraint definitions, whitespace collapsed.
+
+    Keyed by column name (unquoted); table constraints by their own text.
+    """
+    body = create_table[create_table.index("(") + 1 : create_table.rindex(")")]
+    parts, depth, current = [], 0, ""
+    for ch in body:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    definitions = {}
+    for part in parts:
+        text = " ".join(part.split())
+        name, _, rest = text.partition(" ")
+        if name.upper() in ("PRIMARY", "UNIQUE", "CHECK", "FOREIGN", "CONSTRAINT"):
+            definitions[text] = text
+        else:
+            definitions[name.strip('"`[]')] = rest
+    return definitions
+
+
+def plan_sqlite_contact(db: Database, plan: MigrationPlan, has_sequence: bool) -> None:
+    """The rebuild step when Contact's definition differs from sql/sqlite/schema.sql's."""
+    current = sqlite_definitions(str((db.one("select_contact_definition") or {})["sql"]))
+    target = sqlite_definitions(db.queries["create_contact_new"])
+    missing = [name for name in target if name not in current and not name.startswith(("CHECK", "PRIMARY"))]
+    if missing:
+        raise click.ClickException(
+            f"Contact has no column {', '.join(missing)}: it is not a table migrate knows how to adopt"
+        )
+    changes = [
+        f"{name}: {current.get(name, '(none)')} -> {target.get(name, '(none)')}"
+        for name in dict.fromkeys([*target, *current])
+        if current.get(name) != target.get(name)
+    ]
+    if not changes:
+        return
+    indexes = {str(row["name"]): str(row["column_list"]) for row in db.all("select_contact_indexes")}
+    for name, columns in indexes.items():
+        covered = [service for service, (column, *_) in CONTACT_INDEXES.items() if column == columns]
+        if name in CONTACT_INDEXES:
+            continue
+        changes.append(
+            f"index {name} on ({columns}) goes with the old table"
+            + (f"; the service's {covered[0]} replaces it" if covered else "; recreate it if you need it")
+        )
+    sequence = "select_contact_sequence" if has_sequence else "select_contact_max_id"
+
+    def rebuild(db: Database) -> None:
+        seq = int((db.one(sequence) or {}).get("seq") or 0)
+        for name in (
+            "create_contact_new",
+            "copy_contacts_to_new",
+            "drop_legacy_contact",
+            "rename_new_contact",
+        ):
+            db.run(name)
+        db.run("forget_contact_sequence")
+        db.run("set_contact_sequence", seq=seq)
+
+    plan.steps.append(
+        MigrationStep(
+            "rebuild Contact with the service's columns (new table, copy every row with its id, drop "
+            "the old one, rename; the AUTOINCREMENT counter is kept; timestamps widened to microseconds)",
+            "rewrites the table inside the migrate transaction, which holds the database's write lock "
+            "until it commits (readers go on; writers wait)",
+            rebuild,
+            changes,
+            rewrites=True,
+        )
+    )
+
+
+def plan_schema(db: Database, plan: MigrationPlan, tables: set[str]) -> None:
+    """The step creating the tables (SQLite: and indexes) the schema has and this database lacks."""
+    changes = [
+        f"create table {name} (new and empty)"
+        for name in schema_names(db.schema, CREATE_TABLE_NAME)
+        if name not in tables
+    ]
+    if db.dialect == "sqlite" and "Contact" in tables:
+        rebuilt = any(step.change.startswith("rebuild") for step in plan.steps)
+        present = set() if rebuilt else {str(r["name"]) for r in db.all("select_contact_indexes")}
+        changes += [
+            f"add index {name} on {CONTACT_INDEXES[name][0]} (holds the write lock while it builds)"
+            for name in schema_names(db.schema, CREATE_INDEX_NAME)
+            if name in CONTACT_INDEXES and name not in present
+        ]
+    if changes:
+        plan.steps.append(
+            MigrationStep(
+                "create what the service's schema has and this database lacks (the schema file's "
+                "CREATE ... IF NOT EXISTS statements)",
+                "new tables lock nothing else",
+                create_schema,
+                changes,
+            )
+        )
+
+
+def create_schema(db: Database) -> None:
+    """A step running the schema file's CREATE ... IF NOT EXISTS statements."""
+    db.connect()
+    db.ensure_schema()
+
+
+def plan_service_state(plan: MigrationPlan, state: dict[str, str], adopting: bool) -> None:
+    """The last step: ServiceState says the schema is the service's, and whether the data needs repair."""
+    writes: dict[str, str] = {}
+    if state.get("schema") != "2":
+        writes["schema"] = "2"
+    if adopting or "consistent" not in state:
+        writes["consistent"] = "0" if plan.contact_rows else "1"
+    if not writes:
+        return
+    meaning = {
+        ("schema", "2"): "the Contact table has the service's schema",
+        ("consistent", "1"): "the table is empty, so every customer satisfies the rules",
+        ("consistent", "0"): f"the {plan.contact_rows:,} rows were written by something else: "
+        "run `flask --app fluxkart repair` next (the service may serve meanwhile)",
+    }
+    plan.steps.append(
+        MigrationStep(
+            "record in ServiceState: " + ", ".join(f"{name}={value}" for name, value in writes.items()),
+            "one-row writes to ServiceState",
+            write_service_state(writes),
+            [f"{name}={value}: {meaning[(name, value)]}" for name, value in writes.items()],
+        )
+    )
+
+
+def write_service_state(writes: dict[str, str]) -> Callable[[Database], None]:
+    """A step that sets these ServiceState rows."""
+
+    def run(db: Database) -> None:
+        for name, value in writes.items():
+            db.run("upsert_service_state", key=name, value=value)
+
+    return run
+
+
+def echo_plan(plan: MigrationPlan) -> None:
+    """Print the plan: every step, what it changes, and what it rewrites or locks."""
+    engine = "MySQL/MariaDB" if plan.dialect == "mysql" else "SQLite"
+    click.echo(f"migrate: {engine} {plan.server}; Contact holds {plan.contact_rows:,} rows")
+    if plan.dialect == "sqlite" and plan.steps:
+        click.echo(
+            "  all steps run in one transaction holding the database's write lock until it commits: "
+            "readers go on, writers wait"
+        )
+    for note in plan.notes:
+        click.echo(f"  note: {note}")
+    for number, step in enumerate(plan.steps, 1):
+        click.echo(f"  {number}. {step.change}")
+        for detail in step.details:
+            click.echo(f"       {detail}")
+        click.echo(f"     locks: {step.locking}")
+
+
+def refusal_message(plan: MigrationPlan) -> str:
+    """Why migrate changes nothing: the rows that would lose data, by id."""
+    lines = [
+        f"refusing to migrate, nothing was changed: {plan.unconvertible_total:,} Contact rows hold "
+        "values the new columns cannot hold without losing data:"
+    ]
+    lines += [f"  id {row['id']}: {row['problem']}" for row in plan.unconvertible]
+    if plan.unconvertible_total > len(plan.unconvertible):
+        lines.append(f"  ... and {plan.unconvertible_total - len(plan.unconvertible):,} more")
+    lines.append("Correct or clear these values (UPDATE Contact ... WHERE id = ...), then run migrate again.")
+    return "\n".join(lines)
+
+
+def apply_migration(db: Database, plan: MigrationPlan) -> None:
+    """Run the plan's steps in order, printing each and how long it took.
+
+    MySQL commits each step on its own (DDL commits anyway); SQLite runs them
+    all in one transaction, so a failure leaves the file as it was.
+    Errors: DatabaseUnavailable / RetryTransaction with the driver's error as __cause__.
+    """
+    if db.dialect == "mysql":
+        db.run("set_migrate_session", lock_wait_s=MIGRATE_LOCK_WAIT_S)
+    else:
+        db.begin()
+    number = 0
+    try:
+        for number, step in enumerate(plan.steps, 1):
+            started = time.perf_counter()
+            step.run(db)
+            click.echo(f"  step {number} done in {time.perf_counter() - started:.1f} s")
+        if db.dialect == "sqlite":
+            db.commit()
+    except (DatabaseUnavailable, DatabaseMisconfigured, RetryTransaction) as exc:
+        db.rollback()
+        raise click.ClickException(migrate_failure(db.dialect, number, exc)) from exc
+    except BaseException:
+        db.rollback()
+        raise
+
+
+def migrate_failure(dialect: str, number: int, exc: Exception) -> str:
+    """What went wrong at step `number`, what is already done, and what to do."""
+    cause = exc.__cause__ or exc
+    if dialect == "sqlite" or number == 1:
+        done = "nothing was changed" + (" (one transaction)" if dialect == "sqlite" else "")
+    elif number == 2:
+        done = "step 1 is done and stays done"
+    else:
+        done = f"steps 1 to {number - 1} are done and stay done"
+    hint = ""
+    if isinstance(exc, RetryTransaction) and exc.reason in ("lock_wait_timeout", "database_locked"):
+        hint = (
+            "; another connection held Contact longer than migrate waits for it (an open transaction, "
+            "or the old service still writing): stop the writers and run migrate again"
+        )
+    return f"migrate stopped at step {number}: {cause}; {done}{hint}"
+
+
+def migration_database() -> Database:
+    """migrate's own connection to the app's database, not the thread's shared one.
+
+    It knows the migrate statements too, creates no table on connecting (migrate
+    inspects first, and a dry run creates nothing), and has no read timeout (an
+    ALTER of a large table runs for minutes).
+    """
+    ext = current_app.extensions["fluxkart"]
+    queries = {**ext["queries"], **load_queries(current_app.config["FLUXKART_DIALECT"], MIGRATE_SQL)}
+    db = Database(current_app.config, queries, ext["schema"])
+    db.create_schema = False
+    db.read_timeout = None
+    db.serving = False  # the table it adopts has no ServiceState yet
+    return db
+
+
+@click.command("migrate")
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
+@with_appcontext
+def migrate_command(dry_run: bool) -> None:
+    """Bring an existing Contact table (e.g. the replaced implementation's) to this service's schema.
+
+    Prints each change and what it rewrites or locks, refuses (changing
+    nothing) when a value would not fit its new column, and records
+    ServiceState schema=2 last. Idempotent. See docs/switching.md.
+    """
+    db = migration_database()
+    started = time.perf_counter()
+    try:
+        plan = plan_migration(db)
+        if plan.unconvertible:
+            raise click.ClickException(refusal_message(plan))
+        echo_plan(plan)
+        if not plan.steps:
+            click.echo("nothing to change: Contact already has the service's schema")
+            return
+        if dry_run:
+            click.echo(f"dry run: {len(plan.steps)} steps planned, nothing changed")
+            return
+        click.echo("applying:")
+        apply_migration(db, plan)
+        if plan.contact_rows:
+            # Orders find rows stored as sent ('Doc@Example.com', '555 0101') from the first
+            # request on; repair (next) merges the customers this reveals.
+            report = RepairReport()
+            normalize_stored_identifiers(db, current_app.config["FLUXKART_PHONE_REGION"], report, False)
+            click.echo(
+                f"identifiers normalized: {report.normalized:,} rows"
+                f" (invalid values left as they are: {report.invalid_count:,}; repair lists them)"
+            )
+    except (DatabaseUnavailable, DatabaseMisconfigured, RetryTransaction) as exc:
+        raise click.ClickException(f"migrate could not inspect the database: {exc.__cause__ or exc}") from exc
+    finally:
+        db.close()
+    click.echo(f"migrated in {time.perf_counter() - started:.1f} s")
+    if plan.contact_rows:
+        click.echo(
+            f"next: flask --app fluxkart repair (the {plan.contact_rows:,} rows still need it; "
+            "see docs/switching.md)"
+        )
+
+
+# --------------------------------------------------------------------------
 # The app factory
 # --------------------------------------------------------------------------
 
@@ -1237,4 +2240,6 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     app.register_blueprint(api)
     app.cli.add_command(init_db_command)
+    app.cli.add_command(migrate_command)
+    app.cli.add_command(repair_command)
     return app

@@ -4,104 +4,92 @@
 -- sql/mysql/queries.sql and sql/sqlite/queries.sql under the same names.
 
 -- name: select_customer
--- Every live row of the customer that owns this email or this phone number
--- (if two customers do, one of them: the caller then finds an identifier
--- missing and takes the locked path). One statement, so one consistent
--- snapshot: a repeat customer is answered from it without a transaction or a
--- lock. Two index merges, no temporary table: the hot path's only query. A
--- NULL parameter matches nothing (`email = NULL` is never true).
-SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt
+-- Every live row of the customer that owns this email or this phone number,
+-- with the smallest and largest customer (primary id) any matching row points
+-- to: when they differ, the identifiers belong to two customers (or the data
+-- was not written by the service) and the caller takes the locked path. One
+-- statement, so one consistent snapshot: a repeat customer is answered from it
+-- without a transaction or a lock. The subqueries are not correlated, so each
+-- runs once, through the email and phoneNumber indexes. A NULL parameter
+-- matches nothing (`email = NULL` is never true).
+SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt,
+    (
+        SELECT MAX(COALESCE(linkedId, id))
+        FROM Contact
+        WHERE (email = %(email)s OR phoneNumber = %(phone)s)
+          AND deletedAt IS NULL
+    ) AS lastCustomerId
 FROM Contact
 WHERE deletedAt IS NULL
   AND (
     id = (
-        SELECT COALESCE(linkedId, id)
+        SELECT MIN(COALESCE(linkedId, id))
         FROM Contact
         WHERE (email = %(email)s OR phoneNumber = %(phone)s)
           AND deletedAt IS NULL
-        LIMIT 1
     )
     OR linkedId = (
-        SELECT COALESCE(linkedId, id)
+        SELECT MIN(COALESCE(linkedId, id))
         FROM Contact
         WHERE (email = %(email)s OR phoneNumber = %(phone)s)
           AND deletedAt IS NULL
-        LIMIT 1
     )
   )
 
--- name: select_customers
--- Every live row of every customer that owns this email or this phone number,
--- oldest first: the read-only lookup, which must see when there are two.
-WITH matched AS (
-    SELECT COALESCE(linkedId, id) AS primaryId
-    FROM Contact
-    WHERE email = %(email)s
-      AND deletedAt IS NULL
-    UNION
-    SELECT COALESCE(linkedId, id) AS primaryId
-    FROM Contact
-    WHERE phoneNumber = %(phone)s
-      AND deletedAt IS NULL
-)
-SELECT c.id, c.email, c.phoneNumber, c.linkedId, c.linkPrecedence, c.createdAt
-FROM matched AS m
-JOIN Contact AS c ON c.id = m.primaryId
-WHERE c.deletedAt IS NULL
-UNION
-SELECT c.id, c.email, c.phoneNumber, c.linkedId, c.linkPrecedence, c.createdAt
-FROM matched AS m
-JOIN Contact AS c ON c.linkedId = m.primaryId
-WHERE c.deletedAt IS NULL
-ORDER BY createdAt, id
-
--- name: select_customer_by_primary
--- Every live row of the customer with this primary. Inside identify's
--- transaction, once the primary is locked, nobody else can change them.
+-- name: select_connected
+-- One step of following a customer's connections (SPEC, "POST /identify": a
+-- customer is a connected component of live rows): the live rows that carry
+-- one of these emails or phone numbers, that one of the rows found so far
+-- links to (parents), or that link to one of them (children). Links through a
+-- deleted row connect nothing: a deleted row is never found, and only live
+-- rows' ids are passed as children. The Database wrapper expands each list;
+-- an empty list matches nothing.
 SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt
 FROM Contact
-WHERE (id = %(primary_id)s OR linkedId = %(primary_id)s)
-  AND deletedAt IS NULL
+WHERE deletedAt IS NULL
+  AND (
+    email IN %(emails)s
+    OR phoneNumber IN %(phones)s
+    OR id IN %(parents)s
+    OR linkedId IN %(children)s
+  )
 
--- name: lock_primaries
--- Locks the primary row of each customer that owns this email or phone, so
--- no concurrent request can demote it or link rows to it until we commit.
--- The rows come back as they are once the lock is granted: one that is no
--- longer a primary was demoted by a merge that committed while we waited.
+-- name: lock_contacts
+-- Locks these rows, in id order (so two requests never wait for each other
+-- in opposite orders), and answers them as they are now. A row that is gone
+-- or was deleted meanwhile does not come back.
 -- (On SQLite the loader drops FOR UPDATE: BEGIN IMMEDIATE already holds the
 -- database's only write lock.)
-SELECT c.id, c.linkedId, c.linkPrecedence, c.createdAt, c.deletedAt
-FROM (
-    SELECT COALESCE(linkedId, id) AS primaryId
-    FROM Contact
-    WHERE email = %(email)s
-      AND deletedAt IS NULL
-    UNION
-    SELECT COALESCE(linkedId, id) AS primaryId
-    FROM Contact
-    WHERE phoneNumber = %(phone)s
-      AND deletedAt IS NULL
-) AS m
-JOIN Contact AS c ON c.id = m.primaryId
-ORDER BY c.id
+SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt
+FROM Contact
+WHERE id IN %(ids)s
+  AND deletedAt IS NULL
+ORDER BY id
 FOR UPDATE
+
+-- name: promote_contact
+-- Makes the oldest live row of a customer its primary (data the service did
+-- not write can have it marked secondary, or linked to a deleted row).
+UPDATE Contact
+SET linkedId = NULL,
+    linkPrecedence = 'primary',
+    updatedAt = %(updated_at)s
+WHERE id = %(id)s
+
+-- name: relink_contacts
+-- Points these rows (demoted primaries, secondaries of a demoted primary,
+-- links of a chain) straight at the customer's primary: no chains.
+UPDATE Contact
+SET linkedId = %(primary_id)s,
+    linkPrecedence = 'secondary',
+    updatedAt = %(updated_at)s
+WHERE id IN %(ids)s
 
 -- name: insert_contact
 -- Adds one contact row: a new customer's primary, or a secondary carrying
 -- information its customer did not have yet.
 INSERT INTO Contact (phoneNumber, email, linkedId, linkPrecedence, createdAt, updatedAt)
 VALUES (%(phone)s, %(email)s, %(linked_id)s, %(link_precedence)s, %(created_at)s, %(created_at)s)
-
--- name: relink_customer
--- Folds a newer customer into the surviving one: its primary becomes a
--- secondary and every row that pointed at it now points at the survivor, so
--- no secondary is ever left pointing at a secondary.
-UPDATE Contact
-SET linkedId = %(primary_id)s,
-    linkPrecedence = 'secondary',
-    updatedAt = %(updated_at)s
-WHERE id = %(demoted_id)s
-   OR linkedId = %(demoted_id)s
 
 -- name: select_contact_by_id
 -- One live contact row, all columns.
@@ -133,3 +121,83 @@ COMMIT
 -- name: rollback
 -- Undoes the open write transaction (after a conflict or an error).
 ROLLBACK
+
+-- name: select_service_state
+-- What the service knows about the table: its schema version, whether every
+-- customer is known to satisfy the rules, the phone region of stored numbers.
+SELECT name, value
+FROM ServiceState
+
+-- name: count_live_contacts
+-- How many live rows repair will read (for its progress bar).
+SELECT COUNT(*) AS n
+FROM Contact
+WHERE deletedAt IS NULL
+
+-- name: select_live_page
+-- The next page of live rows by id (keyset pagination: repair reads the whole
+-- table in bounded memory).
+SELECT id, email, phoneNumber
+FROM Contact
+WHERE id > %(after)s
+  AND deletedAt IS NULL
+ORDER BY id
+LIMIT %(limit)s
+
+-- name: update_identifiers
+-- Stores a row's identifiers in canonical form (repair). The row is locked.
+UPDATE Contact
+SET email = %(email)s,
+    phoneNumber = %(phone)s,
+    updatedAt = %(updated_at)s
+WHERE id = %(id)s
+
+-- name: select_unsettled_contacts
+-- Live rows that break the rules by their link alone: a primary that links
+-- somewhere, or a secondary whose primary is missing, deleted, not a primary,
+-- or younger than itself. One page, by id.
+SELECT r.id
+FROM Contact AS r
+LEFT JOIN Contact AS p
+  ON p.id = r.linkedId
+ AND p.deletedAt IS NULL
+WHERE r.id > %(after)s
+  AND r.deletedAt IS NULL
+  AND (
+    (r.linkPrecedence = 'primary' AND r.linkedId IS NOT NULL)
+    OR (
+      r.linkPrecedence <> 'primary'
+      AND (
+        p.id IS NULL
+        OR p.linkPrecedence <> 'primary'
+        OR p.linkedId IS NOT NULL
+        OR p.createdAt > r.createdAt
+        OR (p.createdAt = r.createdAt AND p.id > r.id)
+      )
+    )
+  )
+ORDER BY r.id
+LIMIT %(limit)s
+
+-- name: select_shared_emails
+-- Emails carried by live rows of more than one customer (rows pointing at
+-- different primaries): each such customer set must be merged. One page.
+SELECT email AS value
+FROM Contact
+WHERE deletedAt IS NULL
+  AND email > %(after)s
+GROUP BY email
+HAVING COUNT(DISTINCT COALESCE(linkedId, id)) > 1
+ORDER BY email
+LIMIT %(limit)s
+
+-- name: select_shared_phones
+-- Phone numbers carried by live rows of more than one customer. One page.
+SELECT phoneNumber AS value
+FROM Contact
+WHERE deletedAt IS NULL
+  AND phoneNumber > %(after)s
+GROUP BY phoneNumber
+HAVING COUNT(DISTINCT COALESCE(linkedId, id)) > 1
+ORDER BY phoneNumber
+LIMIT %(limit)s

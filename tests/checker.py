@@ -244,6 +244,36 @@ def check_invariants(rows: Iterable[Mapping[str, Any]], requests_sent: Iterable[
     return violations
 
 
+def check_answer_contents(
+    label: str, contact: Mapping[str, Any], primary: Mapping[str, Any], listed_rows: list[Mapping[str, Any]]
+) -> list[str]:
+    """An answer's emails, phone numbers and secondaries are exactly those of the rows it lists, in order.
+
+    SPEC "POST /identify" 4: emails and phoneNumbers are distinct, the primary's
+    own value first, the rest in the order of the rows that carry them, oldest
+    first; secondaryContactIds are the secondaries, oldest first. A row's
+    identifiers never change once written, so the rows an answer listed still
+    carry what they carried when it was given.
+    """
+    violations = []
+    secondaries = oldest_first(row for row in listed_rows if row["id"] != primary["id"])
+    ordered = [primary, *secondaries]
+    for field, column in (("emails", "email"), ("phoneNumbers", "phoneNumber")):
+        values = list(contact.get(field, []))
+        expected = list(dict.fromkeys(row[column] for row in ordered if row[column] is not None))
+        if len(set(values)) != len(values):
+            violations.append(f"[answer-duplicate] {label} lists a value of {field} twice: {values}")
+        if set(values) != set(expected):
+            violations.append(
+                f"[answer-contents] {label}: {field} {values} are not those of the rows it lists, {expected}"
+            )
+        elif list(dict.fromkeys(values)) != expected:
+            violations.append(f"[answer-order] {label}: {field} {values}, not in the SPEC's order {expected}")
+    if list(contact.get("secondaryContactIds", [])) != [row["id"] for row in secondaries]:
+        violations.append(f"[answer-order] {label}: secondaryContactIds are not oldest first")
+    return violations
+
+
 def check_answers(
     rows: Iterable[Mapping[str, Any]], exchanges: Iterable[tuple[Request, Mapping[str, Any]]]
 ) -> list[str]:
@@ -252,7 +282,9 @@ def check_answers(
     `exchanges` are (request, answer) with the answer's "contact" object. Customers
     only ever grow, so each answer's primary and secondaries must lie in the final
     component of the request's identifiers, its primary must be the oldest row it
-    lists, and its emails and phone numbers must include the request's.
+    lists, its emails and phone numbers must include the request's, and they must
+    be exactly those of the rows it lists, distinct and in the SPEC's order
+    (check_answer_contents).
     """
     rows = live_rows(rows)
     by_id = {row["id"]: row for row in rows}
@@ -287,6 +319,8 @@ def check_answers(
             )
         if len(set(listed)) != len(listed):
             violations.append(f"[answer-inconsistent] {label} lists a contact id twice")
+        if len(listed_rows) == len(listed) and primary_id in by_id:
+            violations.extend(check_answer_contents(label, contact, by_id[primary_id], listed_rows))
         if email is not None and email not in contact.get("emails", []):
             violations.append(f"[answer-missing-identifier] {label} does not list its email")
         if phone is not None and phone not in contact.get("phoneNumbers", []):

@@ -7,6 +7,15 @@ on a throwaway MariaDB server that this session starts from the installed
 binaries (or on the server named by FLUXKART_TEST_MYSQL_HOST/PORT/USER/
 PASSWORD, in databases the tests create and drop). Without MariaDB installed
 the MySQL tests skip locally and fail in CI (CI=true or FLUXKART_REQUIRE_MYSQL=1).
+
+Ports: every server the suite starts listens on 127.0.0.1, on a port from
+FLUXKART_TEST_PORTS=start-end when that is set (tests/processes.py), so the
+suite can run beside other services on a shared host.
+
+`gunicorn(settings, ...)` starts the service under gunicorn as the Procfile does
+(tests/processes.py's Gunicorn); every one a test starts is stopped after it.
+With FLUXKART_TEST_APP_DIR set it serves the copy of the service in that folder
+(tests/mutants.py uses this to show that the fault tests kill a mutant).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from werkzeug.serving import make_server
 from fluxkart import SETTINGS, create_app
 from tests.mariadb import ExistingServer, MariaDBServer, server_binaries
 from tests.openapi_check import check_app_answer
+from tests.processes import SERVICE_DIR, Gunicorn, free_port, port_range
 
 MYSQL_REQUIRED = bool(os.environ.get("CI") or os.environ.get("FLUXKART_REQUIRE_MYSQL"))
 database_numbers = itertools.count(1)
@@ -100,7 +110,15 @@ class LiveServer:
     """The app served over real HTTP on 127.0.0.1 by a threaded werkzeug server."""
 
     def __init__(self, app: Any):
-        self.httpd = make_server("127.0.0.1", 0, app, threaded=True)
+        for attempt in range(3):
+            try:
+                # Port 0: any port the kernel offers, unless FLUXKART_TEST_PORTS narrows the choice.
+                port = free_port() if port_range() else 0
+                self.httpd = make_server("127.0.0.1", port, app, threaded=True)
+                break
+            except OSError:  # taken between free_port() and bind
+                if attempt == 2:
+                    raise
         self.url = f"http://127.0.0.1:{self.httpd.server_port}"
         # serve_forever checks for shutdown() every poll_interval (0.5 s by default):
         # a short one keeps each test's teardown from costing half a second.
@@ -199,3 +217,60 @@ def read_contacts(settings: dict[str, Any]) -> list[dict[str, Any]]:
 def contacts(settings: dict[str, Any]) -> Any:
     """A function returning the Contact table as it is now."""
     return lambda: read_contacts(settings)
+
+
+def gunicorn_env(
+    settings: dict[str, Any], workers: int, threads: int, worker_class: str, metrics_dir: Path
+) -> dict[str, str]:
+    """The environment of a gunicorn serving `settings`: nothing leaks in from the developer's shell."""
+    env = {name: str(settings.get(name) or "") for name in SETTINGS}
+    env.update(
+        WEB_CONCURRENCY=str(workers),
+        GUNICORN_THREADS=str(threads),
+        GUNICORN_WORKER_CLASS=worker_class,
+        LOG_LEVEL="info",
+        # Our own folder (gunicorn.conf.py keeps one it is given): tests read which workers counted.
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+    )
+    return env
+
+
+@pytest.fixture
+def gunicorn(tmp_path: Path) -> Iterator[Any]:
+    """gunicorn(settings, workers=2, threads=4, worker_class="gthread", app_dir=..., ready_path=...).
+
+    Starts the service (or a copy of it in app_dir) under gunicorn on a free
+    port, trying a new port up to three times when another process took it;
+    every one started is stopped at the end of the test.
+    """
+    started: list[Gunicorn] = []
+
+    def start(
+        settings: dict[str, Any],
+        workers: int = 2,
+        threads: int = 4,
+        worker_class: str = "gthread",
+        app_dir: Path | None = None,
+        ready_path: str = "/health/live",
+    ) -> Gunicorn:
+        # FLUXKART_TEST_APP_DIR serves a copy of the service instead (tests/mutants.py's mutants).
+        app_dir = app_dir or Path(os.environ.get("FLUXKART_TEST_APP_DIR") or SERVICE_DIR)
+        failures = []
+        for _ in range(3):
+            port = free_port()
+            metrics_dir = tmp_path / f"metrics-{port}"
+            metrics_dir.mkdir(exist_ok=True)
+            env = gunicorn_env(settings, workers, threads, worker_class, metrics_dir)
+            server = Gunicorn(env, tmp_path, app_dir=app_dir, port=port)
+            started.append(server)  # registered first, so a half-started one is stopped too
+            try:
+                server.start(ready_path=ready_path)
+                return server
+            except RuntimeError as exc:
+                server.stop()
+                failures.append(str(exc))
+        raise RuntimeError("gunicorn would not start:\n" + "\n".join(failures))
+
+    yield start
+    for server in started:
+        server.stop()

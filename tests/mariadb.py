@@ -2,22 +2,30 @@
 
 The tests never touch a user's server: each session gets its own data
 directory, port and socket under a temporary folder, and the fault tests can
-stop and start it at will. (pytest-mysql does the first part, but not the
-stop/start the fault tests need, so we keep this small class instead.)
+stop, kill and start it at will.
+
+Why not pytest-mysql? Its executor (a mirakuru process) can stop and start its
+server too. We keep this small class because the suite needs a few things its
+session fixtures are not shaped for: several servers in one session with
+different settings (one per isolation level for the stress test, one per fault
+test), a server killed with SIGKILL and started again on the same data
+directory and port, a port from FLUXKART_TEST_PORTS with a fresh try when
+another process took it, and a check that the server answering on the port is
+ours (its @@datadir), not someone else's. It is also one dependency less.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pymysql
 
-from tests.processes import stop_process
+from tests.processes import free_port, stop_process
 
 SERVER_NAMES = ("mariadbd", "mysqld")
 INSTALL_NAMES = ("mariadb-install-db", "mysql_install_db")
@@ -38,16 +46,41 @@ def server_binaries() -> tuple[str, str] | None:
     return (server, install) if server and install else None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+class Server:
+    """Where a MySQL-compatible server answers, and how the tests and the app reach it."""
+
+    host = "127.0.0.1"
+    port = 3306
+    user = "root"
+    password = ""
+
+    def connect(self, database: str | None = None) -> pymysql.connections.Connection:
+        """An autocommit connection as the server's administrator (tuples, not dicts)."""
+        return pymysql.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            database=database,
+            autocommit=True,
+            connect_timeout=2,
+        )
+
+    def settings(self, database: str) -> dict[str, str]:
+        """The app settings that point at `database` on this server."""
+        return {
+            "MYSQL_HOST": self.host,
+            "MYSQL_PORT": str(self.port),
+            "MYSQL_USER": self.user,
+            "MYSQL_PASSWORD": self.password,
+            "MYSQL_DATABASE": database,
+        }
 
 
-class MariaDBServer:
-    """One mariadbd process on 127.0.0.1 with its own data directory."""
+class MariaDBServer(Server):
+    """One mariadbd process on 127.0.0.1 with its own data directory, run as root."""
 
-    def __init__(self, base: Path, isolation: str = "REPEATABLE-READ"):
+    def __init__(self, base: Path, isolation: str = "REPEATABLE-READ", extra_args: Sequence[str] = ()):
         binaries = server_binaries()
         if binaries is None:
             raise RuntimeError("mariadbd/mysqld is not installed")
@@ -56,22 +89,29 @@ class MariaDBServer:
         self.datadir = base / "data"
         self.port = free_port()
         self.isolation = isolation
+        # Appended to the command line at every launch (a Galera node's wsrep options; later wins).
+        self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
 
     def install(self) -> None:
-        subprocess.run(
-            [
-                self.install_bin,
-                "--no-defaults",
-                f"--datadir={self.datadir}",
-                "--user=root",
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
+        """Create the data directory (its output goes to install.log, quoted when it fails)."""
+        log_path = self.base / "install.log"
+        with open(log_path, "ab") as log:
+            result = subprocess.run(
+                [
+                    self.install_bin,
+                    "--no-defaults",
+                    f"--datadir={self.datadir}",
+                    "--user=root",
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        if result.returncode != 0:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{self.install_bin} failed ({result.returncode}):\n{tail}")
 
     def start(self, timeout: float = 30) -> None:
         """Start mariadbd; on a port another process grabbed meanwhile, try a new port."""
@@ -103,6 +143,7 @@ class MariaDBServer:
                     # A throwaway server: durability at commit buys the tests nothing.
                     "--innodb-flush-log-at-trx-commit=2",
                     "--innodb-buffer-pool-size=256M",
+                    *self.extra_args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -131,29 +172,8 @@ class MariaDBServer:
         process, self.process = self.process, None
         stop_process(process, grace=30)
 
-    def connect(self, database: str | None = None) -> pymysql.connections.Connection:
-        return pymysql.connect(
-            host="127.0.0.1",
-            port=self.port,
-            user="root",
-            password="",
-            database=database,
-            autocommit=True,
-            connect_timeout=2,
-        )
 
-    def settings(self, database: str) -> dict[str, str]:
-        """The app settings that point at `database` on this server."""
-        return {
-            "MYSQL_HOST": "127.0.0.1",
-            "MYSQL_PORT": str(self.port),
-            "MYSQL_USER": "root",
-            "MYSQL_PASSWORD": "",
-            "MYSQL_DATABASE": database,
-        }
-
-
-class ExistingServer:
+class ExistingServer(Server):
     """A server the developer names with FLUXKART_TEST_MYSQL_* (tests use their own databases on it)."""
 
     def __init__(self) -> None:
@@ -162,23 +182,3 @@ class ExistingServer:
         self.port = int(env.get("FLUXKART_TEST_MYSQL_PORT", "3306"))
         self.user = env.get("FLUXKART_TEST_MYSQL_USER", "root")
         self.password = env.get("FLUXKART_TEST_MYSQL_PASSWORD", "")
-
-    def connect(self, database: str | None = None) -> pymysql.connections.Connection:
-        return pymysql.connect(
-            host=self.host,
-            port=self.port,
-            user=self.user,
-            password=self.password,
-            database=database,
-            autocommit=True,
-            connect_timeout=2,
-        )
-
-    def settings(self, database: str) -> dict[str, str]:
-        return {
-            "MYSQL_HOST": self.host,
-            "MYSQL_PORT": str(self.port),
-            "MYSQL_USER": self.user,
-            "MYSQL_PASSWORD": self.password,
-            "MYSQL_DATABASE": database,
-        }

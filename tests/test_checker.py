@@ -136,24 +136,110 @@ def test_flags_a_linked_primary() -> None:
     assert kinds(rows) == {"primary-linked": 1}
 
 
-def test_answers_are_checked_against_the_final_customers() -> None:
-    rows = [*good_rows(), row(4, "z@x", "9")]
-    right = {
-        "primaryContactId": 1,
-        "primaryContatctId": 1,
-        "emails": ["a@x", "b@x"],
-        "phoneNumbers": ["1", "2"],
-        "secondaryContactIds": [2],
-    }
-    assert check_answers(rows, [(("b@x", "2"), right)]) == []
-    wrong = {**right, "primaryContactId": 4, "primaryContatctId": 4, "secondaryContactIds": []}
-    assert violation_kinds(check_answers(rows, [(("b@x", "2"), wrong)])) == {"answer-wrong-customer": 1}
-    not_oldest = {**right, "primaryContactId": 2, "primaryContatctId": 2, "secondaryContactIds": [1]}
-    found = violation_kinds(check_answers(rows, [(("b@x", "2"), not_oldest)]))
-    assert found == {"answer-primary-not-oldest": 1}
-    incomplete = {**right, "phoneNumbers": ["1"]}
-    found = violation_kinds(check_answers(rows, [(("b@x", "2"), incomplete)]))
-    assert found == {"answer-missing-identifier": 1}
+def test_flags_a_row_without_identifiers() -> None:
+    rows = [*good_rows(), row(4, None, None)]
+    # Nobody sent (None, None) either: the row is also no request's.
+    assert kinds(rows) == {"no-identifier": 1, "foreign-row": 1}
+
+
+def test_flags_a_bad_precedence() -> None:
+    rows = good_rows()
+    rows[2]["linkPrecedence"] = "tertiary"
+    assert kinds(rows) == {"bad-precedence": 1}
+
+
+# Answers to (b, 2) and others, against good_rows() plus a separate customer z/9 (row 4).
+ANSWER_ROWS = [*good_rows(), row(4, "z@x", "9")]
+# What (b, 2) was told when only rows 1 and 2 existed: a right answer then, and still right.
+RIGHT = {
+    "primaryContactId": 1,
+    "primaryContatctId": 1,
+    "emails": ["a@x", "b@x"],
+    "phoneNumbers": ["1", "2"],
+    "secondaryContactIds": [2],
+}
+ALL_THREE = {**RIGHT, "emails": ["a@x", "b@x", "c@x"], "secondaryContactIds": [2, 3]}
+
+
+def answer_kinds(contact: dict[str, Any], request: Pair = ("b@x", "2")) -> dict[str, int]:
+    return dict(violation_kinds(check_answers(ANSWER_ROWS, [(request, contact)])))
+
+
+def test_right_answers_pass() -> None:
+    assert answer_kinds(RIGHT) == {}
+    assert answer_kinds(ALL_THREE) == {}
+    assert answer_kinds(ALL_THREE, {"email": "c@x", "phoneNumber": None}) == {}
+
+
+@pytest.mark.parametrize(
+    ("contact", "request_", "expected"),
+    [
+        pytest.param(RIGHT, ("q@x", None), {"answer-unknown-customer": 1}, id="unknown-customer"),
+        pytest.param({**RIGHT, "primaryContatctId": 2}, None, {"answer-inconsistent": 1}, id="two-spellings"),
+        pytest.param(
+            {**RIGHT, "secondaryContactIds": [2, 2]}, None, {"answer-inconsistent": 1}, id="id-twice"
+        ),
+        pytest.param(
+            {**RIGHT, "secondaryContactIds": [2, 77]}, None, {"answer-wrong-customer": 1}, id="no-such-row"
+        ),
+        pytest.param(
+            # The customer z/9 for (b, 2): its row, and its identifiers, and not the request's.
+            {**RIGHT, "primaryContactId": 4, "primaryContatctId": 4, "emails": ["z@x"], "phoneNumbers": ["9"]}
+            | {"secondaryContactIds": []},
+            None,
+            {"answer-wrong-customer": 3, "answer-missing-identifier": 2},
+            id="other-customer",
+        ),
+        pytest.param(
+            {**RIGHT, "emails": ["a@x", "b@x", "z@x"]},
+            None,
+            {"answer-wrong-customer": 1, "answer-contents": 1},
+            id="other-customers-email",
+        ),
+        pytest.param(
+            {**RIGHT, "primaryContactId": 2, "primaryContatctId": 2, "secondaryContactIds": [1]}
+            | {"emails": ["b@x", "a@x"], "phoneNumbers": ["2", "1"]},
+            None,
+            {"answer-primary-not-oldest": 1},
+            id="primary-not-oldest",
+        ),
+        pytest.param(RIGHT, ("c@x", "1"), {"answer-missing-identifier": 1}, id="missing-email"),
+        pytest.param(
+            {**RIGHT, "emails": ["a@x", "c@x"], "phoneNumbers": ["1"], "secondaryContactIds": [3]},
+            ("a@x", "2"),
+            {"answer-missing-identifier": 1},
+            id="missing-phone",
+        ),
+        pytest.param(
+            {**RIGHT, "emails": ["a@x", "b@x", "b@x"]}, None, {"answer-duplicate": 1}, id="dup-email"
+        ),
+        pytest.param(
+            {**RIGHT, "phoneNumbers": ["1", "1", "2"]}, None, {"answer-duplicate": 1}, id="dup-phone"
+        ),
+        pytest.param(
+            # Row 1 listed with the emails of rows 1 and 3 (the audit's example).
+            {**RIGHT, "emails": ["a@x", "c@x"], "phoneNumbers": ["1"], "secondaryContactIds": []},
+            ("a@x", "1"),
+            {"answer-contents": 1},
+            id="email-of-unlisted-row",
+        ),
+        pytest.param(
+            {**RIGHT, "phoneNumbers": ["1"]},
+            ("b@x", None),
+            {"answer-contents": 1},
+            id="phone-of-listed-row-missing",
+        ),
+        pytest.param({**RIGHT, "emails": ["b@x", "a@x"]}, None, {"answer-order": 1}, id="emails-order"),
+        pytest.param({**RIGHT, "phoneNumbers": ["2", "1"]}, None, {"answer-order": 1}, id="phones-order"),
+        pytest.param(
+            {**ALL_THREE, "secondaryContactIds": [3, 2]}, None, {"answer-order": 1}, id="secondaries-order"
+        ),
+    ],
+)
+def test_flags_a_wrong_answer(
+    contact: dict[str, Any], request_: Pair | None, expected: dict[str, int]
+) -> None:
+    assert answer_kinds(contact, request_ or ("b@x", "2")) == expected
 
 
 # --------------------------------------------------------------------------

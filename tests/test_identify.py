@@ -376,7 +376,9 @@ def test_new_rows_have_created_equal_updated(api: Api, contacts: Any) -> None:
     """A row that was never changed has updatedAt = createdAt, for primaries and secondaries."""
     api.identify(LORRAINE, "1")
     api.identify(MCFLY, "1")
-    for row in contacts():
+    rows = contacts()
+    assert [row["linkPrecedence"] for row in rows] == ["primary", "secondary"]
+    for row in rows:
         assert row["updatedAt"] == row["createdAt"]
 
 

@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fluxkart import JsonFormatter
 from tests.conftest import Api
-from tests.test_faults import Gunicorn
+from tests.processes import Gunicorn
 
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
 ACCESS_FIELDS = {"method", "path", "status", "duration_ms", "request_id"}
@@ -283,21 +283,18 @@ def test_metrics_count_requests_latency_and_outcomes(api: Api, server: Any) -> N
 
 def counted_by(service: Gunicorn) -> set[str]:
     """The pids of the workers that have written metrics."""
+    assert service.metrics_dir is not None
     return {path.stem.rsplit("_", 1)[-1] for path in service.metrics_dir.glob("counter_*.db")}
 
 
 @pytest.fixture
-def two_workers(settings: dict[str, Any], tmp_path: Any) -> Iterator[Gunicorn]:
-    """The service under gunicorn with 2 workers of 2 threads; stopped at the end."""
-    service = Gunicorn(settings, tmp_path, workers=2, threads=2)
-    try:
-        service.start()
-        deadline = time.monotonic() + 15
-        while len(service.workers()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)  # the second worker may still be booting
-        yield service
-    finally:
-        service.stop()
+def two_workers(settings: dict[str, Any], gunicorn: Callable[..., Gunicorn]) -> Gunicorn:
+    """The service under gunicorn with 2 workers of 2 threads (conftest's fixture stops it)."""
+    service = gunicorn(settings, workers=2, threads=2)
+    deadline = time.monotonic() + 15
+    while len(service.worker_pids()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the second worker may still be booting
+    return service
 
 
 def test_metrics_add_up_across_gunicorn_workers(two_workers: Gunicorn) -> None:

@@ -20,6 +20,7 @@ from fluxkart import (
     SQL_DIR,
     check_dialects_agree,
     create_app,
+    expand_lists,
     get_db,
     load_queries,
     parse_queries,
@@ -33,9 +34,25 @@ MYSQL_PARAM = re.compile(r"%\((\w+)\)s")
 SQLITE = load_queries("sqlite")
 MYSQL = load_queries("mysql")
 # The statements every identify runs, and the read endpoints' lookups.
-HOT = ["select_customer", "select_customers", "lock_primaries"]
+HOT = ["select_customer", "select_connected"]
 # Dummy values for EXPLAIN: numbers where the grammar wants one (LIMIT), else a string.
 NUMBERS = {"limit": 10, "after": 0, "id": 1, "primary_id": 1, "demoted_id": 2, "linked_id": 1}
+# List parameters (expanded for IN by the app's Database wrapper, as here).
+LISTS: dict[str, list[Any]] = {
+    "emails": ["x"],
+    "phones": ["1"],
+    "parents": [1],
+    "children": [1],
+    "ids": [1, 2],
+}
+
+
+def bind(dialect: str, name: str, **values: Any) -> tuple[str, dict[str, Any]]:
+    """A named statement with a value for each parameter, lists expanded as the app does."""
+    sql = (SQLITE if dialect == "sqlite" else MYSQL)[name]
+    pattern = SQLITE_PARAM if dialect == "sqlite" else MYSQL_PARAM
+    params = {p: values.get(p, LISTS.get(p, NUMBERS.get(p, "x"))) for p in pattern.findall(sql)}
+    return expand_lists(sql, params, dialect)
 
 
 def statement_names(path: str) -> set[str]:
@@ -90,16 +107,14 @@ def test_transaction_control_runs_on_sqlite(sqlite_db: sqlite3.Connection) -> No
 @pytest.mark.parametrize("name", sorted(set(SQLITE) - set(TRANSACTION_CONTROL)))
 def test_statement_compiles_on_sqlite(sqlite_db: sqlite3.Connection, name: str) -> None:
     """EXPLAIN prepares the statement without running it: syntax, tables and columns are checked."""
-    sql = SQLITE[name]
-    params = {param: NUMBERS.get(param, "x") for param in SQLITE_PARAM.findall(sql)}
+    sql, params = bind("sqlite", name)
     sqlite_db.execute("EXPLAIN " + sql, params).fetchall()
 
 
 @pytest.mark.parametrize("name", HOT)
 def test_sqlite_plan_uses_the_identifier_indexes(sqlite_db: sqlite3.Connection, name: str) -> None:
     """No full scan of Contact: matching by email and phone goes through their indexes."""
-    sql = SQLITE[name]
-    params = dict.fromkeys(SQLITE_PARAM.findall(sql), "x")
+    sql, params = bind("sqlite", name, email="x", phone="x", emails=["x"], phones=["x"])
     plan = [row[3] for row in sqlite_db.execute("EXPLAIN QUERY PLAN " + sql, params)]
     assert any("USING INDEX Contact_email" in step for step in plan), plan
     assert any("USING INDEX Contact_phoneNumber" in step for step in plan), plan
@@ -141,8 +156,7 @@ def connect_args(settings: dict[str, str]) -> dict[str, Any]:
 
 def explain(conn: pymysql.connections.Connection, name: str, **values: Any) -> list[dict[str, Any]]:
     """EXPLAIN a named MySQL statement; parameters not given get a dummy value."""
-    sql = MYSQL[name]
-    params = {param: values.get(param, NUMBERS.get(param, "x")) for param in MYSQL_PARAM.findall(sql)}
+    sql, params = bind("mysql", name, **values)
     with conn.cursor() as cur:
         cur.execute("EXPLAIN " + sql, params)
         return list(cur.fetchall())
@@ -204,7 +218,8 @@ def test_mysql_plan_uses_indexes(
     be slow (STYLE "SQL": every column a query filters or locks on has an index).
     """
     fill(mysql_conn, 1000)
-    plan = explain(mysql_conn, name, **values)
+    lists = {"emails": [v for v in [values["email"]] if v], "phones": [v for v in [values["phone"]] if v]}
+    plan = explain(mysql_conn, name, **values, **lists, parents=[], children=[])
     contact_steps = [step for step in plan if step["table"] in ("Contact", "c")]
     assert contact_steps, plan
     scans = [step for step in contact_steps if step["type"] == "ALL"]
@@ -219,14 +234,16 @@ def test_mysql_plan_uses_indexes(
 @pytest.mark.parametrize(
     ("name", "values"),
     [
-        ("relink_customer", {"primary_id": 1, "demoted_id": 4}),
-        ("touch_customer_identifiers", {"primary_id": 4}),
+        ("relink_contacts", {"primary_id": 1, "ids": [4, 5, 6]}),
+        ("promote_contact", {"id": 4}),
+        ("touch_contact_identifiers", {"ids": [4, 5, 6]}),
         ("select_contact_by_id", {"id": 5}),
-        ("select_customer_by_primary", {"primary_id": 4}),
+        ("lock_contacts", {"ids": [4, 5, 6]}),
+        ("select_connected", {"emails": ["p1@x.io"], "phones": ["1"], "parents": [4], "children": [5, 6]}),
     ],
 )
 def test_mysql_merge_statements_use_indexes(
-    mysql_conn: pymysql.connections.Connection, name: str, values: dict[str, int]
+    mysql_conn: pymysql.connections.Connection, name: str, values: dict[str, Any]
 ) -> None:
     """The merge's writes find a customer's rows by id and linkedId without scanning the table."""
     fill(mysql_conn, 1000)

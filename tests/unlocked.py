@@ -6,7 +6,7 @@
 The copy (fluxkart.py, gunicorn.conf.py, openapi.json and sql/) differs from the service only
 in its SQL: `FOR UPDATE` is dropped from every statement, and the two
 statements that write identifier rows to lock on (`touch_identifiers`,
-`touch_customer_identifiers`) become `SELECT 1`. Everything else (the
+`touch_contact_identifiers`) become `SELECT 1`. Everything else (the
 transaction, the retry loop, the "demoted meanwhile" re-check) is untouched, so
 what the burst catches against the copy is exactly what the locks prevent.
 fluxkart.py itself is never edited and has no switch for this.
@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 SERVICE_DIR = Path(__file__).resolve().parent.parent
-UNLOCKED_STATEMENTS = ("touch_identifiers", "touch_customer_identifiers")
+UNLOCKED_STATEMENTS = ("touch_identifiers", "touch_contact_identifiers")
 BLOCK = re.compile(r"(^-- name: (\w+)\s*\n)(.*?)(?=^-- name: |\Z)", re.MULTILINE | re.DOTALL)
 FOR_UPDATE = re.compile(r"^[ \t]*FOR UPDATE[ \t]*$\n?", re.MULTILINE | re.IGNORECASE)
 

@@ -19,23 +19,52 @@ WHERE value IS NOT NULL
 ORDER BY kind
 ON DUPLICATE KEY UPDATE version = version + 1
 
--- name: touch_customer_identifiers
--- Bumps the version of every identifier of the customer whose primary is
--- about to be demoted. Any request that linked rows to that primary wrote one
--- of these rows too, so on a multi-primary cluster the two write sets overlap
--- and one of the transactions is aborted instead of leaving a chain.
+-- name: touch_contact_identifiers
+-- Bumps the version of every identifier these rows carry: run by every
+-- identify that changes existing rows (a merge, a repair). Any request that
+-- linked a row to one of those customers wrote one of these identifier rows
+-- too, so on a multi-primary cluster the two write sets overlap and one of
+-- the transactions is aborted instead of leaving a chain.
 INSERT INTO ContactIdentifier (kind, value, version)
 SELECT 'email', email, 1
 FROM Contact
-WHERE (id = %(primary_id)s OR linkedId = %(primary_id)s)
+WHERE id IN %(ids)s
   AND email IS NOT NULL
 UNION
 SELECT 'phone', phoneNumber, 1
 FROM Contact
-WHERE (id = %(primary_id)s OR linkedId = %(primary_id)s)
+WHERE id IN %(ids)s
   AND phoneNumber IS NOT NULL
 ON DUPLICATE KEY UPDATE version = version + 1
 
 -- name: begin_write
 -- Starts a write transaction. An ordinary InnoDB transaction: row locks are taken by the statements inside it.
 START TRANSACTION
+
+-- name: select_contact_table_exists
+-- 1 when the database already has a Contact table (the service's or another's).
+SELECT COUNT(*) AS n
+FROM information_schema.tables
+WHERE table_schema = DATABASE()
+  AND table_name = 'Contact'
+
+-- name: upsert_service_state
+-- Records one fact about the table (ServiceState).
+INSERT INTO ServiceState (name, value)
+VALUES (%(key)s, %(value)s)
+ON DUPLICATE KEY UPDATE value = VALUES(value)
+
+-- name: fill_identifiers
+-- Creates the ContactIdentifier row of every identifier these rows carry,
+-- leaving existing ones as they are (repair fills the table for data the
+-- service did not write).
+INSERT IGNORE INTO ContactIdentifier (kind, value, version)
+SELECT 'email', email, 0
+FROM Contact
+WHERE id IN %(ids)s
+  AND email IS NOT NULL
+UNION
+SELECT 'phone', phoneNumber, 0
+FROM Contact
+WHERE id IN %(ids)s
+  AND phoneNumber IS NOT NULL

@@ -3,6 +3,18 @@
 -- Identifier columns are utf8mb4_bin: the service decides equality by
 -- normalizing, so the database must compare byte for byte.
 
+-- What the service knows about its table (name -> value): 'schema' (the
+-- schema version; a Contact table without it was written by something else and
+-- must go through `migrate` first), 'consistent' ('1' when every customer is
+-- known to satisfy the rules, so identify may answer repeat orders without a
+-- lock), 'phone_region'. Created first: the service writes its facts before
+-- it creates Contact, so no worker ever sees a Contact table without them.
+CREATE TABLE IF NOT EXISTS ServiceState (
+    name VARCHAR(64) CHARACTER SET ascii NOT NULL,
+    value VARCHAR(255) NOT NULL,
+    PRIMARY KEY (name)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
 CREATE TABLE IF NOT EXISTS Contact (
     id INT NOT NULL AUTO_INCREMENT,
     phoneNumber VARCHAR(32) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,

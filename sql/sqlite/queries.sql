@@ -14,21 +14,20 @@ WHERE value IS NOT NULL
 ORDER BY kind
 ON CONFLICT (kind, value) DO UPDATE SET version = version + 1
 
--- name: touch_customer_identifiers
--- Bumps the version of every identifier of the customer whose primary is
--- about to be demoted. (`WHERE true` tells SQLite's parser that ON CONFLICT
--- belongs to the INSERT, not to a join.)
+-- name: touch_contact_identifiers
+-- Bumps the version of every identifier these rows carry. (`WHERE true` tells
+-- SQLite's parser that ON CONFLICT belongs to the INSERT, not to a join.)
 INSERT INTO ContactIdentifier (kind, value, version)
 SELECT kind, value, 1
 FROM (
     SELECT 'email' AS kind, email AS value
     FROM Contact
-    WHERE (id = %(primary_id)s OR linkedId = %(primary_id)s)
+    WHERE id IN %(ids)s
       AND email IS NOT NULL
     UNION
     SELECT 'phone' AS kind, phoneNumber AS value
     FROM Contact
-    WHERE (id = %(primary_id)s OR linkedId = %(primary_id)s)
+    WHERE id IN %(ids)s
       AND phoneNumber IS NOT NULL
 )
 WHERE true
@@ -38,3 +37,29 @@ ON CONFLICT (kind, value) DO UPDATE SET version = version + 1
 -- Starts a write transaction. Takes SQLite's single write lock now, not at the first write, so two
 -- writers never both read and then deadlock upgrading their locks.
 BEGIN IMMEDIATE
+
+-- name: select_contact_table_exists
+-- 1 when the database already has a Contact table (the service's or another's).
+SELECT COUNT(*) AS n
+FROM sqlite_master
+WHERE type = 'table'
+  AND name = 'Contact'
+
+-- name: upsert_service_state
+-- Records one fact about the table (ServiceState).
+INSERT INTO ServiceState (name, value)
+VALUES (%(key)s, %(value)s)
+ON CONFLICT (name) DO UPDATE SET value = excluded.value
+
+-- name: fill_identifiers
+-- Creates the ContactIdentifier row of every identifier these rows carry.
+INSERT OR IGNORE INTO ContactIdentifier (kind, value, version)
+SELECT 'email', email, 0
+FROM Contact
+WHERE id IN %(ids)s
+  AND email IS NOT NULL
+UNION
+SELECT 'phone', phoneNumber, 0
+FROM Contact
+WHERE id IN %(ids)s
+  AND phoneNumber IS NOT NULL

@@ -3,6 +3,13 @@
 -- stored as fixed-width 'YYYY-MM-DD HH:MM:SS.ffffff' UTC text and parsed back
 -- into datetimes by the DATETIME converter the app registers.
 
+-- What the service knows about its table (see sql/mysql/schema.sql). Created
+-- first: the service writes its facts before it creates Contact.
+CREATE TABLE IF NOT EXISTS ServiceState (
+    name TEXT NOT NULL PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS Contact (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     phoneNumber TEXT,
