@@ -134,12 +134,15 @@ class ProcfileServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited at start-up: {self.log_path.read_text()[-2000:]}")
-            with contextlib.suppress(OSError):
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            try:
                 conn.request("GET", "/health/live")
                 if conn.getresponse().status == 200:
-                    conn.close()
                     return
+            except OSError:
+                pass  # not listening yet
+            finally:
+                conn.close()
             time.sleep(0.2)
         raise RuntimeError(f"gunicorn did not answer within {timeout}s: {self.log_path.read_text()[-2000:]}")
 

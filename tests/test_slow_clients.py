@@ -16,13 +16,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 import requests
 
 from tests.mariadb import free_port
 from tests.slow_clients import ProcfileServer, SlowClients, raise_open_files_limit
 
-HELD = 1000  # connections held open while other clients are served
+HELD = 1000  # connections held open while other clients are served (fewer if the open-files limit is low)
 FINISHED = 5  # held connections of each kind completed at the end
 
 
@@ -30,12 +29,14 @@ def test_other_clients_are_answered_while_many_connections_are_idle_or_slow(
     settings: dict[str, Any], tmp_path: Path
 ) -> None:
     """health and identify answer a fresh client while 1,000 idle/slow connections are held."""
+    # This process holds one end of each connection, a gunicorn worker the other.
     limit = raise_open_files_limit(4 * HELD)
-    if limit < 2 * HELD + 200:  # both ends of each connection live on this host
-        pytest.skip(f"open files limit {limit} is too low to hold {HELD} connections")
+    count = min(HELD, limit - 200)
+    # 6 sync workers were stopped by 8 slow clients: a few hundred still tells the models apart.
+    assert count >= 200, f"open files limit {limit} is too low for this test (ulimit -n)"
     server = ProcfileServer(settings, free_port(), tmp_path / "gunicorn.log")
     server.start()
-    held = SlowClients(server.port, HELD)
+    held = SlowClients(server.port, count)
     try:
         held.open()
         base = f"http://127.0.0.1:{server.port}"
