@@ -1,4 +1,4 @@
-"""Idle and slow HTTP clients held open against a server on 127.0.0.1, and gunicorn as the Procfile starts it.
+"""Idle and slow HTTP clients held open against a server on 127.0.0.1.
 
 Used by tests/test_slow_clients.py (the service still answers others while they are
 held) and by the benchmark (how long a fast client waits meanwhile). Three kinds of
@@ -11,19 +11,9 @@ headers announcing a body, only part of it sent).
 from __future__ import annotations
 
 import contextlib
-import http.client
-import os
 import resource
-import shlex
 import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-from tests.processes import stop_process
-
-REPO = Path(__file__).resolve().parents[1]
 KINDS = ("idle", "slow headers", "slow body")
 SLOW_BODY = b'{"email": "slow@example.com", "phoneNumber": "5550001"}'
 
@@ -98,54 +88,3 @@ def read_status(sock: socket.socket) -> int:
             return 0
         data += chunk
     return int(data.split(b" ", 2)[1])
-
-
-def procfile_command() -> list[str]:
-    """The Procfile's web command, run by a shell as a Procfile runner does, on 127.0.0.1
-    only (tests talk to nothing else), with gunicorn from this Python's environment."""
-    line = next(ln for ln in (REPO / "Procfile").read_text().splitlines() if ln.startswith("web:"))
-    command = line.removeprefix("web:").strip().replace("0.0.0.0", "127.0.0.1")
-    return ["sh", "-c", f"PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH exec {command}"]
-
-
-class ProcfileServer:
-    """The service started with the Procfile's command and gunicorn.conf.py's defaults
-    (no WEB_CONCURRENCY or GUNICORN_* from the caller's environment), on 127.0.0.1."""
-
-    def __init__(self, settings: dict[str, str], port: int, log_path: Path):
-        self.settings, self.port, self.log_path = settings, port, log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60) -> None:
-        env = {
-            k: v for k, v in os.environ.items() if k != "WEB_CONCURRENCY" and not k.startswith("GUNICORN_")
-        }
-        env.update(self.settings, PORT=str(self.port), HOST="127.0.0.1")
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                procfile_command(),
-                cwd=REPO,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited at start-up: {self.log_path.read_text()[-2000:]}")
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-            try:
-                conn.request("GET", "/health/live")
-                if conn.getresponse().status == 200:
-                    return
-            except OSError:
-                pass  # not listening yet
-            finally:
-                conn.close()
-            time.sleep(0.2)
-        raise RuntimeError(f"gunicorn did not answer within {timeout}s: {self.log_path.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        stop_process(process, grace=20)

@@ -1,14 +1,15 @@
 """Idle and slow clients do not stop the service from answering others (issue 12).
 
-The service is started exactly as the Procfile starts it, with gunicorn.conf.py's
-defaults, on 127.0.0.1. A thousand connections are opened and held: idle ones, ones
-that send their headers a line at a time, ones that send part of a body. While they
-are held, a fresh client's health checks and identify requests must be answered, and
-afterwards the held connections must still be served (so they really were held open,
-not dropped). With the old default of 6 sync workers the fresh client's first request
-never got an answer (a worker per slow connection); here a request that is not
-answered fails the test when its socket times out, which bounds the test's run time.
-Nothing is timed.
+The service is started as the Procfile starts it (`gunicorn -c gunicorn.conf.py
+'fluxkart:create_app()'`, tests/processes.py), with gunicorn.conf.py's defaults
+(no WEB_CONCURRENCY or GUNICORN_* from the environment), on 127.0.0.1. A thousand
+connections are opened and held: idle ones, ones that send their headers a line at
+a time, ones that send part of a body. While they are held, a fresh client's health
+checks and identify requests must be answered, and afterwards the held connections
+must still be served (so they really were held open, not dropped). With the old
+default of 6 sync workers the fresh client's first request never got an answer (a
+worker per slow connection); here a request that is not answered fails the test
+when its socket times out, which bounds the test's run time. Nothing is timed.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any
 
 import requests
 
-from tests.mariadb import free_port
-from tests.slow_clients import ProcfileServer, SlowClients, raise_open_files_limit
+from tests.processes import Gunicorn
+from tests.slow_clients import SlowClients, raise_open_files_limit
 
 HELD = 1000  # connections held open while other clients are served (fewer if the open-files limit is low)
 FINISHED = 5  # held connections of each kind completed at the end
@@ -34,7 +35,10 @@ def test_other_clients_are_answered_while_many_connections_are_idle_or_slow(
     count = min(HELD, limit - 200)
     # 6 sync workers were stopped by 8 slow clients: a few hundred still tells the models apart.
     assert count >= 200, f"open files limit {limit} is too low for this test (ulimit -n)"
-    server = ProcfileServer(settings, free_port(), tmp_path / "gunicorn.log")
+    server = Gunicorn(settings, tmp_path, log_path=tmp_path / "gunicorn.log")
+    # gunicorn.conf.py's own defaults, whatever this shell sets (as a Procfile runner starts it).
+    for name in [n for n in server.env if n == "WEB_CONCURRENCY" or n.startswith("GUNICORN_")]:
+        del server.env[name]
     server.start()
     held = SlowClients(server.port, count)
     try:
