@@ -510,7 +510,11 @@ class Database:
                 if self.create_schema:
                     self.ensure_schema()
             except Exception as exc:
-                raise self.translate(exc) from exc
+                error = self.translate(exc)
+                # Never keep a connection whose schema check failed: the next request
+                # would find it open, skip the check and serve a table we refuse.
+                self.close()
+                raise error from exc
         return self.conn
 
     def ensure_schema(self) -> None:
