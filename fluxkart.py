@@ -8,7 +8,11 @@ Routes
     GET  /customers        read-only lookup by ?email= and/or ?phoneNumber=
     GET  /contacts         contact rows, ?limit= ?after= ?email= ?phoneNumber=
     GET  /contacts/<id>    one contact row
+    GET  /customers/<id>/history   a customer's history (ids only), oldest first
+    DELETE /customers      erase a customer: ?email= ?phoneNumber= ?dryRun=true
     GET  /metrics          Prometheus metrics;  GET /openapi.json  this API's description
+    /console               support staff's HTML pages (docs/console.md): sign-in with the
+                           API token, search, masked customer, link graph, history, erasure
 
 Commands (flask --app fluxkart <command>)
     init-db                create the schema if missing
@@ -26,6 +30,8 @@ Environment (or a .env file)
     FLUXKART_PHONE_REGION  e.g. IN: store numbers valid there in E.164 form
     FLUXKART_WSREP_SYNC_WAIT  causal reads on a Galera node (default 1; 0 only
                            to measure what they cost)
+    FLUXKART_SECRET_KEY    signs the console's session cookie (the console is off
+                           without it and without FLUXKART_API_TOKEN)
 
 The contract is docs/api.md (with openapi.json); the design is in README.md.
 """
@@ -35,10 +41,12 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import os
 import random
 import re
 import resource
+import secrets
 import sqlite3
 import sys
 import threading
@@ -65,14 +73,20 @@ from flask import (
     Flask,
     Response,
     current_app,
+    flash,
     g,
     has_request_context,
     jsonify,
+    redirect,
+    render_template,
     request,
+    session,
     url_for,
 )
 from flask.cli import with_appcontext
+from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 log = logging.getLogger("fluxkart")
 access_log = logging.getLogger("fluxkart.access")
@@ -91,6 +105,7 @@ SETTINGS = (
     "FLUXKART_API_TOKEN",
     "FLUXKART_PHONE_REGION",
     "FLUXKART_WSREP_SYNC_WAIT",
+    "FLUXKART_SECRET_KEY",
     "FLUXKART_DB_POOL_SIZE",
 )
 
@@ -108,6 +123,8 @@ DEFAULTS: dict[str, Any] = {
     # Galera's causal reads: every read waits until this node has applied
     # every write the cluster committed before it (SPEC, "Concurrency").
     "FLUXKART_WSREP_SYNC_WAIT": "1",
+    # Signs the console's session cookie; the console is off without it.
+    "FLUXKART_SECRET_KEY": "",
     # A request body is two short strings; anything near this limit is abuse.
     "MAX_CONTENT_LENGTH": 64 * 1024,
     # Database connections per worker process; requests in flight beyond this
@@ -285,6 +302,7 @@ def finish_request(response: Response) -> Response:
     if "identify_outcome" in g:
         IDENTIFY_OUTCOMES.labels(g.identify_outcome).inc()
         fields["outcome"] = g.identify_outcome
+    fields.update(g.get("log_fields", {}))  # a view's own figures (erasure counts), never identifiers
     if access_log.isEnabledFor(logging.INFO):
         # makeRecord + handle: Logger.info would also walk the stack for a
         # caller we never print, on every request.
@@ -960,8 +978,10 @@ def apply_identify(db: Database, email: str | None, phone: str | None) -> tuple[
     """
     db.run("touch_identifiers", email=email, phone=phone)
     rows = lock_customer(db, {email} if email else set(), {phone} if phone else set())
-    plan = plan_identify(rows, email, phone, utcnow())
+    now = utcnow()
+    plan = plan_identify(rows, email, phone, now)
     write_plan(db, plan)
+    record_plan_events(db, rows, plan, now)
     return customer_answer(plan.rows), plan.outcome
 
 
@@ -1101,15 +1121,20 @@ def new_contact(email: str | None, phone: str | None, linked_id: int | None, cre
 def write_plan(db: Database, plan: IdentifyPlan) -> None:
     """Apply an IdentifyPlan inside the caller's transaction; sets the inserted row's id.
 
-    Whenever existing rows change, every identifier of the customer is touched
-    first, so on a multi-primary cluster a concurrent request that linked a row
-    to this customer conflicts with this one (README, "Concurrency").
+    Whenever existing rows change, the identifiers of every row whose link
+    changes are touched first, so on a multi-primary cluster a concurrent
+    request that linked a row to a demoted customer conflicts with this one
+    (README, "Concurrency").
     """
     now = utcnow()
     primary_id = plan.rows[0]["id"]
     if plan.promoted or plan.relinked:
-        existing = [row["id"] for row in plan.rows if row is not plan.inserted]
-        db.run("touch_contact_identifiers", ids=existing)
+        # Only the rows whose link changes: a request that linked to a demoted
+        # customer found it through one of these rows and wrote its identifier.
+        # Touching the whole customer would also deadlock with every request
+        # that is linking a new row to the survivor (identifier, then rows).
+        changed = plan.relinked + ([primary_id] if plan.promoted else [])
+        db.run("touch_contact_identifiers", ids=changed)
         if plan.promoted:
             db.run("promote_contact", id=primary_id, updated_at=now)
         if plan.relinked:
@@ -1191,6 +1216,387 @@ def contact_to_json(row: Row) -> dict[str, Any]:
         "updatedAt": stamp(row["updatedAt"]),
         "deletedAt": stamp(row["deletedAt"]),
     }
+
+
+# --------------------------------------------------------------------------
+# History and erasure (SPEC "History and erasure"; docs/history-and-erasure.md)
+# --------------------------------------------------------------------------
+
+HISTORY_READS = prometheus_client.Counter("fluxkart_history_reads", "customer history pages answered")
+ERASURES = prometheus_client.Counter(
+    "fluxkart_erasures",
+    "customer erasures answered (dry_run=true: previews that changed nothing)",
+    ["dry_run"],
+)
+# A DATETIME(6) older than any event: the cursor of a history's first page (MySQL's minimum).
+HISTORY_START = datetime(1000, 1, 1)
+DELETE_IDENTIFIER = {
+    "email": "delete_email_identifier_if_unused",
+    "phone": "delete_phone_identifier_if_unused",
+}
+# How many links a history request follows from the id it was given to its customer.
+MAX_HOPS = 64
+
+_command_run = {"id": ""}
+_command_run_lock = threading.Lock()
+
+
+def start_command_run(run_id: str | None = None) -> str:
+    """Name the unit of work of a CLI command (repair, import); returns the run id recorded in history."""
+    with _command_run_lock:
+        _command_run["id"] = run_id or f"run-{uuid.uuid4().hex}"
+        return _command_run["id"]
+
+
+def current_request_id() -> str:
+    """The id history records for the current unit of work.
+
+    Inside a request, the request's id (X-Request-ID); elsewhere (a CLI
+    command), the process's command run id, made on first use.
+    """
+    if has_request_context() and "request_id" in g:
+        return str(g.request_id)
+    with _command_run_lock:
+        if not _command_run["id"]:
+            _command_run["id"] = f"run-{uuid.uuid4().hex}"
+        return _command_run["id"]
+
+
+@dataclass
+class IdentifyChange:
+    """What one identify transaction changed, in ids: the input of record_identify_events.
+
+    survivor_id: the customer's primary after the change. created: the
+    survivor is a row this request inserted (a new customer). inserted_id: a
+    secondary this request inserted. demoted: each demoted primary -> the ids
+    of its rows that now point at the survivor (itself first). repaired: each
+    former primary (None when there was none, e.g. a missing one) -> the ids of
+    the rows a heal re-pointed from it to the survivor.
+    """
+
+    survivor_id: int
+    created: bool = False
+    inserted_id: int | None = None
+    demoted: dict[int, list[int]] = field(default_factory=dict)
+    repaired: dict[int | None, list[int]] = field(default_factory=dict)
+
+
+def record_event(
+    db: Database,
+    kind: str,
+    customer_id: int,
+    contact_ids: Iterable[int],
+    at: datetime,
+    former_customer_id: int | None = None,
+) -> None:
+    """Append one history event (kind in EVENT_KINDS) in the caller's transaction. Ids only."""
+    db.run(
+        "insert_history_event",
+        kind=kind,
+        created_at=at,
+        request_id=current_request_id(),
+        customer_id=customer_id,
+        former_customer_id=former_customer_id,
+        contact_ids=json.dumps(list(contact_ids), separators=(",", ":")),
+    )
+
+
+def record_identify_events(db: Database, change: IdentifyChange, at: datetime) -> None:
+    """Record what an identify changed, in its transaction: created | repaired, merged | linked.
+
+    Called by apply_identify only when it wrote something: a request that
+    changes nothing records nothing. `at` is the changed rows' updatedAt.
+    """
+    survivor = change.survivor_id
+    if change.created:
+        record_event(db, "created", survivor, [survivor], at)
+    for former, moved in change.repaired.items():
+        record_event(db, "repaired", survivor, moved, at, former)
+    for demoted, moved in change.demoted.items():
+        record_event(db, "merged", survivor, moved, at, demoted)
+    if change.inserted_id is not None:
+        record_event(db, "linked", survivor, [change.inserted_id], at)
+
+
+def record_plan_events(db: Database, rows: list[Row], plan: IdentifyPlan, at: datetime) -> None:
+    """Record what write_plan just wrote (identify, repair), in the same transaction; nothing if unchanged.
+
+    `rows` are the customer's locked rows before the plan. A demoted primary and
+    the rows that pointed at it make one `merged` event; every other re-pointed
+    (or promoted) row goes into a `repaired` event per row it pointed at before.
+    """
+    if plan.outcome == "unchanged":
+        return
+    before = {row["id"]: row for row in rows}
+    change = IdentifyChange(plan.rows[0]["id"])
+    if plan.outcome == "created":
+        change.created = True
+    elif plan.inserted is not None:
+        change.inserted_id = plan.inserted["id"]
+    if plan.promoted is not None:
+        change.repaired[before[change.survivor_id]["linkedId"]] = [change.survivor_id]
+    change.demoted = {primary_id: [primary_id] for primary_id in plan.demoted}
+    for row_id in plan.relinked:  # oldest first
+        if row_id in change.demoted:
+            continue
+        former = before[row_id]["linkedId"]
+        if former in change.demoted:
+            change.demoted[former].append(row_id)
+        else:
+            change.repaired.setdefault(former, []).append(row_id)
+    record_identify_events(db, change, at)
+
+
+def record_imported(db: Database, customer_id: int, contact_ids: Iterable[int], at: datetime) -> None:
+    """For the import command: rows it added to a customer, in the transaction that added them."""
+    record_event(db, "imported", customer_id, contact_ids, at)
+
+
+def event_to_json(row: Row) -> dict[str, Any]:
+    """A history row as the API answers it: ids, kind, time (ISO 8601 UTC) and request id."""
+    event: dict[str, Any] = {
+        "id": row["id"],
+        "kind": row["kind"],
+        "at": row["createdAt"].isoformat(timespec="microseconds") + "Z",
+        "requestId": row["requestId"],
+        "customerId": row["customerId"],
+        "contactIds": json.loads(row["contactIds"]),
+    }
+    if row["kind"] == "merged":
+        event["demotedPrimaryId"] = row["formerCustomerId"]
+    elif row["kind"] == "repaired":
+        event["formerPrimaryId"] = row["formerCustomerId"]
+    return event
+
+
+def resolve_customer(db: Database, contact_id: int) -> int:
+    """The primary id of the customer a contact id now belongs to; ApiError 404/409.
+
+    A live row leads to its primary. A row that is gone or deleted (a demoted
+    and later erased or deleted primary) leads, through the history event that
+    moved its rows, to the customer that absorbed it.
+    """
+    current, seen = contact_id, set()
+    for _ in range(MAX_HOPS):
+        seen.add(current)
+        row = db.one("select_contact_link", id=current)
+        if row is not None and row["deletedAt"] is None:
+            if row["linkPrecedence"] == "primary":
+                return current
+            following = row["linkedId"]
+        else:
+            absorbing = db.one("select_absorbing_event", former_customer_id=current)
+            following = absorbing["customerId"] if absorbing else None
+        if following is None or following in seen:
+            break
+        current = following
+    if current == contact_id:
+        raise ApiError(404, "not_found", f"no customer with id {contact_id}")
+    raise ApiError(
+        409,
+        "inconsistent_customer",
+        f"contact {contact_id} leads to no primary; its rows were not written by this service",
+    )
+
+
+def customer_history(db: Database, customer_id: int, after: int, limit: int) -> dict[str, Any]:
+    """A customer's events, oldest first by (time, id), including those of customers merged into it.
+
+    In: any id of the customer (a demoted primary's id leads to its survivor),
+    the id of the last event already read (0: from the start), a page size.
+    Out: {"customerId": the survivor's primary id, "events": [...],
+    "nextAfter": the cursor of the next page or None}. ApiError 404 for an
+    unknown id or a cursor that names no event, 409 for rows with no primary.
+    """
+    survivor = resolve_customer(db, customer_id)
+    after_at = HISTORY_START
+    if after:
+        cursor = db.one("select_history_event_by_id", id=after)
+        if cursor is None:
+            raise ApiError(404, "not_found", f"no history event {after}: give an id from a previous page")
+        after_at = cursor["createdAt"]
+    rows = db.all(
+        "select_history_page", customer_id=survivor, after=after, after_at=after_at, limit=limit + 1
+    )
+    page = rows[:limit]
+    return {
+        "customerId": survivor,
+        "events": [event_to_json(row) for row in page],
+        "nextAfter": page[-1]["id"] if len(rows) > limit else None,
+    }
+
+
+class DryRunFinished(Exception):
+    """Carries a dry-run erasure's answer out of its transaction, which is then rolled back."""
+
+    def __init__(self, result: dict[str, Any]):
+        super().__init__("dry run")
+        self.result = result
+
+
+def erase_customer(db: Database, email: str | None, phone: str | None, dry_run: bool) -> dict[str, Any]:
+    """Erase a whole customer with hard DELETEs: rows, identifier rows, history; leave one erasure record.
+
+    In: canonical identifiers (at least one). Out: {"dryRun", "primaryContactId",
+    "contactIds", "contacts", "identifiers", "historyEvents"}. With dry_run the
+    same transaction runs and is rolled back: the answer is what would be
+    erased, and nothing changes. ApiError 404 when no customer has these
+    identifiers, 409 when the email and the phone belong to two customers.
+    Takes identify's locks (SPEC "Concurrency"): a racing identify for the
+    customer commits wholly before (and is erased) or after (a new customer).
+    """
+
+    def work(db: Database) -> dict[str, Any]:
+        result = apply_erasure(db, email, phone, dry_run)
+        if dry_run:
+            raise DryRunFinished(result)
+        return result
+
+    try:
+        return in_transaction(db, work, "erasure")
+    except DryRunFinished as finished:
+        return finished.result
+
+
+def identifiers_of(rows: Iterable[Row]) -> set[tuple[str, str]]:
+    """The (kind, value) identifiers rows carry: ('email', ...) and ('phone', ...)."""
+    found = set()
+    for row in rows:
+        if row["email"] is not None:
+            found.add(("email", row["email"]))
+        if row["phoneNumber"] is not None:
+            found.add(("phone", row["phoneNumber"]))
+    return found
+
+
+def rows_by_key(db: Database, key: tuple[str, Any]) -> list[Row]:
+    """Every row (live or deleted) carrying an identifier, or linked to/from an id: ("link", id)."""
+    kind, value = key
+    if kind == "email":
+        return db.all("select_rows_by_email", email=value)
+    if kind == "phone":
+        return db.all("select_rows_by_phone", phone=value)
+    return db.all("select_rows_by_link", id=value)
+
+
+def keys_of(row: Row) -> list[tuple[str, Any]]:
+    """What connects a row to others: its identifiers, its id, and the id it links to."""
+    keys: list[tuple[str, Any]] = [("link", row["id"])]
+    if row["linkedId"] is not None:
+        keys.append(("link", row["linkedId"]))
+    if row["email"] is not None:
+        keys.append(("email", row["email"]))
+    if row["phoneNumber"] is not None:
+        keys.append(("phone", row["phoneNumber"]))
+    return keys
+
+
+def deleted_rows_of(db: Database, live: dict[int, Row]) -> dict[int, Row]:
+    """The soft-deleted rows erased with a customer.
+
+    A deleted row is the customer's when a link or a shared identifier
+    connects it to the customer's rows, directly or through other deleted
+    rows, but never through a link or an identifier that a live row of
+    another customer holds (that row's deleted neighbours are its own).
+    """
+    erased = dict(live)
+    queue = [key for row in live.values() for key in keys_of(row)]
+    done: set[tuple[str, Any]] = set()
+    while queue:
+        key = queue.pop()
+        if key in done:
+            continue
+        done.add(key)
+        rows = rows_by_key(db, key)
+        if any(row["deletedAt"] is None and row["id"] not in live for row in rows):
+            continue  # another customer's link or identifier
+        for row in rows:
+            if row["id"] not in erased:
+                erased[row["id"]] = row
+                queue.extend(keys_of(row))
+    return erased
+
+
+def customer_to_erase(db: Database, email: str | None, phone: str | None) -> dict[int, Row]:
+    """The live rows of the one customer with this email and/or phone; ApiError 404 or 409."""
+    by_email = connected_rows(db, {email}, set()) if email is not None else {}
+    by_phone = connected_rows(db, set(), {phone}) if phone is not None else {}
+    if by_email and by_phone and by_email.keys() != by_phone.keys():
+        ids = ", ".join(str(oldest_first(rows.values())[0]["id"]) for rows in (by_email, by_phone))
+        raise ApiError(
+            409,
+            "several_customers",
+            f"the email and phone number belong to different customers ({ids}); erase them one at a time",
+        )
+    customer = by_email or by_phone
+    if not customer:
+        raise ApiError(404, "not_found", "no customer has this email or phone number")
+    return customer
+
+
+def apply_erasure(db: Database, email: str | None, phone: str | None, dry_run: bool) -> dict[str, Any]:
+    """The erasure, inside one transaction (erase_customer runs it and retries it).
+
+    Lock protocol, identify's own: 1. touch the request's identifier rows; 2.
+    find the customer and touch every identifier it carries, again until a
+    fresh read finds none untouched (then no identify can add to or merge the
+    customer: each would first touch one of them); 3. lock the rows FOR UPDATE;
+    4. delete history, rows and identifier rows; 5. write the erasure record.
+    """
+    db.run("touch_identifiers", email=email, phone=phone)
+    touched = {(kind, value) for kind, value in (("email", email), ("phone", phone)) if value is not None}
+    while True:
+        live = customer_to_erase(db, email, phone)
+        rows = deleted_rows_of(db, live)
+        untouched = identifiers_of(rows.values()) - touched
+        if not untouched:
+            break
+        for kind, value in sorted(untouched):
+            db.run("touch_identifier", kind=kind, value=value)
+        touched |= untouched
+    ids = sorted(rows)
+    for contact_id in ids:
+        db.one("lock_contact_by_id", id=contact_id)
+
+    # History: events keyed by any of the rows, and by every former customer they name.
+    keyed, queue = set(), list(ids)
+    while queue:
+        customer_id = queue.pop()
+        if customer_id in keyed:
+            continue
+        keyed.add(customer_id)
+        queue.extend(
+            event["formerCustomerId"]
+            for event in db.all("select_history_by_customer", customer_id=customer_id)
+            if event["formerCustomerId"] is not None
+        )
+    history_events = sum(
+        db.execute("delete_history_by_customer", {"customer_id": customer_id}).rowcount
+        for customer_id in sorted(keyed)
+    )
+    for contact_id in ids:
+        db.run("delete_contact_by_id", id=contact_id)
+    identifiers = sum(
+        db.execute(DELETE_IDENTIFIER[kind], {"value": value}).rowcount for kind, value in sorted(touched)
+    )
+    result = {
+        "dryRun": dry_run,
+        # The oldest live row: the primary, or the one identify would make primary (SPEC).
+        "primaryContactId": oldest_first(live.values())[0]["id"],
+        "contactIds": ids,
+        "contacts": len(ids),
+        "identifiers": identifiers,
+        "historyEvents": history_events,
+    }
+    db.run(
+        "insert_erasure",
+        erased_at=utcnow(),
+        request_id=current_request_id(),
+        contacts=len(ids),
+        identifiers=identifiers,
+        history_events=history_events,
+    )
+    return result
 
 
 # --------------------------------------------------------------------------
@@ -1279,7 +1685,8 @@ DEFAULT_PAGE = 100
 def require_token() -> None:
     """401 unless the bearer token is sent, when FLUXKART_API_TOKEN is set (SPEC, "Access")."""
     token: str = current_app.config["FLUXKART_API_TOKEN"]
-    if not token or request.endpoint in PUBLIC_ENDPOINTS:
+    # The console checks its own signed session instead (a form cannot send a header).
+    if not token or request.endpoint in PUBLIC_ENDPOINTS or request.blueprint == "console":
         return
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
@@ -1409,6 +1816,512 @@ def get_contact(contact_id: int) -> Response:
     if row is None:
         raise ApiError(404, "not_found", f"no contact with id {contact_id}")
     return jsonify(contact_to_json(row))
+
+
+def query_bool(name: str) -> bool:
+    """A true/false query parameter, false when absent; 400 for anything else."""
+    raw = request.args.get(name, "false")
+    if raw not in ("true", "false"):
+        raise ApiError(400, "invalid_parameter", f"{name} must be true or false")
+    return raw == "true"
+
+
+@api.get("/customers/<int:primaryId>/history")
+def get_customer_history(primaryId: int) -> Response:
+    """GET /customers/<primaryId>/history: the customer's events, oldest first, paginated.
+
+    Any id of the customer works; a demoted primary's id answers its survivor's
+    history, named by "customerId" and a Link rel="canonical".
+    """
+    primary_id = primaryId  # the path's name for it is the API's (camelCase)
+    limit = query_int("limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    after = query_int("after", 0, 0, MAX_CONTACT_ID)
+    if primary_id > MAX_CONTACT_ID:
+        raise ApiError(404, "not_found", f"no customer with id {primary_id}")
+    history = reconnect_once(lambda db: customer_history(db, primary_id, after, limit))
+    HISTORY_READS.inc()
+    response = jsonify(history)
+    survivor = history["customerId"]
+    links = []
+    if survivor != primary_id:
+        links.append(f'<{url_for("api.get_customer_history", primaryId=survivor)}>; rel="canonical"')
+    if history["nextAfter"] is not None:
+        next_url = url_for(
+            "api.get_customer_history", primaryId=survivor, limit=limit, after=history["nextAfter"]
+        )
+        links.append(f'<{next_url}>; rel="next"')
+    if links:
+        response.headers["Link"] = ", ".join(links)
+    return response
+
+
+@api.delete("/customers")
+def delete_customer() -> Response:
+    """DELETE /customers?email=&phoneNumber=[&dryRun=true]: erase a whole customer (privacy request).
+
+    Refused (403) while no API token is configured. The access log line carries
+    the counts, never the identifiers.
+    """
+    if not current_app.config["FLUXKART_API_TOKEN"]:
+        raise ApiError(
+            403,
+            "erasure_disabled",
+            "erasure is refused while FLUXKART_API_TOKEN is not set: nobody erases customers on an "
+            "open service; set the token and send it as 'Authorization: Bearer <token>'",
+        )
+    email, phone = query_identifiers()
+    if email is None and phone is None:
+        raise ApiError(400, "missing_identifier", "give ?email= and/or ?phoneNumber=")
+    dry_run = query_bool("dryRun")
+    result = reconnect_once(lambda db: erase_customer(db, email, phone, dry_run))
+    ERASURES.labels("true" if dry_run else "false").inc()
+    counts = {name: result[name] for name in ("dryRun", "contacts", "identifiers", "historyEvents")}
+    g.log_fields = {"erasure": counts}
+    log.info("erasure previewed" if dry_run else "customer erased", extra={"fields": counts})
+    return jsonify(result)
+
+
+# --------------------------------------------------------------------------
+# Console: support staff's pages at /console (server-rendered, works without JavaScript)
+# --------------------------------------------------------------------------
+
+# Its own Blueprint: templates in templates/console/, the stylesheet in static/
+# (served at /console/static/), every view behind a signed session cookie
+# instead of the API's bearer header (a browser cannot send one from a form).
+console = Blueprint(
+    "console", __name__, url_prefix="/console", template_folder="templates", static_folder="static"
+)
+
+# No script at all, styles only from our own stylesheet (no inline style), forms
+# post only to us, never framed (clickjacking on the erase button).
+CONSOLE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+}
+# A support shift: a signed cookie older than this is refused even if the browser kept it.
+CONSOLE_SESSION_HOURS = 8
+# Views anyone may reach: the sign-in form and the stylesheet it needs.
+CONSOLE_OPEN_ENDPOINTS = {"console.sign_in_form", "console.sign_in", "console.static"}
+SEARCH_KINDS = {"email": "Email", "phone": "Phone number", "id": "Contact id"}
+HISTORY_PAGE = 50
+
+
+class ConsoleSessionInterface(SecureCookieSessionInterface):
+    """Flask's signed cookie, marked Secure whenever the request came over HTTPS.
+
+    gunicorn sets the scheme from X-Forwarded-Proto when the proxy is trusted
+    (forwarded_allow_ips), so a TLS-terminating load balancer counts as HTTPS.
+    """
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        """Secure when configured so, or when this request arrived over HTTPS."""
+        return bool(app.config["SESSION_COOKIE_SECURE"]) or (has_request_context() and request.is_secure)
+
+
+def configure_console(app: Flask) -> None:
+    """Session cookie settings for the console; the signing key is FLUXKART_SECRET_KEY."""
+    app.secret_key = app.config["FLUXKART_SECRET_KEY"] or None
+    app.session_interface = ConsoleSessionInterface()
+    app.config.update(
+        SESSION_COOKIE_NAME="fluxkart_console",
+        SESSION_COOKIE_PATH="/console",  # never sent to the JSON API
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=CONSOLE_SESSION_HOURS),
+    )
+    app.register_blueprint(console)
+
+
+def mask_email(email: str) -> str:
+    """`dana@example.com` -> `d***@example.com`: enough to tell two apart on the phone, no more."""
+    local, _, domain = email.partition("@")
+    return f"{local[:1]}***@{domain}"
+
+
+def mask_phone(phone: str) -> str:
+    """`+919876543210` -> `+91 ******3210`: the country code and the last four digits.
+
+    Shorter numbers show fewer digits (two of 4-7, none below 4), so a mask
+    never gives away most of a number.
+    """
+    prefix, digits = "", phone
+    if phone.startswith("+"):
+        try:
+            parsed = phonenumbers.parse(phone, None)
+            prefix, digits = f"+{parsed.country_code} ", str(phone[1 + len(str(parsed.country_code)) :])
+        except phonenumbers.NumberParseException:
+            prefix, digits = "+", phone[1:]
+    shown = 4 if len(digits) >= 8 else 2 if len(digits) >= 4 else 0
+    return prefix + "*" * (len(digits) - shown) + digits[len(digits) - shown :]
+
+
+# The link graph: nodes on a circle, primary at the top, the others clockwise
+# oldest first. A customer has a handful of rows, for which a circle keeps every
+# edge visible and the picture stable between visits; graph libraries were
+# weighed (README, docs/console.md): Graphviz needs a system binary and a
+# subprocess per page, networkx's layouts need numpy, and SVG writers add
+# nothing over an autoescaped template.
+GRAPH_NODE_RADIUS = 24
+GRAPH_MARGIN = 40
+# Edges of different kinds between the same two rows bend apart instead of overlapping.
+EDGE_BEND = {"link": 0.0, "email": 0.22, "phone": -0.22}
+
+
+def link_edges(rows: list[Row]) -> list[dict[str, Any]]:
+    """Why the rows are one customer: link (secondary -> the row it points at), shared email, shared phone.
+
+    Rows sharing a value are chained oldest first (n rows, n - 1 edges), which
+    is enough to show they are connected without a clique of lines.
+    """
+    rows = oldest_first(rows)
+    ids = {row["id"] for row in rows}
+    edges = [
+        {"kind": "link", "source": row["id"], "target": row["linkedId"]}
+        for row in rows
+        if row["linkedId"] is not None and row["linkedId"] in ids
+    ]
+    for kind, column in (("email", "email"), ("phone", "phoneNumber")):
+        last_with: dict[str, int] = {}
+        for row in rows:
+            value = row[column]
+            if value is None:
+                continue
+            if value in last_with:
+                edges.append({"kind": kind, "source": last_with[value], "target": row["id"]})
+            last_with[value] = row["id"]
+    return edges
+
+
+def link_graph(rows: list[Row]) -> dict[str, Any]:
+    """Positions (SVG user units) of every row and the path of every edge, for templates/console/graph.svg."""
+    primary_ids = {row["id"] for row in primaries_of(rows)}
+    ordered = sorted(oldest_first(rows), key=lambda row: row["id"] not in primary_ids)
+    count = len(ordered)
+    # Big enough that neighbouring nodes keep a node's width between them.
+    radius = 0.0 if count == 1 else max(110.0, count * 3 * GRAPH_NODE_RADIUS / (2 * math.pi))
+    size = 2 * (radius + GRAPH_NODE_RADIUS + GRAPH_MARGIN)
+    centre = size / 2
+    nodes, where = [], {}
+    for index, row in enumerate(ordered):
+        angle = -math.pi / 2 + 2 * math.pi * index / count
+        x, y = centre + radius * math.cos(angle), centre + radius * math.sin(angle)
+        where[row["id"]] = (x, y)
+        nodes.append(
+            {"id": row["id"], "x": round(x, 1), "y": round(y, 1), "primary": row["id"] in primary_ids}
+        )
+    edges = []
+    for edge in link_edges(rows):
+        (x1, y1), (x2, y2) = where[edge["source"]], where[edge["target"]]
+        bend = EDGE_BEND[edge["kind"]]
+        # Control point: the midpoint pushed sideways by a share of the edge's length.
+        cx, cy = (x1 + x2) / 2 - bend * (y2 - y1), (y1 + y2) / 2 + bend * (x2 - x1)
+        path = f"M {x1:.1f} {y1:.1f} Q {cx:.1f} {cy:.1f} {x2:.1f} {y2:.1f}"
+        edges.append({**edge, "path": path})
+    return {"size": round(size, 1), "nodes": nodes, "edges": edges}
+
+
+def console_page(template: str, status: int = 200, **context: Any) -> Response:
+    """Render templates/console/<template> with the given status."""
+    response = current_app.make_response(render_template(f"console/{template}", **context))
+    response.status_code = status
+    return response
+
+
+def console_message(status: int, title: str, message: str, back: bool = True) -> Response:
+    """A page that says what went wrong and what to do about it (and, when it helps, a way back)."""
+    return console_page("message.html", status, title=title, message=message, back=back)
+
+
+def session_fingerprint() -> str:
+    """Ties a session to the API token it was opened with: changing the token signs everyone out."""
+    token: str = current_app.config["FLUXKART_API_TOKEN"]
+    key: str = current_app.config["FLUXKART_SECRET_KEY"]
+    return hmac.new(key.encode(), token.encode(), "sha256").hexdigest()
+
+
+def signed_in() -> bool:
+    """True when this session signed in with the API token that is configured now."""
+    return hmac.compare_digest(str(session.get("auth", "")), session_fingerprint())
+
+
+def csrf_token() -> str:
+    """This session's token for every form (made on first use); templates call it."""
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(32)
+    return str(session["csrf"])
+
+
+@console.context_processor
+def console_context() -> dict[str, Any]:
+    """What every console template may call: csrf_token() and signed_in()."""
+    return {"csrf_token": csrf_token, "signed_in": signed_in}
+
+
+@console.before_request
+def console_gate() -> WerkzeugResponse | None:
+    """Refuse the console without a token or signing key, demand sign-in, check CSRF on every POST."""
+    if request.endpoint == "console.static":
+        return None
+    if not current_app.config["FLUXKART_API_TOKEN"]:
+        return console_message(
+            403,
+            "The console is off",
+            "No API token is configured (FLUXKART_API_TOKEN). The console shows and erases customers' "
+            "personal data, so it stays off until the service has a token to sign in with. "
+            "Set FLUXKART_API_TOKEN and FLUXKART_SECRET_KEY, then restart the service.",
+            back=False,
+        )
+    if not current_app.config["FLUXKART_SECRET_KEY"]:
+        return console_message(
+            403,
+            "The console is off",
+            "No session signing key is configured (FLUXKART_SECRET_KEY), so a sign-in could not be "
+            "kept safely. Set it (docs/console.md says how) and restart the service.",
+            back=False,
+        )
+    if request.endpoint not in CONSOLE_OPEN_ENDPOINTS and not signed_in():
+        return redirect(url_for("console.sign_in_form"), 303)
+    if request.method == "POST":
+        expected = str(session.get("csrf", ""))
+        given = request.form.get("csrf_token", "")
+        if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+            log.warning("console form refused: missing or wrong CSRF token")
+            return console_message(
+                400,
+                "This form has expired",
+                "The form did not carry this session's security token (it was opened before a "
+                "sign-in or sign-out, or sent from another site). Open the page again and resend it.",
+            )
+    return None
+
+
+@console.after_app_request
+def console_headers(response: Response) -> Response:
+    """The console's security headers on every answer under /console, errors included."""
+    if request.path == "/console" or request.path.startswith("/console/"):
+        response.headers.update(CONSOLE_HEADERS)
+    return response
+
+
+@console.errorhandler(ApiError)
+def console_api_error(exc: ApiError) -> Response:
+    """A domain error (400/404/409...) as a page with the same status and message."""
+    return console_message(exc.status, "That did not work", exc.message)
+
+
+@console.errorhandler(DatabaseUnavailable)
+def console_database_unavailable(exc: DatabaseUnavailable) -> Response:
+    """The API's 503 with Retry-After, as a page."""
+    log.error("database unavailable: %s", exc)
+    response = console_message(
+        503, "The database is busy", "The database is unavailable or busy; retry shortly."
+    )
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+@console.get("/sign-in")
+def sign_in_form() -> WerkzeugResponse:
+    """The sign-in form (the API token is the password)."""
+    if signed_in():
+        return redirect(url_for("console.search_form"), 303)
+    return console_page("sign_in.html")
+
+
+@console.post("/sign-in")
+def sign_in() -> WerkzeugResponse:
+    """Check the token in constant time; on success start a fresh session (new CSRF token)."""
+    token: str = current_app.config["FLUXKART_API_TOKEN"]
+    given = request.form.get("token", "").strip()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        log.warning("console sign-in refused: wrong token")
+        return console_page("sign_in.html", 401, error="That is not this service's API token.")
+    session.clear()  # nothing from before the sign-in survives it (session fixation)
+    session["auth"] = session_fingerprint()
+    session["csrf"] = secrets.token_urlsafe(32)
+    log.info("console sign-in")
+    return redirect(url_for("console.search_form"), 303)
+
+
+@console.post("/sign-out")
+def sign_out() -> WerkzeugResponse:
+    """Forget the session; the browser is sent back to the sign-in form."""
+    session.clear()
+    flash("You are signed out.")
+    return redirect(url_for("console.sign_in_form"), 303)
+
+
+@console.get("")
+def search_form() -> Response:
+    """Look a customer up by email, phone number or contact id."""
+    return console_page("search.html", kind="email")
+
+
+@console.post("/search")
+def search() -> WerkzeugResponse:
+    """Find the customer and redirect to its page, addressed by its primary id only.
+
+    The identifier travels in the POST body alone, so it lands in no URL, log
+    line or browser history; the primary id the page is addressed by is the
+    service's own row id (the one GET /customers/<id>/history takes), not a
+    customer's personal data. Redirecting makes reload and Back safe.
+    """
+    kind = request.form.get("kind", "")
+    value = request.form.get("identifier", "")
+    if kind not in SEARCH_KINDS:
+        return console_page("search.html", 400, kind="email", error="Choose what to search by.")
+    try:
+        primary_id = reconnect_once(lambda db: find_primary_id(db, kind, value))
+    except ApiError as exc:
+        return console_page("search.html", exc.status, kind=kind, value=value, error=exc.message)
+    return redirect(url_for("console.customer_page", primary_id=primary_id), 303)
+
+
+def customer_id_of(db: Database, contact_id: int) -> int:
+    """The id a customer's page is addressed by, from any of its contact ids; ApiError 404/409.
+
+    That is the customer's oldest live row: its primary whenever the rows keep
+    the SPEC's rules, and the row identify or repair would make primary when
+    they do not (data the service did not write). A demoted primary that was
+    since deleted or erased leads, through the history, to the survivor.
+    """
+    if contact_id > MAX_CONTACT_ID:  # beyond BIGINT (SQLite cannot even bind it)
+        raise ApiError(404, "not_found", f"no customer with id {contact_id}")
+    rows = connected_rows(db, set(), set(), ids=[contact_id])
+    if rows:
+        return int(oldest_first(rows.values())[0]["id"])
+    return resolve_customer(db, contact_id)
+
+
+def find_primary_id(db: Database, kind: str, value: str) -> int:
+    """The page id (customer_id_of) of the customer with this email, phone number or contact id.
+
+    ApiError 400 for a value that is not one, 404 when no customer has it.
+    """
+    if kind == "id":
+        text = value.strip().lstrip("#")
+        if not text.isascii() or not text.isdigit() or not 0 < int(text) <= MAX_CONTACT_ID:
+            raise ApiError(400, "invalid_contact_id", "A contact id is a whole number, such as 42.")
+        return customer_id_of(db, int(text))
+    region = current_app.config["FLUXKART_PHONE_REGION"]
+    email = normalize_email(value, "the email") if kind == "email" else None
+    phone = normalize_phone(value, region, "the phone number") if kind == "phone" else None
+    if email is None and phone is None:
+        raise ApiError(400, "missing_identifier", f"Type the {SEARCH_KINDS[kind].lower()} to look for.")
+    return int(oldest_first(lookup_customer(db, email, phone))[0]["id"])
+
+
+def customer_rows(db: Database, customer_id: int) -> list[Row]:
+    """Every live row of the customer whose page id is customer_id, oldest first; ApiError 404/409."""
+    if customer_id > MAX_CONTACT_ID:
+        raise ApiError(404, "not_found", f"no customer with id {customer_id}")
+    rows = oldest_first(connected_rows(db, set(), set(), ids=[customer_id]).values())
+    if not rows:
+        raise ApiError(404, "not_found", f"no customer with id {customer_id}")
+    if rows[0]["id"] != customer_id:
+        raise ApiError(
+            409,
+            "customer_moved",
+            f"contact {customer_id} is now part of customer {rows[0]['id']}: open that one",
+        )
+    return rows
+
+
+def keeps_the_rules(rows: list[Row]) -> bool:
+    """True when the oldest row is the only primary and every other row links straight to it."""
+    primary, *others = rows
+    return primary["linkPrecedence"] == "primary" and all(
+        row["linkPrecedence"] == "secondary" and row["linkedId"] == primary["id"] for row in others
+    )
+
+
+def show_customer(customer_id: int, reveal: bool) -> Response:
+    """The customer page: rows, link graph, history; identifiers masked unless revealed."""
+    after = request.args.get("after", "")
+    after_id = int(after) if after.isascii() and after.isdigit() and int(after) <= MAX_CONTACT_ID else 0
+    rows = reconnect_once(lambda db: customer_rows(db, customer_id))
+    try:
+        history = reconnect_once(lambda db: customer_history(db, customer_id, after_id, HISTORY_PAGE))
+        history_error = None
+    except ApiError as exc:  # e.g. rows with no primary yet: the rest of the page still helps
+        history, history_error = {"events": [], "nextAfter": None}, exc.message
+    email_of: Callable[[str], str] = (lambda e: e) if reveal else mask_email
+    phone_of: Callable[[str], str] = (lambda p: p) if reveal else mask_phone
+    shown = [
+        {
+            **row,
+            "email": None if row["email"] is None else email_of(row["email"]),
+            "phoneNumber": None if row["phoneNumber"] is None else phone_of(row["phoneNumber"]),
+        }
+        for row in rows
+    ]
+    return console_page(
+        "customer.html",
+        primary_id=customer_id,
+        rows=shown,
+        graph=link_graph(rows),
+        consistent=keeps_the_rules(rows),
+        revealed=reveal,
+        events=history["events"],
+        next_after=history["nextAfter"],
+        history_error=history_error,
+    )
+
+
+@console.get("/customers/<int:primary_id>")
+def customer_page(primary_id: int) -> WerkzeugResponse:
+    """One customer, identifiers masked; any other contact id of it redirects here."""
+    customer_id = reconnect_once(lambda db: customer_id_of(db, primary_id))
+    if customer_id != primary_id:
+        return redirect(url_for("console.customer_page", primary_id=customer_id), 303)
+    return show_customer(primary_id, reveal=False)
+
+
+@console.post("/customers/<int:primary_id>/reveal")
+def reveal(primary_id: int) -> Response:
+    """The same page with identifiers in full; the log records who asked (request id), not what was shown."""
+    log.info("console reveal", extra={"fields": {"event": "console_reveal", "customerId": primary_id}})
+    return show_customer(primary_id, reveal=True)
+
+
+def erasure_of(db: Database, primary_id: int, dry_run: bool) -> dict[str, Any]:
+    """erase_customer for the customer with this primary, named by one of its identifiers."""
+    rows = customer_rows(db, primary_id)
+    # One identifier is enough to name the customer; erase_customer takes identify's locks on it.
+    email = next((row["email"] for row in rows if row["email"] is not None), None)
+    phone = None if email else next(row["phoneNumber"] for row in rows if row["phoneNumber"] is not None)
+    result: dict[str, Any] = erase_customer(db, email, phone, dry_run)
+    return result
+
+
+@console.get("/customers/<int:primary_id>/erase")
+def erase_preview(primary_id: int) -> Response:
+    """What erasing this customer would remove (the dry run), and the form that confirms it."""
+    preview = reconnect_once(lambda db: erasure_of(db, primary_id, True))
+    return console_page("erase.html", primary_id=primary_id, preview=preview)
+
+
+@console.post("/customers/<int:primary_id>/erase")
+def erase(primary_id: int) -> Response:
+    """Erase the customer, but only if it is still the one the preview showed.
+
+    A merge between preview and confirmation would otherwise erase rows the
+    support agent never saw: then the new preview is shown instead.
+    """
+    seen = request.form.get("contact_ids", "")
+    preview = reconnect_once(lambda db: erasure_of(db, primary_id, True))
+    if seen != ",".join(str(i) for i in preview["contactIds"]):
+        notice = "This customer changed since the preview (an order merged rows into it). Check again."
+        return console_page("erase.html", 409, primary_id=primary_id, preview=preview, notice=notice)
+    result = reconnect_once(lambda db: erasure_of(db, primary_id, False))
+    log.info("console erasure", extra={"fields": {"event": "console_erasure", "customerId": primary_id}})
+    return console_page("erased.html", result=result)
 
 
 # --------------------------------------------------------------------------
@@ -1595,9 +2508,11 @@ def repair_customer(db: Database, seed: tuple[str, Any], dry_run: bool) -> Ident
     phones = {value} if kind == "phone" else set()
     ids = [value] if kind == "id" else []
     rows = lock_customer(db, emails, phones, ids)
-    plan = plan_identify(rows, None, None, utcnow()) if rows else IdentifyPlan(rows=[], outcome="unchanged")
+    now = utcnow()
+    plan = plan_identify(rows, None, None, now) if rows else IdentifyPlan(rows=[], outcome="unchanged")
     if not dry_run and rows:
         write_plan(db, plan)
+        record_plan_events(db, rows, plan, now)
     return plan
 
 
@@ -1639,6 +2554,7 @@ def repair_command(dry_run: bool) -> None:
     values are reported and left as they are).
     """
     started = time.monotonic()
+    start_command_run()  # the request id of this run's history events
     db = get_db()
     db.connect()
     region = current_app.config["FLUXKART_PHONE_REGION"]
@@ -2085,6 +3001,15 @@ def echo_plan(plan: MigrationPlan) -> None:
         for detail in step.details:
             click.echo(f"       {detail}")
         click.echo(f"     locks: {step.locking}")
+    if plan.steps and plan.contact_rows:
+        click.echo(
+            "  then: normalize every stored email and phone number with the API's own functions "
+            "(repair's first pass), so orders find rows stored as sent from the first request on"
+        )
+        click.echo(
+            "     locks: reads the table a page at a time; writes in short transactions that take "
+            "identify's locks on the rows they change"
+        )
 
 
 def refusal_message(plan: MigrationPlan) -> str:
@@ -2161,6 +3086,27 @@ def migration_database() -> Database:
     return db
 
 
+def normalize_after_migration(db: Database) -> None:
+    """Repair's first pass, run by migrate once the schema is the service's.
+
+    Orders find rows stored as sent ('Doc@Example.com', '555 0101') from the
+    first request on; repair (next) merges the customers this reveals.
+    """
+    started = time.perf_counter()
+    report = RepairReport()
+    try:
+        normalize_stored_identifiers(db, current_app.config["FLUXKART_PHONE_REGION"], report, False)
+    except (DatabaseUnavailable, DatabaseMisconfigured, RetryTransaction) as exc:
+        raise click.ClickException(
+            f"migrate stopped while normalizing identifiers: {exc.__cause__ or exc}; the schema steps "
+            "are done; `flask --app fluxkart repair` starts with the same pass"
+        ) from exc
+    click.echo(
+        f"  identifiers normalized: {report.normalized:,} rows in {time.perf_counter() - started:.1f} s "
+        f"(invalid values left as they are: {report.invalid_count:,}; repair lists them)"
+    )
+
+
 @click.command("migrate")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @with_appcontext
@@ -2174,7 +3120,12 @@ def migrate_command(dry_run: bool) -> None:
     db = migration_database()
     started = time.perf_counter()
     try:
-        plan = plan_migration(db)
+        try:
+            plan = plan_migration(db)
+        except (DatabaseUnavailable, DatabaseMisconfigured, RetryTransaction) as exc:
+            raise click.ClickException(
+                f"migrate could not inspect the database: {exc.__cause__ or exc}"
+            ) from exc
         if plan.unconvertible:
             raise click.ClickException(refusal_message(plan))
         echo_plan(plan)
@@ -2187,16 +3138,7 @@ def migrate_command(dry_run: bool) -> None:
         click.echo("applying:")
         apply_migration(db, plan)
         if plan.contact_rows:
-            # Orders find rows stored as sent ('Doc@Example.com', '555 0101') from the first
-            # request on; repair (next) merges the customers this reveals.
-            report = RepairReport()
-            normalize_stored_identifiers(db, current_app.config["FLUXKART_PHONE_REGION"], report, False)
-            click.echo(
-                f"identifiers normalized: {report.normalized:,} rows"
-                f" (invalid values left as they are: {report.invalid_count:,}; repair lists them)"
-            )
-    except (DatabaseUnavailable, DatabaseMisconfigured, RetryTransaction) as exc:
-        raise click.ClickException(f"migrate could not inspect the database: {exc.__cause__ or exc}") from exc
+            normalize_after_migration(db)
     finally:
         db.close()
     click.echo(f"migrated in {time.perf_counter() - started:.1f} s")
@@ -2243,6 +3185,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.after_request(finish_request)
     register_error_handlers(app)
     app.register_blueprint(api)
+    configure_console(app)
     app.cli.add_command(init_db_command)
     app.cli.add_command(migrate_command)
     app.cli.add_command(repair_command)

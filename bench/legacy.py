@@ -202,7 +202,7 @@ def rewrite_once(port: int) -> float:
         return time.perf_counter() - started
 
 
-def run_cli(port: int, *args: str) -> Command:
+def run_cli(port: int, *args: str, ok: tuple[int, ...] = (0,)) -> Command:
     """`flask --app fluxkart <args>` on DATABASE as an operator runs it; wall time and peak RSS."""
     env = {
         **os.environ,
@@ -226,9 +226,44 @@ def run_cli(port: int, *args: str) -> Command:
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
+    if process.returncode not in ok:
         raise RuntimeError(f"flask {' '.join(args)} exited {process.returncode}:\n{output}")
     return Command(seconds, usage.ru_maxrss / 1024, output)  # ru_maxrss is in KiB on Linux
+
+
+def replay(port: int, orders: int, seed: int) -> Counter[int]:
+    """Orders for identifiers the legacy table holds, in the spellings shops send (other case,
+    formatted phones, phones as numbers), sent through the app in this process: status counts."""
+    os.environ.update(
+        MYSQL_HOST="127.0.0.1", MYSQL_PORT=str(port), MYSQL_USER="root", MYSQL_DATABASE=DATABASE
+    )
+    import logging
+
+    import fluxkart
+
+    client = fluxkart.create_app().test_client()
+    logging.getLogger("fluxkart.access").setLevel(logging.WARNING)
+    conn = database.connect(port, DATABASE)
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT email, phoneNumber FROM Contact WHERE deletedAt IS NULL ORDER BY RAND(%s) LIMIT %s",
+            (seed, orders),
+        )
+        rows = cur.fetchall()
+    conn.close()
+    pick = random.Random(seed)
+    statuses: Counter[int] = Counter()
+    for email, phone in rows:
+        body: dict[str, Any] = {}
+        if email and pick.random() < 0.8:
+            body["email"] = email.upper() if pick.random() < 0.3 else email
+        if phone and (not body or pick.random() < 0.7):
+            digits = "".join(ch for ch in phone if ch.isdigit())
+            body["phoneNumber"] = int(digits) if digits and pick.random() < 0.2 else phone
+        if pick.random() < 0.1:
+            body["email"] = f"new{pick.randrange(10**6)}@example.com"
+        statuses[client.post("/identify", json=body).status_code] += 1
+    return statuses
 
 
 def dump_and_restore(port: int, base: Path) -> dict[str, float]:
@@ -293,6 +328,12 @@ def report(options: argparse.Namespace, facts: dict[str, Any], results: dict[str
         f"| `migrate --dry-run` (inspection only) | {spread(results['dry_run'])} |",
         f"| second `migrate` (nothing to change) | {spread(results['again'])} |",
         f"| peak RSS of the migrate process | {max(results['rss']):.0f} MiB |",
+        f"| B: `flask --app fluxkart repair` after migrate | {spread(results['repair'])} |",
+        f"| second `repair` (nothing to repair) | {spread(results['repair_again'])} |",
+        f"| peak RSS of the repair process | {max(results['repair_rss']):.0f} MiB |",
+        f"| {options.replay:,} legacy orders replayed before repair: statuses "
+        f"| {dict(results['replay_before'])} |",
+        f"| the same orders replayed after repair: statuses | {dict(results['replay_after'])} |",
         *(
             [
                 f"| backup: `mariadb-dump --single-transaction` of the legacy table "
@@ -305,6 +346,12 @@ def report(options: argparse.Namespace, facts: dict[str, Any], results: dict[str
         "",
         f"Load average (1 min) at the start and the end: {facts['load_start']:.1f}, {facts['load_end']:.1f} "
         f"on {facts['cpus']} cores (a shared machine: other work ran meanwhile).",
+        "",
+        "The last repair's summary:",
+        "",
+        "```",
+        results["repair_output"].rstrip(),
+        "```",
         "",
         "Steps of the last migrate, as it printed them:",
         "",
@@ -329,13 +376,14 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument(
-        "--runs", type=int, default=2, help="A B B A repeated this many times, halved (2: A B B A)"
+        "--runs", type=int, default=2, help="runs of each: 2 is A B B A, 4 is twice that, 1 is A B"
     )
     parser.add_argument(
         "--indexes", action="store_true", help="the legacy table has run.sh --indexes' indexes"
     )
     parser.add_argument("--buffer-pool-mib", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=9)
+    parser.add_argument("--replay", type=int, default=2000, help="orders replayed before and after repair")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "legacy.md")
     options = parser.parse_args(argv)
 
@@ -359,7 +407,8 @@ def main(argv: list[str]) -> int:
 
         results: dict[str, Any] = {"kinds": kinds, "rewrite": [], "migrate": [], "rss": [], "steps": []}
         results["dry_run"], results["again"] = [], []
-        order = ["A", "B", "B", "A"] * max(1, options.runs // 2)
+        # A B B A per two runs; one run is A B (when a run takes long: no spread, say so).
+        order = ["A", "B"] if options.runs == 1 else ["A", "B", "B", "A"] * (options.runs // 2)
         for label in order:
             log(f"restoring a copy of the template ({label})")
             restore(server.port)
@@ -376,6 +425,7 @@ def main(argv: list[str]) -> int:
             results["last_output"] = done.output
             results["steps"].append(float(done.output.split("migrated in ")[1].split()[0]))
             log(f"B: migrate {done.seconds:.1f} s, peak RSS {done.peak_rss_mib:.0f} MiB")
+            log("B: its output:\n" + done.output)
             again = run_cli(server.port, "migrate")
             if "nothing to change" not in again.output:
                 raise RuntimeError(f"the second migrate changed something:\n{again.output}")
@@ -383,6 +433,23 @@ def main(argv: list[str]) -> int:
             rows, _ = database.count_contacts(server.port, DATABASE)
             if rows != options.rows:
                 raise RuntimeError(f"migrate left {rows} rows of {options.rows}")
+            # The first B replays orders before repair, the second after it: 5xx either way?
+            before = not results.get("replay_before")
+            if before:
+                results["replay_before"] = replay(server.port, options.replay, options.seed)
+                log(f"replay before repair: {dict(results['replay_before'])}")
+            fixed = run_cli(server.port, "repair", ok=(0, 1))  # 1: invalid values reported
+            results.setdefault("repair", []).append(fixed.seconds)
+            results.setdefault("repair_rss", []).append(fixed.peak_rss_mib)
+            results["repair_output"] = fixed.output
+            log(f"B: repair {fixed.seconds:.1f} s, peak RSS {fixed.peak_rss_mib:.0f} MiB")
+            second = run_cli(server.port, "repair", ok=(0, 1))
+            if "nothing to repair" not in second.output:
+                raise RuntimeError(f"the second repair changed something:\n{second.output}")
+            results.setdefault("repair_again", []).append(second.seconds)
+            if not before:
+                results["replay_after"] = replay(server.port, options.replay, options.seed)
+                log(f"replay after repair: {dict(results['replay_after'])}")
         log("timing mariadb-dump and its restore")
         results["dump"] = dump_and_restore(server.port, base)
         facts["load_end"] = os.getloadavg()[0]

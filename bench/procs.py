@@ -3,22 +3,20 @@
 CPU comes from /proc/<pid>/stat (utime + stime) read before and after a measured run,
 so it costs nothing while the run is going; the load generator's CPU comes from
 getrusage(RUSAGE_CHILDREN) around its wait (it has exited by then, so /proc has
-nothing left to read). Every process started here is in its own process group and is
-stopped by its own pid, group first politely, then by force.
+nothing left to read). gunicorn is started by the tests' own launcher
+(tests/processes.py): in its own process group, stopped by its own pid, politely first,
+then by force.
 """
 
 from __future__ import annotations
 
-import http.client
 import os
 import resource
-import subprocess
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.processes import stop_process
+from tests import processes
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -61,26 +59,11 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
-def child_pids(parent: int) -> list[int]:
-    """Direct children of a process (gunicorn's workers), from /proc/*/stat."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(text[text.rindex(")") + 2 :].split()[1]) == parent:
-            found.append(int(entry.name))
-    return sorted(found)
-
-
 def descendant_pids(root: int) -> list[int]:
     """Every process below `root` (a shell script's children and theirs)."""
     found, frontier = [], [root]
     while frontier:
-        children = [pid for parent in frontier for pid in child_pids(parent)]
+        children = [pid for parent in frontier for pid in processes.child_pids(parent)]
         found += children
         frontier = children
     return found
@@ -142,58 +125,12 @@ class GunicornConfig:
         )
 
 
-class Gunicorn:
-    """gunicorn started exactly as the Procfile does, on 127.0.0.1, logging to a file."""
+class Gunicorn(processes.Gunicorn):
+    """The tests' launcher (tests/processes.py), with the benchmark's argument order.
+
+    gunicorn started exactly as the Procfile does, on 127.0.0.1, logging to `log_path`,
+    ready once GET /health/live answers 200; stop() reaches every worker.
+    """
 
     def __init__(self, repo: Path, app: str, port: int, env: dict[str, str], log_path: Path):
-        self.repo, self.app, self.port, self.env, self.log_path = repo, app, port, env, log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60) -> None:
-        """Start the master and wait until every worker answers GET /health/live."""
-        env = {**os.environ, **self.env, "PORT": str(self.port), "HOST": "127.0.0.1"}
-        gunicorn = self.repo / ".venv" / "bin" / "gunicorn"
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [str(gunicorn), "-c", "gunicorn.conf.py", self.app],
-                cwd=self.repo,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: stop() reaches every worker
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited at start-up; see {self.log_path}")
-            if self.answers("/health/live") == 200:
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"gunicorn did not answer within {timeout}s; see {self.log_path}")
-
-    def answers(self, path: str) -> int:
-        """Status of one GET, 0 when nothing answers."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        try:
-            conn.request("GET", path)
-            return conn.getresponse().status
-        except OSError:
-            return 0
-        finally:
-            conn.close()
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def worker_pids(self) -> list[int]:
-        return child_pids(self.pid)
-
-    def all_pids(self) -> list[int]:
-        return [self.pid, *self.worker_pids()]
-
-    def stop(self) -> None:
-        """SIGTERM (graceful), then SIGKILL to the whole group if it lingers."""
-        process, self.process = self.process, None
-        stop_process(process, grace=20)
+        super().__init__(env, log_path.parent, app_dir=repo, app=app, port=port, log_path=log_path)

@@ -201,3 +201,126 @@ GROUP BY phoneNumber
 HAVING COUNT(DISTINCT COALESCE(linkedId, id)) > 1
 ORDER BY phoneNumber
 LIMIT %(limit)s
+
+-- --------------------------------------------------------------------------
+-- History and erasure (docs/history-and-erasure.md)
+-- --------------------------------------------------------------------------
+
+-- name: insert_history_event
+-- Appends one event, in the transaction of the change it records. Ids only.
+INSERT INTO CustomerHistory (kind, createdAt, requestId, customerId, formerCustomerId, contactIds)
+VALUES (%(kind)s, %(created_at)s, %(request_id)s, %(customer_id)s, %(former_customer_id)s, %(contact_ids)s)
+
+-- name: select_history_page
+-- One page of a customer's events, oldest first by (createdAt, id), after the
+-- cursor event. The customer's history is the events keyed by any of its rows
+-- (live or deleted: every primary merged into it is now one of its rows) and,
+-- following formerCustomerId, by every customer merged or repaired into those.
+WITH RECURSIVE members (id) AS (
+    SELECT id
+    FROM Contact
+    WHERE id = %(customer_id)s
+       OR linkedId = %(customer_id)s
+    UNION
+    SELECT h.formerCustomerId
+    FROM CustomerHistory AS h
+    JOIN members AS m ON h.customerId = m.id
+    WHERE h.formerCustomerId IS NOT NULL
+)
+SELECT h.id, h.kind, h.createdAt, h.requestId, h.customerId, h.formerCustomerId, h.contactIds
+FROM CustomerHistory AS h
+WHERE h.customerId IN (SELECT id FROM members)
+  AND (h.createdAt > %(after_at)s OR (h.createdAt = %(after_at)s AND h.id > %(after)s))
+ORDER BY h.createdAt, h.id
+LIMIT %(limit)s
+
+-- name: select_history_event_by_id
+-- The position (createdAt, id) of a page cursor.
+SELECT id, createdAt
+FROM CustomerHistory
+WHERE id = %(id)s
+
+-- name: select_absorbing_event
+-- The latest event that moved this former customer's rows into another
+-- customer: how a demoted (or deleted) primary's id leads to its survivor.
+SELECT customerId
+FROM CustomerHistory
+WHERE formerCustomerId = %(former_customer_id)s
+ORDER BY createdAt DESC, id DESC
+LIMIT 1
+
+-- name: select_history_by_customer
+-- Every event keyed by this customer id, with the former customers it names.
+SELECT id, formerCustomerId
+FROM CustomerHistory
+WHERE customerId = %(customer_id)s
+
+-- name: delete_history_by_customer
+-- Erasure: the events keyed by one id of the erased customer.
+DELETE FROM CustomerHistory
+WHERE customerId = %(customer_id)s
+
+-- name: select_contact_link
+-- Any row, live or deleted: where a history request's id leads.
+SELECT id, linkedId, linkPrecedence, deletedAt
+FROM Contact
+WHERE id = %(id)s
+
+-- name: select_rows_by_email
+-- Every row carrying this email, live or deleted (erasure's walk of a customer).
+SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt, deletedAt
+FROM Contact
+WHERE email = %(email)s
+
+-- name: select_rows_by_phone
+-- Every row carrying this phone number, live or deleted.
+SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt, deletedAt
+FROM Contact
+WHERE phoneNumber = %(phone)s
+
+-- name: select_rows_by_link
+-- The row with this id and every row linked to it, live or deleted.
+SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt, deletedAt
+FROM Contact
+WHERE id = %(id)s
+   OR linkedId = %(id)s
+
+-- name: lock_contact_by_id
+-- Erasure locks every row it deletes, in id order, once it holds the
+-- customer's identifier rows (identify's order: identifiers, then rows).
+SELECT id
+FROM Contact
+WHERE id = %(id)s
+FOR UPDATE
+
+-- name: delete_contact_by_id
+-- Erasure: a hard delete, live or soft-deleted row alike.
+DELETE FROM Contact
+WHERE id = %(id)s
+
+-- name: delete_email_identifier_if_unused
+-- Erasure: the identifier row of an email that no remaining row carries.
+DELETE FROM ContactIdentifier
+WHERE kind = 'email'
+  AND value = %(value)s
+  AND NOT EXISTS (
+    SELECT 1
+    FROM Contact
+    WHERE email = %(value)s
+  )
+
+-- name: delete_phone_identifier_if_unused
+-- Erasure: the identifier row of a phone number that no remaining row carries.
+DELETE FROM ContactIdentifier
+WHERE kind = 'phone'
+  AND value = %(value)s
+  AND NOT EXISTS (
+    SELECT 1
+    FROM Contact
+    WHERE phoneNumber = %(value)s
+  )
+
+-- name: insert_erasure
+-- The one record an erasure leaves: when, which request, how much. No identifier.
+INSERT INTO CustomerErasure (erasedAt, requestId, contacts, identifiers, historyEvents)
+VALUES (%(erased_at)s, %(request_id)s, %(contacts)s, %(identifiers)s, %(history_events)s)

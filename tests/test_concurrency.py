@@ -17,8 +17,8 @@ requests produces (tests/checker.py), every answer must name the customer its
 request belongs to, every answer must match openapi.json, and no request may
 get a 5xx. Bursts of the same plan against a copy of the service with the
 locking taken out (tests/unlocked.py) must find the damage the locks prevent:
-duplicates, several primaries, chains (the control; runs by default, in CI,
-bounded to about 30 s; select it alone with `-m unlocked`).
+duplicate rows and customers with several primaries (the control; runs by
+default, in CI, one to four bursts; select it alone with `-m unlocked`).
 
 The service sets its own sessions to READ COMMITTED, so the two MariaDB servers
 differ only in what a connection would get if that ever stopped happening; both
@@ -376,13 +376,16 @@ def test_identify_stays_correct_under_concurrent_workers(
     assert outcome.demoted() > 0 and len(outcome.rows) > 100, outcome.summary()
 
 
-# The kinds of damage the locks exist to prevent: a race between two first orders
-# stores the same pair twice (duplicate), two racing merges or creations leave a
-# customer with two primaries (several-primaries), a merge racing a link leaves a
-# secondary pointing at a demoted primary (chain).
-LOCKED_OUT_KINDS = ("duplicate", "several-primaries", "chain")
-UNLOCKED_BUDGET_S = 30  # bursts stop once every kind was seen, or after this long
-UNLOCKED_CYCLES = 3  # per burst: about 1000 requests, a few seconds
+# The kinds of damage the locks exist to prevent, as the bursts show them: two racing
+# first orders store the same pair twice (duplicate), and racing creations or merges
+# commit a customer with two primaries (several-primaries, in the final table or in a
+# committed state sampled during the bursts: identify heals the customers it touches, so
+# the next request may repair it). Chains (a merge racing a merge) are counted and
+# printed but not required: with identify relinking whole components they are rare.
+LOCKED_OUT_KINDS = ("duplicate", "several-primaries")
+STRUCTURE_KINDS = ("several-primaries", "chain", "no-primary", "primary-not-oldest", "wrong-link")
+UNLOCKED_BURSTS = 4  # at most; bursts stop once every kind was seen (one burst usually shows all)
+UNLOCKED_CYCLES = 3  # per burst: about 1000 requests, 10-20 s on a 2-core machine
 
 
 @pytest.mark.unlocked
@@ -392,10 +395,9 @@ def test_the_burst_catches_races_without_the_locking(
     """The burst against the service minus FOR UPDATE and the identifier rows finds every kind it prevents.
 
     Bursts of the stress test's plan (each on fresh alphabets) go to the unlocked
-    copy until the table shows duplicates, several primaries and chains, bounded
-    by UNLOCKED_BUDGET_S. The locked service passes the same bursts
-    (test_identify_stays_correct_under_concurrent_workers), so what is found here
-    is what the locks prevent.
+    copy until they show LOCKED_OUT_KINDS, at most UNLOCKED_BURSTS of them. The
+    locked service passes the same bursts (test_identify_stays_correct_under_
+    concurrent_workers), so what is found here is what the locks prevent.
     """
     app_dir = build_unlocked_copy(tmp_path / "unlocked")
     settings = database_settings("mariadb-read-committed", mariadb, tmp_path)
@@ -404,23 +406,42 @@ def test_the_burst_catches_races_without_the_locking(
     statuses: Counter[int | str] = Counter()
     found: Counter[str] = Counter()
     violations: list[str] = []
-    deadline = time.monotonic() + UNLOCKED_BUDGET_S
+    # identify heals every customer it touches (SPEC, "Data the service did not write"), so a
+    # second primary or a chain a race leaves behind may be repaired by the next request for
+    # that customer: committed states are sampled while the bursts run, and each is judged
+    # on structure (one consistent read; every committed state must satisfy it).
+    sampled: Counter[str] = Counter()
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            kinds = violation_kinds(check_invariants(read_contacts(settings), []))
+            sampled.update({kind: 1 for kind in STRUCTURE_KINDS if kinds[kind]})
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     bursts = 0
-    while time.monotonic() < deadline and not all(found[kind] for kind in LOCKED_OUT_KINDS):
+    # Bounded by a count of whole bursts, each bounded in time (BURST_LIMIT_S), so a busy
+    # machine sends as many requests as an idle one, only more slowly.
+    while bursts < UNLOCKED_BURSTS and not all(found[kind] for kind in LOCKED_OUT_KINDS):
         rounds = plan_burst(
             7 + bursts, UNLOCKED_CYCLES, first_round=bursts * UNLOCKED_CYCLES * (BARRIER_ROUNDS + 1)
         )
-        burst = run_burst(server.url, rounds, limit_s=max(1.0, deadline - time.monotonic()))
+        burst = run_burst(server.url, rounds)
         bursts += 1
         answered += burst.answered()
         statuses += burst.statuses()
         rows = read_contacts(settings)
         violations = check_invariants(rows, [x.request for x in answered])
         violations += check_answers(rows, [(x.request, x.contact) for x in answered if x.contact is not None])
-        found = violation_kinds(violations)
+        found = violation_kinds(violations) + sampled
+    sampling.set()
+    sampler.join(30)
     print(
         f"\nunlocked copy: {bursts} bursts, {sum(statuses.values())} requests, statuses {dict(statuses)}; "
-        f"violations {dict(found)}\n" + "\n".join(["e.g.", *violations[:: max(1, len(violations) // 10)]])
+        f"final table: {dict(violation_kinds(violations))}; sampled states: {dict(sampled)}\n"
+        + "\n".join(["e.g.", *violations[:: max(1, len(violations) // 10)]])
     )
     missing = [kind for kind in LOCKED_OUT_KINDS if not found[kind]]
-    assert not missing, f"without the locking, no {missing} within {UNLOCKED_BUDGET_S}s: {dict(found)}"
+    assert not missing, f"without the locking, no {missing} in {UNLOCKED_BURSTS} bursts: {dict(found)}"

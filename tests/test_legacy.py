@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import requests
 
 from fluxkart import create_app
 from tests.checker import check_invariants
@@ -309,3 +310,94 @@ def test_the_reference_table_after_migrate_serves_every_kind_without_repair(
         api.session.close()
     finally:
         live_server.close()
+
+
+def test_repair_racing_live_identify_traffic(settings: dict[str, Any], tmp_path: Any) -> None:
+    """repair runs while gunicorn workers serve orders for the same legacy customers: every order
+    is answered 200, the table follows the rules afterwards, and every identifier sent is stored."""
+    import os
+    import random
+    import subprocess
+    import sys
+    import threading
+
+    from tests.processes import SERVICE_DIR, Gunicorn
+
+    app = create_app(settings)
+    assert app.test_client().get("/health/ready").status_code == 200  # the schema
+    customers = 150
+    rows: list[Seed] = []
+    for n in range(customers):
+        base = 4 * n + 1
+        rows += [
+            (base, f"C{n}@Shop.X", f"700 {n:04d}", None, "primary", 1, False),  # stored as sent
+            (base + 1, f"c{n}.b@shop.x", f"7001{n:04d}", base, "secondary", 2, False),
+            (base + 2, f"c{n}.c@shop.x", f"7002{n:04d}", base + 1, "secondary", 3, False),  # a chain
+            (base + 3, f"c{n}.d@shop.x", f"7002{n:04d}", None, "primary", 4, False),  # a second primary
+        ]
+    run_sql(
+        settings,
+        "INSERT INTO Contact (id, email, phoneNumber, linkedId, linkPrecedence, createdAt, updatedAt)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        [
+            (i, e, p, link, prec, f"2024-01-01 00:00:{s:02d}", f"2024-01-01 00:00:{s:02d}")
+            for i, e, p, link, prec, s, _ in rows
+        ],
+        many=True,
+    )
+    run_sql(settings, "UPDATE ServiceState SET value = '0' WHERE name = 'consistent'")
+    env = {
+        name: str(value)
+        for name, value in settings.items()
+        if name.startswith(("MYSQL_", "FLUXKART_")) and value
+    }
+    env.update(WEB_CONCURRENCY="3", GUNICORN_WORKER_CLASS="gthread", GUNICORN_THREADS="4")
+    server = Gunicorn(env, tmp_path)
+    server.start()
+    sent: list[tuple[str | None, str | None]] = []
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        with requests.Session() as session:
+            for _ in range(60):
+                n = rng.randrange(customers)
+                pair = rng.choice(
+                    [
+                        (f"c{n}.b@shop.x", None),
+                        (f"c{n}@shop.x", f"9{seed}{n:04d}"),
+                        (f"c{n}.d@shop.x", f"7001{n:04d}"),
+                        (f"x{seed}-{n}@shop.x", f"7002{n:04d}"),
+                    ]
+                )
+                response = session.post(
+                    server.url + "/identify", json={"email": pair[0], "phoneNumber": pair[1]}, timeout=30
+                )
+                with lock:
+                    sent.append(pair)
+                    statuses.append(response.status_code)
+
+    try:
+        threads = [threading.Thread(target=client, args=(seed,)) for seed in range(6)]
+        for thread in threads:
+            thread.start()
+        repair = subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "fluxkart", "repair"],
+            cwd=SERVICE_DIR,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        for thread in threads:
+            thread.join(timeout=300)
+    finally:
+        server.stop()
+    assert repair.returncode == 0, repair.stdout + repair.stderr
+    assert set(statuses) == {200}, sorted(set(statuses))
+    live_rows = live(settings)
+    assert not rule_violations(live_rows)
+    lost = [v for v in check_invariants(live_rows, sent) if v.startswith("[lost-identifier]")]
+    assert not lost
+    assert run_sql(settings, "SELECT value FROM ServiceState WHERE name = 'consistent'") == [{"value": "1"}]

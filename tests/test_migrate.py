@@ -3,8 +3,9 @@
 Each test builds the replaced implementation's table itself (tests/legacy.py),
 runs the real command (Flask's CLI runner, and once as a subprocess), and reads
 the result straight from the database: column types, collations and indexes as
-a table the schema file created has them, every row and value kept, ServiceState
-written; a second run, a dry run and a refusal change nothing.
+a table the schema file created has them, every row kept with its id and its
+values (identifiers in canonical form, NULLs filled by the documented rules),
+ServiceState written; a second run, a dry run and a refusal change nothing.
 """
 
 from __future__ import annotations
@@ -210,7 +211,9 @@ def test_migrate_brings_legacy_table_to_the_schema(
     assert "linkPrecedence: 'secondary' where linkedId is set, else 'primary': 3 rows" in output
     assert f"else the oldest createdAt in the table ({EARLIEST}): 3 rows" in output
     assert "updatedAt: the row's createdAt (as filled): 3 rows" in output
-    assert "repair" in output
+    assert "then: normalize every stored email and phone number" in output
+    assert "identifiers normalized: " in output
+    assert "next: flask --app fluxkart repair" in output
     if backend == "mysql":
         assert "ALGORITHM=COPY, LOCK=SHARED" in output
         assert "phoneNumber: varchar(255) utf8mb4_general_ci NULL -> varchar(32) utf8mb4_bin NULL" in output

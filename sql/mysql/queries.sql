@@ -21,10 +21,11 @@ ON DUPLICATE KEY UPDATE version = version + 1
 
 -- name: touch_contact_identifiers
 -- Bumps the version of every identifier these rows carry: run by every
--- identify that changes existing rows (a merge, a repair). Any request that
--- linked a row to one of those customers wrote one of these identifier rows
--- too, so on a multi-primary cluster the two write sets overlap and one of
--- the transactions is aborted instead of leaving a chain.
+-- identify that re-points rows (a merge, a repair), for the rows it re-points.
+-- Any request that linked a row to a demoted customer found it through one of
+-- those rows and wrote that identifier row too, so on a multi-primary cluster
+-- the two write sets overlap and one of the transactions is aborted instead of
+-- leaving a chain.
 INSERT INTO ContactIdentifier (kind, value, version)
 SELECT 'email', email, 1
 FROM Contact
@@ -68,3 +69,11 @@ SELECT 'phone', phoneNumber, 0
 FROM Contact
 WHERE id IN %(ids)s
   AND phoneNumber IS NOT NULL
+
+-- name: touch_identifier
+-- Erasure: bumps the version of one identifier of the customer it erases (or
+-- creates its row), so every identify that depends on it waits (one node) or
+-- conflicts (multi-primary cluster) until the erasure commits or rolls back.
+INSERT INTO ContactIdentifier (kind, value, version)
+VALUES (%(kind)s, %(value)s, 1)
+ON DUPLICATE KEY UPDATE version = version + 1

@@ -41,3 +41,35 @@ CREATE TABLE IF NOT EXISTS ContactIdentifier (
     version BIGINT UNSIGNED NOT NULL DEFAULT 0,
     PRIMARY KEY (kind, value)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- The append-only history of what identify (and repair, import) did to each
+-- customer: ids only, never an email or a phone number, so erasing the
+-- Contact rows erases the personal data (docs/history-and-erasure.md).
+-- customerId is the customer's primary at the time; formerCustomerId is the
+-- primary whose rows a `merged` or `repaired` event moved into customerId, so
+-- a customer's history is the events of its id and, transitively, of every
+-- former customer merged into it. contactIds is a JSON array of row ids.
+CREATE TABLE IF NOT EXISTS CustomerHistory (
+    id BIGINT NOT NULL AUTO_INCREMENT,
+    kind ENUM('created', 'linked', 'merged', 'repaired', 'imported') NOT NULL,
+    createdAt DATETIME(6) NOT NULL,
+    requestId VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    customerId INT NOT NULL,
+    formerCustomerId INT NULL,
+    contactIds TEXT CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    PRIMARY KEY (id),
+    KEY CustomerHistory_customerId (customerId, createdAt, id),
+    KEY CustomerHistory_formerCustomerId (formerCustomerId)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- What remains of an erased customer: when, by which request, how much. No
+-- identifier and no contact id.
+CREATE TABLE IF NOT EXISTS CustomerErasure (
+    id BIGINT NOT NULL AUTO_INCREMENT,
+    erasedAt DATETIME(6) NOT NULL,
+    requestId VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    contacts INT NOT NULL,
+    identifiers INT NOT NULL,
+    historyEvents INT NOT NULL,
+    PRIMARY KEY (id)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;

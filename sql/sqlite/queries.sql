@@ -63,3 +63,9 @@ SELECT 'phone', phoneNumber, 0
 FROM Contact
 WHERE id IN %(ids)s
   AND phoneNumber IS NOT NULL
+
+-- name: touch_identifier
+-- Erasure: bumps the version of one identifier of the customer it erases.
+INSERT INTO ContactIdentifier (kind, value, version)
+VALUES (%(kind)s, %(value)s, 1)
+ON CONFLICT (kind, value) DO UPDATE SET version = version + 1

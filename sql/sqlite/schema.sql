@@ -33,3 +33,27 @@ CREATE TABLE IF NOT EXISTS ContactIdentifier (
     version INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (kind, value)
 ) WITHOUT ROWID;
+
+-- The append-only history (sql/mysql/schema.sql says why each column exists).
+CREATE TABLE IF NOT EXISTS CustomerHistory (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL CHECK (kind IN ('created', 'linked', 'merged', 'repaired', 'imported')),
+    createdAt DATETIME NOT NULL,
+    requestId TEXT NOT NULL,
+    customerId INTEGER NOT NULL,
+    formerCustomerId INTEGER,
+    contactIds TEXT NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS CustomerHistory_customerId ON CustomerHistory (customerId, createdAt, id);
+
+CREATE INDEX IF NOT EXISTS CustomerHistory_formerCustomerId ON CustomerHistory (formerCustomerId);
+
+CREATE TABLE IF NOT EXISTS CustomerErasure (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    erasedAt DATETIME NOT NULL,
+    requestId TEXT NOT NULL,
+    contacts INTEGER NOT NULL,
+    identifiers INTEGER NOT NULL,
+    historyEvents INTEGER NOT NULL
+);
