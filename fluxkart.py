@@ -38,7 +38,12 @@ The contract is docs/api.md (with openapi.json); the design is in README.md.
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import functools
 import hmac
+import io
+import itertools
 import json
 import logging
 import math
@@ -47,6 +52,7 @@ import random
 import re
 import resource
 import secrets
+import signal
 import sqlite3
 import sys
 import threading
@@ -54,12 +60,13 @@ import time
 import unicodedata
 import uuid
 import weakref
-from collections.abc import Callable, Iterable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import click
 import phonenumbers
@@ -2437,14 +2444,14 @@ def canonical_identifiers(row: Row, region: str, report: RepairReport) -> tuple[
 def store_canonical(db: Database, changes: list[tuple[Row, str | None, str | None]]) -> int:
     """Write canonical identifiers into rows, under identify's locks; returns how many rows changed.
 
-    The new identifiers' rows are touched first and the rows locked, as
-    identify does, so a concurrent order sees each row before or after, never
-    half. A row changed or deleted since it was read is left for the next run.
+    The rows are locked first, as identify locks a customer's rows, so a
+    concurrent order sees each row before or after, never half; then one
+    statement touches the new identifiers of every changed row (ContactIdentifier:
+    a concurrent order for one of them conflicts, on Galera too). A row changed
+    or deleted since it was read is left for the next run.
     """
-    for _, email, phone in sorted(changes, key=lambda change: (change[1] or "", change[2] or "")):
-        db.run("touch_identifiers", email=email, phone=phone)
     locked = {row["id"]: row for row in db.all("lock_contacts", ids=[row["id"] for row, _, _ in changes])}
-    now, count = utcnow(), 0
+    now, changed = utcnow(), []
     for row, email, phone in changes:
         current = locked.get(row["id"])
         if current is not None and (current["email"], current["phoneNumber"]) == (
@@ -2452,8 +2459,10 @@ def store_canonical(db: Database, changes: list[tuple[Row, str | None, str | Non
             row["phoneNumber"],
         ):
             db.run("update_identifiers", id=row["id"], email=email, phone=phone, updated_at=now)
-            count += 1
-    return count
+            changed.append(row["id"])
+    if changed:
+        db.run("touch_contact_identifiers", ids=changed)
+    return len(changed)
 
 
 def normalize_stored_identifiers(db: Database, region: str, report: RepairReport, dry_run: bool) -> None:
@@ -2591,6 +2600,641 @@ def repair_command(dry_run: bool) -> None:
     click.echo("\n".join(lines))
     if report.failed or report.invalid_count:
         raise SystemExit(1)
+
+
+# --------------------------------------------------------------------------
+# Commands: import (historical orders; equals replaying them through identify)
+# --------------------------------------------------------------------------
+
+# Lines per batch: one transaction, a handful of multi-row statements. Big
+# enough to amortize round trips, small enough that a batch holds its locks
+# for a fraction of a second (live identify requests wait at most that long).
+IMPORT_BATCH_LINES = 2000
+# Without a terminal, a progress line this often (seconds).
+PROGRESS_EVERY_S = 5.0
+# In-memory ids of rows a batch inserts: above every real id, in creation
+# order, until the rows are written and get their real ids.
+TEMP_ID_BASE = 2**62
+# A phone cell a spreadsheet wrote as a number: 9876543210.0 (the fraction is
+# only zeros). Exponent forms (9.87654E+09) have lost digits and are refused.
+SPREADSHEET_WHOLE = re.compile(r"\s*(\d+)\.0+\s*")
+SPREADSHEET_EXPONENT = re.compile(r"\s*\d+(\.\d*)?[eE][+-]?\d+\s*")
+ORDER_FORMATS = ("auto", "csv", "jsonl")
+# SQLite has one write lock and its busy handler is not a queue: a waiting
+# writer polls (every 100 ms once it has waited a while), so an import that
+# starts its next batch as soon as the last commits would starve live
+# requests. After this much time holding the lock, the import pauses for
+# longer than one poll.
+SQLITE_HOLD_S = 0.5
+SQLITE_PAUSE_S = 0.15
+# What errors="surrogateescape" decodes a byte that is not UTF-8 to.
+NOT_UTF8 = re.compile("[\udc80-\udcff]")
+ONE_MICROSECOND = timedelta(microseconds=1)
+
+
+class ImportRefused(Exception):
+    """The file cannot be imported at all (no identifier column): nothing was written."""
+
+
+@dataclass
+class OrderLine:
+    """One order of an export file: its canonical identifiers, or why it is rejected."""
+
+    number: int  # the file's line where the record starts (1 is the first line)
+    text: str  # the record as read (several lines for a quoted CSV newline), for --rejects
+    email: str | None = None
+    phone: str | None = None
+    reason: str | None = None
+
+
+class JsonFraction(str):
+    """A JSON number with a fraction or exponent, kept as its text (json.loads parse_float)."""
+
+
+def utf8_problem(text: str) -> str | None:
+    """Why `text` (decoded with surrogateescape) is not valid UTF-8, or None when it is."""
+    match = NOT_UTF8.search(text)
+    if match is None:
+        return None
+    return f"not valid UTF-8 (byte 0x{ord(match.group()) - 0xDC00:02X} at character {match.start() + 1})"
+
+
+def spreadsheet_phone(value: Any) -> Any:
+    """A phone cell or JSON value as identify takes it: 9876543210.0 becomes 9876543210.
+
+    A spreadsheet that stored the column as numbers exports a whole number
+    with a zero fraction; identify alone would read the '.' as formatting and
+    keep the zero. Anything else is passed on unchanged (identify validates it).
+    """
+    if isinstance(value, JsonFraction):
+        match = SPREADSHEET_WHOLE.fullmatch(value)
+        return int(match.group(1)) if match else float(value)  # a float: identify's own 400
+    if isinstance(value, str):
+        if match := SPREADSHEET_WHOLE.fullmatch(value):
+            return match.group(1)
+        if SPREADSHEET_EXPONENT.fullmatch(value):
+            raise ApiError(
+                400,
+                "invalid_phone_number",
+                f"phoneNumber {value.strip()!r} is in scientific notation: the spreadsheet lost its "
+                "digits; export the column as text",
+            )
+    return value
+
+
+def order_identifiers(email: Any, phone: Any, region: str) -> tuple[str | None, str | None]:
+    """The canonical (email, phone) of one order, by identify's own rules; ApiError when invalid."""
+    if isinstance(email, JsonFraction):
+        email = float(email)  # identify's answer to a JSON number
+    canonical_email = normalize_email(email)
+    canonical_phone = normalize_phone(spreadsheet_phone(phone), region)
+    if canonical_email is None and canonical_phone is None:
+        raise ApiError(400, "missing_identifier", "neither an email nor a phoneNumber")
+    return canonical_email, canonical_phone
+
+
+class OrderFile:
+    """An export file read as a stream of orders: CSV with a header row, or JSON Lines.
+
+    UTF-8 with or without a byte-order mark; bytes that are not UTF-8 reject
+    their line only. The file is read one line at a time (memory does not grow
+    with it); `bytes_read` follows the position for the progress bar.
+    """
+
+    def __init__(self, binary: IO[bytes], fmt: str, region: str):
+        self.text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        self.region = region
+        self.format = fmt
+        self.bytes_read = 0
+        self.line_number = 0
+        self.header = ""  # the CSV header row as read, for --rejects
+
+    def release(self) -> None:
+        """Let go of the file without closing it (click closes a file it opened; stdin stays open)."""
+        with contextlib.suppress(ValueError):
+            self.text.detach()
+
+    def lines(self) -> Iterator[str]:
+        for line in self.text:
+            self.line_number += 1
+            self.bytes_read += len(line.encode("utf-8", "surrogateescape"))
+            yield line
+
+    def orders(self) -> Iterator[OrderLine]:
+        """Every order line in file order; raises ImportRefused before the first when the CSV
+        header names neither identifier column. Blank lines are skipped."""
+        lines = self.lines()
+        first = ""
+        for line in lines:
+            if line.strip():
+                first = line
+                break
+        if not first:
+            return
+        if self.format == "auto":
+            self.format = "jsonl" if first.lstrip().startswith("{") else "csv"
+        remaining = itertools.chain([first], lines)
+        if self.format == "jsonl":
+            yield from self.json_orders(remaining)
+        else:
+            yield from self.csv_orders(remaining, self.line_number)
+
+    def json_orders(self, lines: Iterator[str]) -> Iterator[OrderLine]:
+        for text in lines:
+            if not text.strip():
+                continue
+            order = OrderLine(self.line_number, text)
+            try:
+                if problem := utf8_problem(text):
+                    raise ApiError(400, "invalid_utf8", problem)
+                try:
+                    body = json.loads(text, parse_float=JsonFraction)
+                except (ValueError, RecursionError) as exc:
+                    raise ApiError(400, "invalid_json", "not valid JSON") from exc
+                if not isinstance(body, dict):
+                    raise ApiError(400, "invalid_body", "not a JSON object")
+                order.email, order.phone = order_identifiers(
+                    body.get("email"), body.get("phoneNumber"), self.region
+                )
+            except ApiError as exc:
+                order.reason = exc.message
+            yield order
+
+    def csv_orders(self, lines: Iterator[str], first_number: int) -> Iterator[OrderLine]:
+        pending: list[str] = []  # the lines of the record being read
+
+        def feed() -> Iterator[str]:
+            for line in lines:
+                pending.append(line)
+                yield line
+
+        reader = csv.reader(feed())
+        header = next(reader)
+        self.header = "".join(pending)
+        columns = [name.strip().lower() for name in header]
+        if "email" not in columns and "phonenumber" not in columns:
+            raise ImportRefused(
+                f"line {first_number}: the header has neither an 'email' nor a 'phoneNumber' column "
+                f"(it has: {', '.join(repr(name) for name in header)}); nothing was imported"
+            )
+        for name in ("email", "phonenumber"):
+            if columns.count(name) > 1:
+                raise ImportRefused(f"line {first_number}: the header has two '{name}' columns")
+        email_at = columns.index("email") if "email" in columns else None
+        phone_at = columns.index("phonenumber") if "phonenumber" in columns else None
+        while True:
+            pending.clear()
+            try:
+                record = next(reader)
+                problem = None
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                record, problem = None, f"not valid CSV ({exc})"
+            text = "".join(pending)
+            order = OrderLine(self.line_number - len(pending) + 1, text)
+            if record == [] or (record is None and not text.strip()):
+                continue
+            try:
+                if (
+                    problem is None
+                    and (problem := utf8_problem(text)) is None
+                    and len(record or []) != len(header)
+                ):
+                    problem = f"has {len(record or [])} columns, the header has {len(header)}"
+                if problem:
+                    raise ApiError(400, "invalid_line", problem)
+                assert record is not None
+                order.email, order.phone = order_identifiers(
+                    record[email_at] if email_at is not None else None,
+                    record[phone_at] if phone_at is not None else None,
+                    self.region,
+                )
+            except ApiError as exc:
+                order.reason = exc.message
+            yield order
+
+
+class Rejects:
+    """The rejected lines, verbatim, in a file that imports like the original once fixed."""
+
+    def __init__(self, path: str | None):
+        self.file = open(path, "wb") if path else None  # noqa: SIM115 (closed by close())
+        self.header_written = False
+
+    def add(self, orders: OrderFile, order: OrderLine) -> None:
+        if self.file is None:
+            return
+        if orders.format == "csv" and not self.header_written:
+            self.write(orders.header)
+            self.header_written = True
+        self.write(order.text)
+
+    def write(self, text: str) -> None:
+        assert self.file is not None
+        if not text.endswith(("\n", "\r")):
+            text += "\n"
+        self.file.write(text.encode("utf-8", "surrogateescape"))
+
+    def close(self, orders: OrderFile | None) -> None:
+        if self.file is None:
+            return
+        if orders is not None and orders.format == "csv" and not self.header_written and orders.header:
+            self.write(orders.header)  # no rejects: still a valid (empty) import file
+        self.file.close()
+
+
+# -- identify's rules over the batch's customers, in memory ------------------
+
+
+class BatchCustomers:
+    """The customers one import batch touches, in memory: every live row of the connected
+    components of the batch's identifiers (locked), indexed by email, phone and link.
+
+    `identify` applies one order with identify's own pure `plan_identify`, so the import
+    and the API cannot decide differently.
+    """
+
+    def __init__(self, rows: Iterable[Row]):
+        self.rows: dict[int, Row] = {}
+        self.by_email: dict[str, set[int]] = defaultdict(set)
+        self.by_phone: dict[str, set[int]] = defaultdict(set)
+        self.linked: dict[int, set[int]] = defaultdict(set)  # id -> rows whose linkedId is id
+        self.changed: set[int] = set()  # existing rows whose link or precedence changed
+        self.inserted: list[int] = []  # temporary ids, in creation order
+        for row in rows:
+            self.add(dict(row))
+
+    def add(self, row: Row) -> None:
+        self.rows[row["id"]] = row
+        if row["email"] is not None:
+            self.by_email[row["email"]].add(row["id"])
+        if row["phoneNumber"] is not None:
+            self.by_phone[row["phoneNumber"]].add(row["id"])
+        if row["linkedId"] is not None:
+            self.linked[row["linkedId"]].add(row["id"])
+
+    def component(self, email: str | None, phone: str | None) -> list[Row]:
+        """Every row connected to the request's identifiers (shared email, shared phone, link)."""
+        seen: set[int] = set()
+        todo = [*(self.by_email.get(email, ()) if email is not None else ())]
+        todo += self.by_phone.get(phone, ()) if phone is not None else ()
+        while todo:
+            row_id = todo.pop()
+            if row_id in seen:
+                continue
+            seen.add(row_id)
+            row = self.rows[row_id]
+            todo.extend(self.by_email.get(row["email"], ()) if row["email"] is not None else ())
+            todo.extend(self.by_phone.get(row["phoneNumber"], ()) if row["phoneNumber"] is not None else ())
+            if row["linkedId"] in self.rows:
+                todo.append(row["linkedId"])
+            todo.extend(self.linked.get(row_id, ()))
+        return [self.rows[row_id] for row_id in seen]
+
+    def relink(self, row_id: int, precedence: str, linked_id: int | None, now: datetime) -> None:
+        row = self.rows[row_id]
+        if row["linkedId"] is not None:
+            self.linked[row["linkedId"]].discard(row_id)
+        row["linkPrecedence"], row["linkedId"], row["updatedAt"] = precedence, linked_id, now
+        if linked_id is not None:
+            self.linked[linked_id].add(row_id)
+        if row_id < TEMP_ID_BASE:
+            self.changed.add(row_id)
+
+    def identify(self, email: str | None, phone: str | None, now: datetime) -> str:
+        """Apply one order to the rows in memory, as identify would; returns its outcome."""
+        rows = self.component(email, phone)
+        plan = plan_identify(rows, email, phone, now)
+        primary_id = plan.rows[0]["id"]
+        if plan.promoted is not None:
+            self.relink(plan.promoted["id"], "primary", None, now)
+        for row_id in plan.relinked:
+            self.relink(row_id, "secondary", primary_id, now)
+        if plan.inserted is not None:
+            new = plan.inserted
+            new["id"] = TEMP_ID_BASE + len(self.inserted)
+            new["updatedAt"] = new["createdAt"]
+            self.inserted.append(new["id"])
+            self.add(new)
+        return plan.outcome
+
+
+# -- the batch's transaction ------------------------------------------------
+
+
+class OrderClock:
+    """Each order's `now`: the wall clock, but strictly after the previous order's, so the
+    file's order is the rows' (createdAt) order even when lines are microseconds apart."""
+
+    def __init__(self) -> None:
+        self.last = datetime.min
+
+    def now(self) -> datetime:
+        self.last = max(utcnow(), self.last + ONE_MICROSECOND)
+        return self.last
+
+
+def run_many(db: Database, name: str, rows: list[dict[str, Any]]) -> None:
+    """Run a named INSERT ... VALUES once per parameter set: one multi-row statement on MySQL
+    (PyMySQL's executemany rewrites it), in-process calls on SQLite."""
+    if not rows:
+        return
+    try:
+        db.connect().cursor().executemany(db.queries[name], rows)
+    except Exception as exc:
+        raise db.translate(exc) from exc
+
+
+def import_batch(
+    db: Database, orders: list[tuple[str | None, str | None]], clock: OrderClock
+) -> Counter[str]:
+    """Apply a batch of orders in file order inside the caller's transaction; returns the
+    outcome counts (created, linked, merged, repaired, unchanged).
+
+    identify's protocol (apply_identify) for many requests at once: 1. touch
+    every identifier of the batch (one statement, sorted: one lock order);
+    2. lock every live row of their customers (`lock_customer`); 3. decide
+    line by line in memory with `plan_identify`; 4. write the final state with
+    multi-row statements, touching the identifiers of every existing row
+    whose link changes (as write_plan does).
+    """
+    emails = {email for email, _ in orders if email is not None}
+    phones = {phone for _, phone in orders if phone is not None}
+    identifiers = sorted([("email", e) for e in emails] + [("phone", p) for p in phones])
+    run_many(db, "touch_identifier_rows", [{"kind": k, "value": v, "version": 1} for k, v in identifiers])
+    customers = BatchCustomers(lock_customer(db, emails, phones))
+    outcomes: Counter[str] = Counter()
+    for email, phone in orders:
+        outcomes[customers.identify(email, phone, clock.now())] += 1
+    write_batch(db, customers)
+    return outcomes
+
+
+def write_batch(db: Database, customers: BatchCustomers) -> None:
+    """Write what the batch changed: relinked rows, new primaries, then new secondaries."""
+    rows = customers.rows
+    if customers.changed:
+        # As write_plan: the identifiers of every existing row whose link changes, so a
+        # racing request on another cluster node that linked to a demoted customer conflicts.
+        db.run("touch_contact_identifiers", ids=sorted(customers.changed))
+    run_many(
+        db,
+        "relink_contact_rows",
+        [
+            {
+                "id": row["id"],
+                "phone": row["phoneNumber"],
+                "email": row["email"],
+                "linked_id": row["linkedId"],
+                "link_precedence": row["linkPrecedence"],
+                "created_at": row["createdAt"],
+                "updated_at": row["updatedAt"],
+            }
+            for row in (rows[row_id] for row_id in sorted(customers.changed))
+        ],
+    )
+    new = [rows[row_id] for row_id in customers.inserted]
+    real_ids: dict[int, int] = {}
+    primaries = [row for row in new if row["linkPrecedence"] == "primary"]
+    if primaries:
+        top = db.one("select_max_contact_id")
+        run_many(db, "insert_contact", [insert_params(row, None) for row in primaries])
+        after = int(top["top"]) if top else 0
+        ids = {
+            (r["email"], r["phoneNumber"]): r["id"] for r in db.all("select_primaries_after_id", after=after)
+        }
+        for row in primaries:
+            real_ids[row["id"]] = ids[(row["email"], row["phoneNumber"])]
+    secondaries = [
+        insert_params(row, real_ids.get(row["linkedId"], row["linkedId"]))
+        for row in new
+        if row["linkPrecedence"] == "secondary"
+    ]
+    top = db.one("select_max_contact_id")
+    run_many(db, "insert_contact", secondaries)
+    record_batch_events(db, customers, real_ids, int(top["top"]) if top and secondaries else None)
+
+
+def record_batch_events(
+    db: Database, customers: BatchCustomers, real_ids: dict[int, int], secondaries_after: int | None
+) -> None:
+    """History for what a batch changed, in its transaction: one `imported` event per customer,
+    naming its new primary, the rows the batch re-pointed and the rows it inserted."""
+    touched: dict[int, set[int]] = defaultdict(set)
+    for row_id in real_ids.values():
+        touched[row_id].add(row_id)
+    for row_id in customers.changed:
+        row = customers.rows[row_id]
+        touched[row["linkedId"] or row_id].add(row_id)
+    if secondaries_after is not None:
+        batch_primaries = {row["linkedId"] for row in customers.rows.values() if row["linkedId"]}
+        batch_primaries |= set(real_ids.values()) | {i for i in customers.rows if i < TEMP_ID_BASE}
+        for row in db.all("select_secondaries_after_id", after=secondaries_after):
+            if row["linkedId"] in batch_primaries:
+                touched[row["linkedId"]].add(row["id"])
+    now = utcnow()
+    for customer_id, ids in sorted(touched.items()):
+        record_imported(db, customer_id, sorted(ids), now)
+
+
+def insert_params(row: Row, linked_id: int | None) -> dict[str, Any]:
+    """insert_contact's parameters for a row the batch created."""
+    return {
+        "email": row["email"],
+        "phone": row["phoneNumber"],
+        "linked_id": linked_id,
+        "link_precedence": row["linkPrecedence"],
+        "created_at": row["createdAt"],
+    }
+
+
+# -- the command: batches, progress, summary --------------------------------
+
+
+@dataclass
+class ImportTotals:
+    """What an import did so far, for the progress line and the summary."""
+
+    started: float = field(default_factory=time.monotonic)
+    lines: int = 0  # order lines read (blank lines and the header not counted)
+    imported: int = 0  # lines applied in committed batches
+    rejected: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    last_line: int = 0  # the file line of the last order in a committed batch
+
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.imported / elapsed if elapsed > 0 else 0.0
+
+    def summary(self) -> str:
+        elapsed = time.monotonic() - self.started
+        o = self.outcomes
+        return (
+            f"lines read {self.lines:,}, imported {self.imported:,}: customers created {o['created']:,}, "
+            f"rows linked {o['linked']:,}, merges {o['merged']:,}, repaired {o['repaired']:,}, "
+            f"unchanged {o['unchanged']:,}; "
+            f"rejected {self.rejected:,}; {elapsed:.1f} s, {self.rate():,.0f} orders/s, "
+            f"peak RSS {peak_rss_mib():.0f} MiB"
+        )
+
+
+class ImportProgress:
+    """A click progress bar (bytes of the file, rate, ETA) on a terminal; a plain line every
+    PROGRESS_EVERY_S seconds otherwise, or when the size is unknown (standard input)."""
+
+    def __init__(self, size: int | None, totals: ImportTotals, quiet: bool):
+        self.totals = totals
+        self.position = 0
+        self.next_line_at = time.monotonic() + PROGRESS_EVERY_S
+        self.quiet = quiet
+        self.bar: Any = None
+        if not quiet and size and sys.stderr.isatty():
+            self.bar = click.progressbar(
+                length=size,
+                label="importing",
+                file=sys.stderr,
+                show_eta=True,
+                show_percent=True,
+                item_show_func=lambda _: f"{totals.imported:,} orders, {totals.rate():,.0f}/s",
+            )
+            self.bar.__enter__()
+
+    def update(self, position: int) -> None:
+        if self.bar is not None:
+            self.bar.update(position - self.position, position)
+        elif not self.quiet and time.monotonic() >= self.next_line_at:
+            self.next_line_at = time.monotonic() + PROGRESS_EVERY_S
+            t = self.totals
+            click.echo(
+                f"import: {t.imported:,} orders imported, {t.rejected:,} rejected, {t.rate():,.0f} orders/s",
+                err=True,
+            )
+        self.position = position
+
+    def close(self) -> None:
+        bar, self.bar = self.bar, None
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+
+def batches_of(
+    orders: Iterable[OrderLine], size: int, on_reject: Callable[[OrderLine], None]
+) -> Iterator[list[OrderLine]]:
+    """Valid orders in lists of `size`, in file order; rejected lines go to `on_reject` as read."""
+    batch: list[OrderLine] = []
+    for order in orders:
+        if order.reason is not None:
+            on_reject(order)
+            continue
+        batch.append(order)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def raise_interrupt(signum: int, _frame: Any) -> None:
+    """SIGTERM stops an import as Ctrl-C does: the open batch rolls back."""
+    raise KeyboardInterrupt
+
+
+@click.command("import")
+@click.argument("file", type=click.File("rb"))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(ORDER_FORMATS),
+    default="auto",
+    show_default=True,
+    help="csv (a header row naming email and/or phoneNumber) or jsonl (one JSON object a line); "
+    "auto: JSON Lines when the first line starts with '{'.",
+)
+@click.option(
+    "--rejects",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the rejected lines here, as they were (with the CSV header): fix them and import this file.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 5000),  # SQLite binds at most 32766 parameters a statement
+    default=IMPORT_BATCH_LINES,
+    show_default=True,
+    help="Orders per transaction.",
+)
+@click.option("--quiet", is_flag=True, help="No progress, only rejected lines and the summary.")
+@with_appcontext
+def import_orders(file: IO[bytes], fmt: str, rejects: str | None, batch_size: int, quiet: bool) -> None:
+    """Import historical orders from FILE ('-' reads standard input): the result equals sending
+    each valid line to POST /identify in file order. Invalid lines are reported (line number
+    and reason) and skipped. Re-running the same file changes nothing it already imported, so
+    an interrupted import is finished by running it again. docs/import.md.
+
+    Exit status: 0 every line imported; 3 finished, some lines rejected; 1 refused or stopped
+    (nothing after the last committed batch was written).
+    """
+    settings = current_app.config
+    totals = ImportTotals()
+    orders = OrderFile(file, fmt, settings["FLUXKART_PHONE_REGION"])
+    size = None
+    with contextlib.suppress(OSError, ValueError):
+        size = os.fstat(file.fileno()).st_size if file.seekable() else None
+    progress = ImportProgress(size, totals, quiet)
+    rejected = Rejects(rejects)
+    db = get_db()
+    clock = OrderClock()
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+
+    def reject(order: OrderLine) -> None:
+        totals.rejected += 1
+        click.echo(f"line {order.number}: {order.reason}", err=True)
+        rejected.add(orders, order)
+
+    def count(order: OrderLine) -> OrderLine:
+        totals.lines += 1
+        return order
+
+    status = 0
+    held_since = time.monotonic()
+    try:
+        for batch in batches_of(map(count, orders.orders()), batch_size, reject):
+            pairs = [(order.email, order.phone) for order in batch]
+            work = functools.partial(import_batch, orders=pairs, clock=clock)
+            outcomes = in_transaction(db, work, "import")
+            if db.dialect == "sqlite" and time.monotonic() - held_since > SQLITE_HOLD_S:
+                time.sleep(SQLITE_PAUSE_S)  # let the writers waiting in line in
+                held_since = time.monotonic()
+            totals.outcomes.update(outcomes)
+            totals.imported += len(batch)
+            totals.last_line = batch[-1].number
+            progress.update(orders.bytes_read)
+        if totals.lines == 0 and orders.line_number == 0:
+            click.echo("the file is empty: nothing to import", err=True)
+    except ImportRefused as exc:
+        progress.close()
+        click.echo(f"refused: {exc}", err=True)
+        status = 1
+    except (DatabaseUnavailable, KeyboardInterrupt) as exc:
+        progress.close()
+        why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped: {exc}"
+        click.echo(
+            f"{why}. Imported every order up to line {totals.last_line}; the batch after it was "
+            "rolled back. Run the same command again to finish: orders already imported change nothing.",
+            err=True,
+        )
+        status = 130 if isinstance(exc, KeyboardInterrupt) else 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        progress.close()
+        rejected.close(orders)
+        orders.release()
+        db.close()
+    click.echo(totals.summary())
+    if status == 0 and totals.rejected:
+        status = 3
+    if status:
+        click.get_current_context().exit(status)
 
 
 # --------------------------------------------------------------------------
@@ -3189,4 +3833,5 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.cli.add_command(init_db_command)
     app.cli.add_command(migrate_command)
     app.cli.add_command(repair_command)
+    app.cli.add_command(import_orders)
     return app

@@ -324,3 +324,29 @@ WHERE kind = 'phone'
 -- The one record an erasure leaves: when, which request, how much. No identifier.
 INSERT INTO CustomerErasure (erasedAt, requestId, contacts, identifiers, historyEvents)
 VALUES (%(erased_at)s, %(request_id)s, %(contacts)s, %(identifiers)s, %(history_events)s)
+
+-- name: select_max_contact_id
+-- The largest id so far (0 on an empty table). Taken inside the import's
+-- transaction before it inserts: every row it inserts gets a larger id.
+SELECT COALESCE(MAX(id), 0) AS top
+FROM Contact
+
+-- name: select_primaries_after_id
+-- Live primaries with an id above `after`: the import reads back the ids of
+-- the primaries it has just inserted (matched by their identifiers, which no
+-- concurrent request can insert while the import holds them).
+SELECT id, email, phoneNumber
+FROM Contact
+WHERE id > %(after)s
+  AND linkedId IS NULL
+  AND deletedAt IS NULL
+
+-- name: select_secondaries_after_id
+-- Live secondaries with an id above `after`: the import reads back the ids of
+-- the secondaries it has just inserted, for its history events (their
+-- customers are locked by the import, so none of them is anybody else's).
+SELECT id, linkedId
+FROM Contact
+WHERE id > %(after)s
+  AND linkedId IS NOT NULL
+  AND deletedAt IS NULL

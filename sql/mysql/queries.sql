@@ -77,3 +77,23 @@ WHERE id IN %(ids)s
 INSERT INTO ContactIdentifier (kind, value, version)
 VALUES (%(kind)s, %(value)s, 1)
 ON DUPLICATE KEY UPDATE version = version + 1
+
+-- name: touch_identifier_rows
+-- touch_identifiers for many identifiers at once (the import's batch): one
+-- multi-row statement (PyMySQL's executemany), the caller sorts the rows so
+-- every batch takes its locks in one order. (The version is a parameter:
+-- PyMySQL only rewrites a VALUES list made of placeholders alone.)
+INSERT INTO ContactIdentifier (kind, value, version)
+VALUES (%(kind)s, %(value)s, %(version)s)
+ON DUPLICATE KEY UPDATE version = version + 1
+
+-- name: relink_contact_rows
+-- Writes the new link of existing rows the import changed, many in one
+-- multi-row statement (PyMySQL's executemany): every row exists and is
+-- locked by this transaction, so the upsert only ever takes its UPDATE arm.
+INSERT INTO Contact (id, phoneNumber, email, linkedId, linkPrecedence, createdAt, updatedAt)
+VALUES (%(id)s, %(phone)s, %(email)s, %(linked_id)s, %(link_precedence)s, %(created_at)s, %(updated_at)s)
+ON DUPLICATE KEY UPDATE
+    linkedId = VALUES(linkedId),
+    linkPrecedence = VALUES(linkPrecedence),
+    updatedAt = VALUES(updatedAt)

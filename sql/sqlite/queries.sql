@@ -69,3 +69,18 @@ WHERE id IN %(ids)s
 INSERT INTO ContactIdentifier (kind, value, version)
 VALUES (%(kind)s, %(value)s, 1)
 ON CONFLICT (kind, value) DO UPDATE SET version = version + 1
+
+-- name: touch_identifier_rows
+-- touch_identifiers for many identifiers at once (the import's batch).
+INSERT INTO ContactIdentifier (kind, value, version)
+VALUES (%(kind)s, %(value)s, %(version)s)
+ON CONFLICT (kind, value) DO UPDATE SET version = version + 1
+
+-- name: relink_contact_rows
+-- Writes the new link of an existing row the import changed (executemany:
+-- in-process, so one statement per row costs no round trip).
+UPDATE Contact
+SET linkedId = %(linked_id)s,
+    linkPrecedence = %(link_precedence)s,
+    updatedAt = %(updated_at)s
+WHERE id = %(id)s

@@ -1,0 +1,282 @@
+"""Benchmark of `flask --app fluxkart import`: import against API replay, in one run.
+
+    .venv/bin/python bench/import_bench.py                      # 1,000,000 orders (~8 minutes)
+    .venv/bin/python bench/import_bench.py --orders 100000 --preload 100000 --replay-seconds 10
+
+On a throwaway mariadbd (tests/mariadb.py; never the machine's server), with the
+benchmark's shop workload (bench/workload.py: repeat customers, new customers, new
+emails or phones, ~2% bridges that merge two customers) written as a CSV export:
+
+1. API replay: the file's orders as JSON bodies sent to POST /identify by wrk at
+   concurrency 32, the service under gunicorn with its default settings (gunicorn.conf.py,
+   as the Procfile starts it), for --replay-seconds on a fresh database: orders/s.
+2. import of the whole file into an empty database: wall time, orders/s, peak RSS.
+3. import of the first tenth of the file into an empty database: peak RSS again, to show
+   memory does not grow with the file.
+4. import of the whole file into a database preloaded with --preload contacts (bulk SQL,
+   bench/database.py): wall time.
+5. the invariant checker (tests/checker.py) on the table of step 2.
+
+Prints a markdown report and writes it to bench/results/import.md (--out). Every process it
+starts is stopped at the end, also on errors and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import itertools
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import fluxkart  # noqa: E402
+from bench import database  # noqa: E402
+from bench.loadgen import run_wrk  # noqa: E402
+from bench.procs import Gunicorn  # noqa: E402
+from bench.workload import CustomerModel, Identifiers, Pair, ShopMix, commit, shop_batch  # noqa: E402
+from tests.checker import check_invariants, violation_kinds  # noqa: E402
+from tests.mariadb import MariaDBServer, free_port  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CHUNK = 10_000  # orders drawn from the model at a time (the model then learns what they did)
+SUMMARY = re.compile(
+    r"lines read (?P<lines>[\d,]+), imported (?P<imported>[\d,]+): customers created (?P<created>[\d,]+), "
+    r"rows linked (?P<linked>[\d,]+), merges (?P<merged>[\d,]+), repaired (?P<repaired>[\d,]+), "
+    r"unchanged (?P<unchanged>[\d,]+); "
+    r"rejected (?P<rejected>[\d,]+); (?P<seconds>[\d.]+) s, (?P<rate>[\d,]+) orders/s, "
+    r"peak RSS (?P<rss>\d+) MiB"
+)
+STARTED = time.monotonic()
+
+
+def log(message: str) -> None:
+    print(f"[{time.monotonic() - STARTED:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def write_orders(path: Path, orders: int, seed: int) -> tuple[list[str], list[Pair]]:
+    """A CSV export of `orders` shop orders (orderId, email, phoneNumber, total); returns the
+    JSON bodies and canonical pairs of every order, in file order.
+
+    The first orders are all new customers (an empty shop has no repeat customers yet);
+    then the shop mix. Values are spelled as shops send them: upper-case emails with
+    spaces, phones as numbers or formatted (bench/workload.py's encode_body).
+    """
+    rng = random.Random(seed)
+    model, ids = CustomerModel(), Identifiers()
+    bodies: list[str] = []
+    pairs: list[Pair] = []
+    with open(path, "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["orderId", "email", "phoneNumber", "total"])
+        while len(bodies) < orders:
+            count = min(CHUNK, orders - len(bodies))
+            mix = ShopMix(new_customer=1.0, new_identifier=0, bridge=0) if not model else None
+            batch = shop_batch(rng, model, ids, count, mix)
+            commit(model, batch, count)
+            for body in batch.bodies:
+                fields = json.loads(body)
+                writer.writerow(
+                    [
+                        len(bodies) + 1,
+                        fields.get("email") or "",
+                        fields.get("phoneNumber") if fields.get("phoneNumber") is not None else "",
+                        f"{rng.uniform(5, 500):.2f}",
+                    ]
+                )
+                bodies.append(body)
+            pairs.extend(batch.pairs)
+    return bodies, pairs
+
+
+def create_database(port: int, name: str) -> None:
+    """A fresh database whose schema the service itself creates (so ServiceState says it is its own)."""
+    conn = database.connect(port)
+    with conn, conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        cur.execute(f"CREATE DATABASE `{name}`")
+    settings = {name: "" for name in fluxkart.SETTINGS}
+    settings.update(MYSQL_HOST="127.0.0.1", MYSQL_PORT=str(port), MYSQL_USER="root", MYSQL_DATABASE=name)
+    app = fluxkart.create_app(settings)
+    with app.app_context():
+        db = fluxkart.get_db()
+        db.connect()
+        db.close()
+
+
+def run_import(port: int, database_name: str, path: Path, out: Path) -> dict[str, Any]:
+    """`flask --app fluxkart import PATH --quiet` as its own process; its summary's figures and wall time."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("MYSQL_", "FLUXKART_"))}
+    env.update(MYSQL_HOST="127.0.0.1", MYSQL_PORT=str(port), MYSQL_USER="root", MYSQL_DATABASE=database_name)
+    command = [str(REPO / ".venv" / "bin" / "flask"), "--app", "fluxkart", "import", str(path), "--quiet"]
+    started = time.monotonic()
+    with open(out, "wb") as log:
+        done = subprocess.run(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log, check=False)
+    wall = time.monotonic() - started
+    text = done.stdout.decode()
+    match = SUMMARY.search(text)
+    if done.returncode != 0 or match is None:
+        raise RuntimeError(f"import failed ({done.returncode}): {text} (stderr in {out})")
+    figures = {name: float(value.replace(",", "")) for name, value in match.groupdict().items()}
+    figures["wall_s"] = wall
+    return figures
+
+
+def replay(port: int, database_name: str, bodies: list[str], seconds: float, scratch: Path) -> dict[str, Any]:
+    """The orders sent to POST /identify by wrk at C=32, gunicorn with its default settings."""
+    settings = {
+        "MYSQL_HOST": "127.0.0.1",
+        "MYSQL_PORT": str(port),
+        "MYSQL_USER": "root",
+        "MYSQL_PASSWORD": "",
+        "MYSQL_DATABASE": database_name,
+        "FLUXKART_API_TOKEN": "",
+        "FLUXKART_PHONE_REGION": "",
+    }
+    server = Gunicorn(REPO, "fluxkart:create_app()", free_port(), settings, scratch / "gunicorn.log")
+    try:
+        server.start()
+        result = run_wrk(server.port, bodies, 32, seconds, scratch)
+    finally:
+        server.stop()
+    return {
+        "requests": result.requests,
+        "seconds": result.duration_s,
+        "rate": result.throughput,
+        "non_2xx": result.non_2xx + result.socket_errors,
+        "wrapped": bool(result.extra.get("wrapped")),
+    }
+
+
+def report(options: argparse.Namespace, figures: dict[str, Any], command: str) -> str:
+    api, empty, tenth, full = figures["replay"], figures["empty"], figures["tenth"], figures["preloaded"]
+    ratio = empty["rate"] / api["rate"] if api["rate"] else 0.0
+    rows = [
+        ("API replay: POST /identify, wrk C=32, default gunicorn", f"{api['rate']:,.0f} orders/s", "-"),
+        ("import into an empty database", f"{empty['imported'] / empty['wall_s']:,.0f} orders/s", "-"),
+        ("import / API replay", f"{ratio:.1f}x", "at least 20x"),
+        (f"{options.orders:,} orders into an empty database", f"{empty['wall_s']:.0f} s", "under 180 s"),
+        (
+            f"{options.orders:,} orders into a database of {options.preload:,} contacts",
+            f"{full['wall_s']:.0f} s",
+            "under 300 s",
+        ),
+        (
+            "import peak RSS: whole file / first tenth",
+            f"{empty['rss']:.0f} MiB / {tenth['rss']:.0f} MiB",
+            "bounded (not growing with the file)",
+        ),
+        ("invariant violations after the import (tests/checker.py)", str(figures["violations"]), "0"),
+    ]
+    outcome = (
+        f"Outcomes of the import into the empty database: customers created {empty['created']:,.0f}, "
+        f"rows linked {empty['linked']:,.0f}, merges {empty['merged']:,.0f}, "
+        f"unchanged {empty['unchanged']:,.0f}."
+    )
+    lines = [
+        "# Import benchmark",
+        "",
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores (shared with other "
+        f"work: load average {figures['load']}), MariaDB {figures['mariadb']} (throwaway server, "
+        "tests/mariadb.py), one run.",
+        "",
+        f"Command: `{command}`",
+        "",
+        "| figure | this run | target |",
+        "|---|---|---|",
+        *[f"| {a} | {b} | {c} |" for a, b, c in rows],
+        "",
+        outcome,
+        f"API replay: {api['requests']:,} requests in {api['seconds']:.1f} s, non-2xx or socket errors "
+        f"{api['non_2xx']}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--orders", type=int, default=1_000_000)
+    parser.add_argument("--preload", type=int, default=1_000_000, help="contacts already stored for step 4")
+    parser.add_argument("--replay-seconds", type=float, default=20)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--buffer-pool-mib", type=int, default=1024)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "import.md")
+    options = parser.parse_args(argv)
+    command = "python3 bench/import_bench.py " + " ".join(argv)
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="fluxkart-import-bench-") as scratch_name:
+        scratch = Path(scratch_name)
+        log(f"writing {options.orders:,} shop orders")
+        path = scratch / "orders.csv"
+        bodies, pairs = write_orders(path, options.orders, options.seed)
+        tenth_path = scratch / "tenth.csv"
+        with open(path) as source, open(tenth_path, "w") as tenth:
+            for line in itertools.islice(source, options.orders // 10 + 1):
+                tenth.write(line)
+        (scratch / "mariadb").mkdir()
+        server = MariaDBServer(scratch / "mariadb")
+        with contextlib.ExitStack() as stack:
+            stack.callback(server.stop)
+            server.start(timeout=60)
+            port = server.port
+            database.set_buffer_pool(port, options.buffer_pool_mib)
+            database.set_flush_at_commit(port, 1)
+            figures["mariadb"] = database.server_version(port)
+
+            log("API replay")
+            create_database(port, "replay")
+            # As many bodies as the service could take in the time, so wrk never wraps.
+            figures["replay"] = replay(
+                port, "replay", bodies[: int(6000 * options.replay_seconds)], options.replay_seconds, scratch
+            )
+            log(f"API replay: {figures['replay']['rate']:,.0f} orders/s")
+
+            log("import into an empty database")
+            create_database(port, "empty")
+            figures["empty"] = run_import(port, "empty", path, scratch / "import-empty.log")
+            log(f"  {figures['empty']['wall_s']:.0f} s")
+            rows = database.fetch_rows(port, "empty")
+            violations = check_invariants(rows, pairs)
+            figures["violations"] = len(violations)
+            log(f"  invariant violations: {dict(violation_kinds(violations)) or 'none'}")
+            del rows
+            database.drop_databases(port, ["empty", "replay"])
+
+            log("import of the first tenth")
+            create_database(port, "tenth")
+            figures["tenth"] = run_import(port, "tenth", tenth_path, scratch / "import-tenth.log")
+            database.drop_databases(port, ["tenth"])
+
+            log(f"preloading {options.preload:,} contacts")
+            create_database(port, "preloaded")
+            model, ids = CustomerModel(), Identifiers()
+            # Identifiers from another seed's counter range would collide with the file's:
+            # skip past every identifier the file uses, so the preload is other customers.
+            ids.emails = ids.phones = options.orders * 2
+            database.preload(port, "preloaded", model, ids, random.Random(options.seed + 1), options.preload)
+            log("import into the preloaded database")
+            figures["preloaded"] = run_import(port, "preloaded", path, scratch / "import-preloaded.log")
+            log(f"  {figures['preloaded']['wall_s']:.0f} s")
+        figures["load"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    text = report(options, figures, command)
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
