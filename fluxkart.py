@@ -59,6 +59,7 @@ import threading
 import time
 import unicodedata
 import uuid
+import weakref
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -112,6 +113,7 @@ SETTINGS = (
     "FLUXKART_PHONE_REGION",
     "FLUXKART_WSREP_SYNC_WAIT",
     "FLUXKART_SECRET_KEY",
+    "FLUXKART_DB_POOL_SIZE",
 )
 
 # Every default in one place. An empty value (in the environment, .env or the
@@ -132,6 +134,10 @@ DEFAULTS: dict[str, Any] = {
     "FLUXKART_SECRET_KEY": "",
     # A request body is two short strings; anything near this limit is abuse.
     "MAX_CONTENT_LENGTH": 64 * 1024,
+    # Database connections per worker process; requests in flight beyond this
+    # wait for one (docs/performance.md). Far below MariaDB's default
+    # max_connections (151) for a few workers.
+    "FLUXKART_DB_POOL_SIZE": "10",
 }
 
 
@@ -456,7 +462,8 @@ def connect_sqlite(settings: dict[str, Any], read_timeout: float | None = None) 
         timeout=LOCK_WAIT_TIMEOUT_S,  # how long BEGIN IMMEDIATE waits for another writer
         isolation_level=None,
         detect_types=sqlite3.PARSE_DECLTYPES,
-        check_same_thread=True,
+        # The pool lends a connection to one thread at a time, not always the one that opened it.
+        check_same_thread=False,
     )
     conn.row_factory = lambda cursor, row: {
         col[0]: value for col, value in zip(cursor.description, row, strict=True)
@@ -528,7 +535,11 @@ class Database:
                 if self.create_schema:
                     self.ensure_schema()
             except Exception as exc:
-                raise self.translate(exc) from exc
+                error = self.translate(exc)
+                # Never keep a connection whose schema check failed: the next request
+                # would find it open, skip the check and serve a table we refuse.
+                self.close()
+                raise error from exc
         return self.conn
 
     def ensure_schema(self) -> None:
@@ -653,13 +664,73 @@ class Database:
 
 
 def get_db() -> Database:
-    """This thread's Database for the current app, created on first use."""
-    state: threading.local = current_app.extensions["fluxkart"]["local"]
-    db = getattr(state, "db", None)
-    if db is None:
-        ext = current_app.extensions["fluxkart"]
-        db = state.db = Database(current_app.config, ext["queries"], ext["schema"])
-    return db
+    """The current request's Database, borrowed from the worker's pool until the request
+    ends; outside a request (CLI commands), this thread's own, created on first use.
+    Raises DatabaseUnavailable when every pooled connection stays busy (POOL_WAIT_S)."""
+    ext = current_app.extensions["fluxkart"]
+    if has_request_context():
+        if "db" not in g:
+            g.db = ext["pool"].acquire()
+        db: Database = g.db
+        return db
+    state: threading.local = ext["local"]
+    if getattr(state, "db", None) is None:
+        state.db = Database(current_app.config, ext["queries"], ext["schema"])
+    return state.db  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------
+# Connection pool: a worker's connections, lent to one request at a time
+# --------------------------------------------------------------------------
+
+# How long a request waits for a free connection before it is answered 503:
+# every connection busy that long means the database is the bottleneck.
+POOL_WAIT_S = 5
+
+
+class DatabasePool:
+    """A worker's open connections, each lent to one request (thread or greenlet) at a time.
+
+    A connection outlives the request that used it, so its TCP and auth handshake is
+    paid once, not per request nor per client connection (the gevent worker runs a
+    greenlet per client connection), and a worker never holds more than `size`
+    connections however many clients are connected. PyMySQL is not thread-safe:
+    a connection is only ever used by the request that borrowed it.
+    """
+
+    def __init__(self, make: Callable[[], Database], size: int):
+        self.make = make
+        self.idle: list[Database] = []
+        self.lock = threading.Lock()
+        self.slots = threading.BoundedSemaphore(size)
+
+    def acquire(self) -> Database:
+        """A free Database (its connection opens at its first statement);
+        DatabaseUnavailable after POOL_WAIT_S without one."""
+        if not self.slots.acquire(timeout=POOL_WAIT_S):
+            raise DatabaseUnavailable("every database connection of this worker stayed busy")
+        with self.lock:
+            return self.idle.pop() if self.idle else self.make()
+
+    def close(self) -> None:
+        """Close every idle connection (those lent out are closed by their borrowers' errors)."""
+        with self.lock:
+            idle, self.idle = self.idle, []
+        for db in idle:
+            db.close()
+
+    def release(self, db: Database) -> None:
+        """Give a Database back (a broken connection was already dropped by Database)."""
+        with self.lock:
+            self.idle.append(db)
+        self.slots.release()
+
+
+def release_db(_exc: BaseException | None = None) -> None:
+    """Teardown of every request: return its connection to the pool."""
+    db = g.pop("db", None)
+    if db is not None:
+        current_app.extensions["fluxkart"]["pool"].release(db)
 
 
 # --------------------------------------------------------------------------
@@ -740,11 +811,14 @@ MAX_PHONE_DIGITS = 20
 MAX_CONTACT_ID = 2**63 - 1
 
 
+# Exactly Unicode's categories Cc (controls) and Cs (surrogates): one regex scan
+# instead of a unicodedata lookup per character (on identify's hot path).
+UNCLEAN_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def is_clean_text(value: str) -> bool:
     """No control characters and nothing the database could not store (lone surrogates)."""
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
-        return False
-    return True
+    return UNCLEAN_TEXT.search(value) is None
 
 
 def normalize_email(value: Any, field: str = "email") -> str | None:
@@ -3742,6 +3816,14 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         "schema": schema_statements(dialect),
         "local": threading.local(),
     }
+    ext = app.extensions["fluxkart"]
+    config, queries, schema = app.config, ext["queries"], ext["schema"]  # not the app: see finalize
+    pool = ext["pool"] = DatabasePool(
+        lambda: Database(config, queries, schema), int(settings["FLUXKART_DB_POOL_SIZE"])
+    )
+    # Close the pooled connections when the app goes away (tests build one app per test).
+    weakref.finalize(app, pool.close)
+    app.teardown_request(release_db)
     app.before_request(start_request)
     app.before_request(require_token)
     app.after_request(finish_request)

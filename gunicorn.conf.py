@@ -11,17 +11,24 @@ import os
 # The platform (or the load balancer's target group) says which port.
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '3000')}"
 
-# Chosen by measurement on a 2-core host (bench/, README "Performance"):
-# 3 sync workers per core matched 2 gthread workers x 8 threads in throughput
-# at 32 concurrent clients and halved p99 (27 vs 50 ms), because each process
-# serves one request at a time (no GIL contention between threads, no
-# keep-alive connections piling onto one worker). Sync workers need a load
-# balancer or proxy in front that buffers slow clients; for direct exposure
-# use GUNICORN_WORKER_CLASS=gthread GUNICORN_THREADS=8 WEB_CONCURRENCY=2.
+# gevent workers, one per core (measured in docs/performance.md). A gevent worker
+# serves each client connection in a greenlet, so idle keep-alive connections and
+# clients that send slowly cost a few KiB each instead of a whole worker: with the
+# old default (6 sync workers) 8 slow clients stopped the service; with this one
+# 1,000 do not (tests/test_slow_clients.py). PyMySQL is pure Python, so once gevent
+# has patched the socket module a greenlet waiting for MariaDB lets the others run;
+# each request borrows its own connection from the worker's pool
+# (FLUXKART_DB_POOL_SIZE), never shared while in use. Throughput and CPU per request
+# matched 6 sync workers side by side; more processes than cores only add memory.
+# Other models stay one variable away: GUNICORN_WORKER_CLASS=sync WEB_CONCURRENCY=6
+# (needs a buffering proxy in front), or GUNICORN_THREADS=8 for gthread.
 # (With more than one thread gunicorn runs gthread whatever the class says.)
-workers = int(os.environ.get("WEB_CONCURRENCY", 3 * multiprocessing.cpu_count()))
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
+workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
+# Client connections one gevent worker holds open at once (idle, slow or active);
+# past it the worker stops accepting and the others take new connections.
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "2000"))
 
 # A request that takes this long is stuck (every database wait is bounded far below it).
 timeout = 60

@@ -47,14 +47,28 @@ def connect(port: int, database: str | None = None) -> pymysql.connections.Conne
 
 
 def create_database(port: int, name: str) -> None:
-    """A fresh database with the service's own schema (the same statements it runs at start-up)."""
+    """A fresh database with the service's own schema, created by the service's own code
+    (what `flask init-db` runs): the tables and the ServiceState rows that say the table is
+    the service's and consistent, so identify takes its lock-free path for repeat
+    customers (the preload writes only valid customers)."""
     conn = connect(port)
     with conn, conn.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
         cur.execute(f"CREATE DATABASE `{name}`")
-        cur.execute(f"USE `{name}`")
-        for statement in fluxkart.schema_statements("mysql"):
-            cur.execute(statement)
+    settings = {
+        "MYSQL_HOST": "127.0.0.1",
+        "MYSQL_PORT": str(port),
+        "MYSQL_USER": "root",
+        "MYSQL_PASSWORD": "",
+        "MYSQL_DATABASE": name,
+        "FLUXKART_API_TOKEN": "",
+        "FLUXKART_PHONE_REGION": "",
+    }
+    app = fluxkart.create_app(settings)
+    with app.app_context():
+        db = fluxkart.get_db()
+        db.connect()
+        db.close()
 
 
 def server_version(port: int) -> str:

@@ -59,6 +59,27 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
+def descendant_pids(root: int) -> list[int]:
+    """Every process below `root` (a shell script's children and theirs)."""
+    found, frontier = [], [root]
+    while frontier:
+        children = [pid for parent in frontier for pid in processes.child_pids(parent)]
+        found += children
+        frontier = children
+    return found
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory (VmRSS) of a live process now, in MiB; 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def peak_rss_mib(pid: int) -> float:
     """Peak resident memory (VmHWM) of a live process, in MiB; 0 when it is gone."""
     try:
@@ -94,8 +115,8 @@ class GunicornConfig:
 
     def label(self) -> str:
         """What gunicorn will run, defaults resolved as gunicorn.conf.py resolves them."""
-        workers = self.workers or 3 * (os.cpu_count() or 1)
-        worker_class = self.worker_class or "sync"
+        workers = self.workers or (os.cpu_count() or 1)
+        worker_class = self.worker_class or "gevent"
         threads = self.threads or 1
         if worker_class == "sync" and threads > 1:
             worker_class = "gthread"  # what gunicorn itself does with sync and threads > 1

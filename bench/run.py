@@ -108,6 +108,9 @@ class Options:
     seed: int
     out: Path
     quick: bool
+    compare: str | None = None  # "URL@DATABASE" of another service (bench/compare.py)
+    compare_command: str | None = None
+    slow_clients: int = 0
 
 
 def int_list(text: str) -> list[int]:
@@ -128,7 +131,9 @@ def parse_options(argv: list[str]) -> Options:
     parser.add_argument(
         "--warmup", type=float, help="seconds of unmeasured load first (default 2; --quick 1)"
     )
-    parser.add_argument("--concurrency", type=int_list, default=[1, 8, 32], help="e.g. 1,8,32")
+    parser.add_argument(
+        "--concurrency", type=int_list, help="e.g. 1,8,32 (default 1,8,32; with --compare 32)"
+    )
     parser.add_argument("--db-processes", type=int_list, default=[1, 2, 8, 32], help="e.g. 1,2,8,32")
     parser.add_argument(
         "--gunicorn",
@@ -160,6 +165,25 @@ def parse_options(argv: list[str]) -> Options:
         default=1,
         help="innodb_flush_log_at_trx_commit (default 1, durable as in production; tests/mariadb.py uses 2)",
     )
+    parser.add_argument(
+        "--compare",
+        metavar="URL@DATABASE",
+        help="side by side with another service on the benchmark's MariaDB, A B B A (bench/compare.py)",
+    )
+    parser.add_argument(
+        "--compare-command",
+        metavar="COMMAND",
+        help="starts the other service; {port}, {database}, {mysql_port} are filled in and "
+        "MYSQL_HOST/MYSQL_PORT/MYSQL_USER/MYSQL_PASSWORD point at the throwaway server",
+    )
+    parser.add_argument(
+        "--slow-clients",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="with --compare: a fast client's identify latency while N idle/slow connections are held "
+        "(default 1000; 0 skips)",
+    )
     parser.add_argument("--seed", type=int, default=20261124)
     parser.add_argument("--out", type=Path, help="results folder (default bench/results)")
     args = parser.parse_args(argv)
@@ -171,9 +195,9 @@ def parse_options(argv: list[str]) -> Options:
     return Options(
         contacts=args.contacts,
         runs=args.runs or (1 if quick else 3),
-        duration=args.duration or (3 if quick else 8),
-        warmup=args.warmup or (1 if quick else 2),
-        concurrency=args.concurrency,
+        duration=args.duration or (3 if quick else 10 if args.compare else 8),
+        warmup=args.warmup or (1 if quick else 3 if args.compare else 2),
+        concurrency=args.concurrency or ([32] if args.compare else [1, 8, 32]),
         db_processes=args.db_processes,
         configs=configs,
         workloads=[w for w in args.workloads.split(",") if w],
@@ -188,6 +212,9 @@ def parse_options(argv: list[str]) -> Options:
         seed=args.seed,
         out=args.out or (BENCH / "results" / "raw" / "quick" if quick else BENCH / "results"),
         quick=quick,
+        compare=args.compare,
+        compare_command=args.compare_command,
+        slow_clients=args.slow_clients,
     )
 
 
@@ -770,6 +797,8 @@ def main(argv: list[str]) -> int:
     options = parse_options(argv)
     install_signal_handlers()
     os.chdir(REPO)
+    if options.compare:
+        return compare_main(options)
     with contextlib.ExitStack() as stack:
         bench = Bench(options, stack)
         try:
@@ -785,6 +814,27 @@ def main(argv: list[str]) -> int:
     report.plot(results, options.out / "throughput.png")
     log(f"wrote {options.out / 'latest.md'}, {options.out / 'throughput.png'}, {bench.raw / 'results.json'}")
     print((options.out / "latest.md").read_text())
+    return 0
+
+
+def compare_main(options: Options) -> int:
+    """--compare: this service and another, side by side (bench/compare.py)."""
+    from bench import compare
+
+    with contextlib.ExitStack() as stack:
+        bench = compare.Compare(options, stack)
+        try:
+            results = bench.run()
+            results["phases"]["total"] = round(time.monotonic() - STARTED, 1)
+        finally:
+            (bench.raw / "results.json").write_text(json.dumps(bench.results, indent=1, default=str))
+            log("stopping servers ...")
+    prune_raw()
+    options.out.mkdir(parents=True, exist_ok=True)
+    path = options.out / "latest-compare.md"
+    compare.write_markdown(results, path)
+    log(f"wrote {path}, {bench.raw / 'results.json'}")
+    print(path.read_text())
     return 0
 
 

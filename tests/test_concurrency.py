@@ -59,8 +59,9 @@ from tests.unlocked import SERVICE_DIR, build_unlocked_copy
 # so the service always has a queue. Sized for a 2-core machine: each burst takes a
 # few seconds, all three locked configurations well under a minute.
 # gunicorn as the tests run it: threads sharing connections' processes, and the
-# default of gunicorn.conf.py (sync workers, one request per process at a time).
-WORKER_CONFIGS = {"gthread-3x8": (3, 8, "gthread"), "sync-6": (6, 1, "sync")}
+# default of gunicorn.conf.py (gevent workers: a greenlet per client connection,
+# each request on its own pooled connection).
+WORKER_CONFIGS = {"gthread-3x8": (3, 8, "gthread"), "gevent-2": (2, 1, "gevent")}
 CLIENTS = 32
 CYCLES = 12  # each: BARRIER_ROUNDS barrier rounds (of CLIENTS requests), then a stream round
 BARRIER_ROUNDS = 3
