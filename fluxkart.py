@@ -18,6 +18,7 @@ Commands (flask --app fluxkart <command>)
     init-db                create the schema if missing
     migrate [--dry-run]    bring an existing Contact table to this schema
     repair [--dry-run]     normalize stored identifiers, make every customer follow the rules
+    import FILE|-          historical orders (CSV or JSON Lines), as if sent to /identify
 
 Environment (or a .env file)
     MYSQL_HOST, MYSQL_PORT, MYSQL_USER, MYSQL_PASSWORD, MYSQL_DATABASE
@@ -32,6 +33,7 @@ Environment (or a .env file)
                            to measure what they cost)
     FLUXKART_SECRET_KEY    signs the console's session cookie (the console is off
                            without it and without FLUXKART_API_TOKEN)
+    FLUXKART_DB_POOL_SIZE  database connections per worker process (default 10)
 
 The contract is docs/api.md (with openapi.json); the design is in README.md.
 """
