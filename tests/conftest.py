@@ -20,11 +20,14 @@ With FLUXKART_TEST_APP_DIR set it serves the copy of the service in that folder
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
+import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,7 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
-from fluxkart import SETTINGS, create_app
+from fluxkart import SETTINGS, JsonFormatter, create_app
 from tests.mariadb import ExistingServer, MariaDBServer, server_binaries
 from tests.openapi_check import check_app_answer
 from tests.processes import SERVICE_DIR, Gunicorn, free_port, port_range
@@ -274,3 +277,21 @@ def gunicorn(tmp_path: Path) -> Iterator[Any]:
     yield start
     for server in started:
         server.stop()
+
+
+# The JSON lines the service logged, parsed: log_lines() at any point of a test.
+LogLines = Callable[[], list[dict[str, Any]]]
+
+
+@pytest.fixture
+def log_lines(app: Any) -> Iterator[LogLines]:
+    """Everything the "fluxkart" loggers write during the test, as parsed JSON lines."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("fluxkart")
+    logger.addHandler(handler)
+    try:
+        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    finally:
+        logger.removeHandler(handler)

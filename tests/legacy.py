@@ -10,6 +10,8 @@ collation SQLite has), so migrate's SQLite rebuild is tested on the same rows.
 
 from __future__ import annotations
 
+from typing import Any
+
 MYSQL_CONTACT = """
 CREATE TABLE IF NOT EXISTS Contact (
   id INT NOT NULL AUTO_INCREMENT,
@@ -100,3 +102,35 @@ def filled(row: tuple[object, ...], earliest: str) -> tuple[object, ...]:
     created = created or updated or deleted or earliest
     updated = updated or created
     return (id_, phone, email, linked, precedence, created, updated, deleted)
+
+
+# (id, email, phoneNumber, linkedId, linkPrecedence, createdAt second, deleted)
+Seed = tuple[int, str | None, str | None, int | None, str, int, bool]
+
+
+def seed_rows(settings: dict[str, Any], rows: list[Seed]) -> None:
+    """Write rows into the service's own Contact table behind its back, and mark the table as
+    `migrate` leaves an adopted one (not known to be consistent). createdAt is 2024-01-01
+    00:00:<second>; a deleted row gets a deletedAt."""
+    from tests.conftest import run_sql  # the tests' helper; bench/ imports this module without pytest
+
+    run_sql(
+        settings,
+        "INSERT INTO Contact (id, email, phoneNumber, linkedId, linkPrecedence, createdAt, updatedAt,"
+        " deletedAt) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        [
+            (
+                i,
+                e,
+                p,
+                link,
+                prec,
+                f"2024-01-01 00:00:{s:02d}",
+                f"2024-01-01 00:00:{s:02d}",
+                "2024-02-01 00:00:00" if d else None,
+            )
+            for i, e, p, link, prec, s, d in rows
+        ],
+        many=True,
+    )
+    run_sql(settings, "UPDATE ServiceState SET value = '0' WHERE name = 'consistent'")

@@ -12,9 +12,7 @@ identify traffic for them and for others.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import logging
 import random
 import shutil
 import threading
@@ -28,7 +26,6 @@ from typing import Any
 import pytest
 import requests
 
-from fluxkart import JsonFormatter
 from tests.checker import check_answers, check_invariants
 from tests.conftest import MYSQL_REQUIRED, Api, read_contacts, run_sql
 from tests.galera import GaleraCluster, galera_missing
@@ -258,20 +255,6 @@ def test_erasure_needs_the_token(api: Api, settings: dict[str, Any]) -> None:
         assert response.status_code == 401
         assert response.json()["error"]["code"] == "unauthorized"
     assert checksum(settings) == before
-
-
-@pytest.fixture
-def log_lines(app: Any) -> Iterator[Any]:
-    """Everything the "fluxkart" loggers write during the test, as parsed JSON lines."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("fluxkart")
-    logger.addHandler(handler)
-    try:
-        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    finally:
-        logger.removeHandler(handler)
 
 
 def metric(api: Api, name: str, **labels: str) -> float:

@@ -20,6 +20,7 @@ import pytest
 
 from fluxkart import create_app, get_db, in_transaction, record_imported, start_command_run, utcnow
 from tests.conftest import Api, read_contacts, run_sql
+from tests.legacy import Seed, seed_rows
 
 TOKEN = "history-token-0123456789"
 WITH_TOKEN = pytest.mark.parametrize("settings", [{"FLUXKART_API_TOKEN": TOKEN}], indirect=True)
@@ -310,33 +311,12 @@ def test_the_history_needs_the_token(api: Api) -> None:
 # repaired: a healing identify and the repair command, on data the service did not write
 # --------------------------------------------------------------------------
 
+
 # (id, email, phoneNumber, linkedId, linkPrecedence, createdAt second, deleted)
-Legacy = tuple[int, str | None, str | None, int | None, str, int, bool]
-
-
-def seed_legacy(api: Api, settings: dict[str, Any], rows: list[Legacy]) -> None:
+def seed_legacy(api: Api, settings: dict[str, Any], rows: list[Seed]) -> None:
     """Rows written behind the service's back, the table marked not known to be consistent."""
     assert api.get("/health/ready").status_code == 200  # the service creates its schema
-    run_sql(
-        settings,
-        "INSERT INTO Contact (id, email, phoneNumber, linkedId, linkPrecedence, createdAt, updatedAt,"
-        " deletedAt) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-        [
-            (
-                i,
-                e,
-                p,
-                link,
-                prec,
-                f"2024-01-01 00:00:{s:02d}",
-                f"2024-01-01 00:00:{s:02d}",
-                "2024-02-01 00:00:00" if d else None,
-            )
-            for i, e, p, link, prec, s, d in rows
-        ],
-        many=True,
-    )
-    run_sql(settings, "UPDATE ServiceState SET value = '0' WHERE name = 'consistent'")
+    seed_rows(settings, rows)
 
 
 def test_healing_a_chain_records_repaired(api: Api, settings: dict[str, Any]) -> None:

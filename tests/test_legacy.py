@@ -19,34 +19,13 @@ import requests
 from fluxkart import create_app
 from tests.checker import check_invariants
 from tests.conftest import Api, read_contacts, run_sql
-
-# (id, email, phoneNumber, linkedId, linkPrecedence, createdAt second, deleted)
-Seed = tuple[int, str | None, str | None, int | None, str, int, bool]
+from tests.legacy import Seed, seed_rows
 
 
 def seed(settings: dict[str, Any], api: Api, rows: list[Seed]) -> None:
-    """Write rows behind the service's back and mark the table as migrate leaves it."""
-    assert api.get("/health/ready").status_code == 200  # the service creates its schema
-    run_sql(
-        settings,
-        "INSERT INTO Contact (id, email, phoneNumber, linkedId, linkPrecedence, createdAt, updatedAt,"
-        " deletedAt) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-        [
-            (
-                i,
-                e,
-                p,
-                link,
-                prec,
-                f"2024-01-01 00:00:{s:02d}",
-                f"2024-01-01 00:00:{s:02d}",
-                "2024-02-01 00:00:00" if d else None,
-            )
-            for i, e, p, link, prec, s, d in rows
-        ],
-        many=True,
-    )
-    run_sql(settings, "UPDATE ServiceState SET value = '0' WHERE name = 'consistent'")
+    """The service creates its schema, then the rows are written behind its back."""
+    assert api.get("/health/ready").status_code == 200
+    seed_rows(settings, rows)
 
 
 # The checker's kinds that do not depend on which requests were sent.

@@ -17,12 +17,10 @@ real stdout.
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -30,28 +28,11 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from fluxkart import JsonFormatter
-from tests.conftest import Api
+from tests.conftest import Api, LogLines
 from tests.processes import Gunicorn
 
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
 ACCESS_FIELDS = {"method", "path", "status", "duration_ms", "request_id"}
-
-LogLines = Callable[[], list[dict[str, Any]]]
-
-
-@pytest.fixture
-def log_lines(app: Any) -> Iterator[LogLines]:
-    """Everything the "fluxkart" loggers write during the test, as parsed JSON lines."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("fluxkart")
-    logger.addHandler(handler)
-    try:
-        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    finally:
-        logger.removeHandler(handler)
 
 
 def access_lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
