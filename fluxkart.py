@@ -620,6 +620,16 @@ class Database:
         """Run a named write; returns the new row's id for an INSERT."""
         return int(self.execute(name, params).lastrowid or 0)
 
+    def run_many(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """Run a named INSERT ... VALUES once per parameter set: one multi-row statement on MySQL
+        (PyMySQL's executemany rewrites it), in-process calls on SQLite."""
+        if not rows:
+            return
+        try:
+            self.connect().cursor().executemany(self.queries[name], rows)
+        except Exception as exc:
+            raise self.translate(exc) from exc
+
     def begin(self) -> None:
         """Start a write transaction (`begin_write`: SQLite takes its write lock now, not at first write)."""
         self.execute("begin_write", {})
@@ -1124,6 +1134,19 @@ def new_contact(email: str | None, phone: str | None, linked_id: int | None, cre
         "linkedId": linked_id,
         "linkPrecedence": "primary" if linked_id is None else "secondary",
         "createdAt": created_at,
+    }
+
+
+def stored_row_params(row: Row) -> dict[str, Any]:
+    """store_contact_rows' parameters: an existing row as it is to be stored (repair, import)."""
+    return {
+        "id": row["id"],
+        "phone": row["phoneNumber"],
+        "email": row["email"],
+        "linked_id": row["linkedId"],
+        "link_precedence": row["linkPrecedence"],
+        "created_at": row["createdAt"],
+        "updated_at": row["updatedAt"],
     }
 
 
@@ -2460,10 +2483,10 @@ def store_canonical(db: Database, changes: list[tuple[Row, str | None, str | Non
             row["email"],
             row["phoneNumber"],
         ):
-            db.run("update_identifiers", id=row["id"], email=email, phone=phone, updated_at=now)
-            changed.append(row["id"])
+            changed.append({**current, "email": email, "phoneNumber": phone, "updatedAt": now})
+    db.run_many("store_contact_rows", [stored_row_params(row) for row in changed])  # one statement on MySQL
     if changed:
-        db.run("touch_contact_identifiers", ids=changed)
+        db.run("touch_contact_identifiers", ids=[row["id"] for row in changed])
     return len(changed)
 
 
@@ -2937,17 +2960,6 @@ class OrderClock:
         return self.last
 
 
-def run_many(db: Database, name: str, rows: list[dict[str, Any]]) -> None:
-    """Run a named INSERT ... VALUES once per parameter set: one multi-row statement on MySQL
-    (PyMySQL's executemany rewrites it), in-process calls on SQLite."""
-    if not rows:
-        return
-    try:
-        db.connect().cursor().executemany(db.queries[name], rows)
-    except Exception as exc:
-        raise db.translate(exc) from exc
-
-
 def import_batch(
     db: Database, orders: list[tuple[str | None, str | None]], clock: OrderClock
 ) -> Counter[str]:
@@ -2964,7 +2976,7 @@ def import_batch(
     emails = {email for email, _ in orders if email is not None}
     phones = {phone for _, phone in orders if phone is not None}
     identifiers = sorted([("email", e) for e in emails] + [("phone", p) for p in phones])
-    run_many(db, "touch_identifier_rows", [{"kind": k, "value": v, "version": 1} for k, v in identifiers])
+    db.run_many("touch_identifier_rows", [{"kind": k, "value": v, "version": 1} for k, v in identifiers])
     customers = BatchCustomers(lock_customer(db, emails, phones))
     outcomes: Counter[str] = Counter()
     for email, phone in orders:
@@ -2980,28 +2992,15 @@ def write_batch(db: Database, customers: BatchCustomers) -> None:
         # As write_plan: the identifiers of every existing row whose link changes, so a
         # racing request on another cluster node that linked to a demoted customer conflicts.
         db.run("touch_contact_identifiers", ids=sorted(customers.changed))
-    run_many(
-        db,
-        "relink_contact_rows",
-        [
-            {
-                "id": row["id"],
-                "phone": row["phoneNumber"],
-                "email": row["email"],
-                "linked_id": row["linkedId"],
-                "link_precedence": row["linkPrecedence"],
-                "created_at": row["createdAt"],
-                "updated_at": row["updatedAt"],
-            }
-            for row in (rows[row_id] for row_id in sorted(customers.changed))
-        ],
+    db.run_many(
+        "store_contact_rows", [stored_row_params(rows[row_id]) for row_id in sorted(customers.changed)]
     )
     new = [rows[row_id] for row_id in customers.inserted]
     real_ids: dict[int, int] = {}
     primaries = [row for row in new if row["linkPrecedence"] == "primary"]
     if primaries:
         top = db.one("select_max_contact_id")
-        run_many(db, "insert_contact", [insert_params(row, None) for row in primaries])
+        db.run_many("insert_contact", [insert_params(row, None) for row in primaries])
         after = int(top["top"]) if top else 0
         ids = {
             (r["email"], r["phoneNumber"]): r["id"] for r in db.all("select_primaries_after_id", after=after)
@@ -3014,7 +3013,7 @@ def write_batch(db: Database, customers: BatchCustomers) -> None:
         if row["linkPrecedence"] == "secondary"
     ]
     top = db.one("select_max_contact_id")
-    run_many(db, "insert_contact", secondaries)
+    db.run_many("insert_contact", secondaries)
     record_batch_events(db, customers, real_ids, int(top["top"]) if top and secondaries else None)
 
 

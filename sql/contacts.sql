@@ -144,14 +144,6 @@ WHERE id > %(after)s
 ORDER BY id
 LIMIT %(limit)s
 
--- name: update_identifiers
--- Stores a row's identifiers in canonical form (repair). The row is locked.
-UPDATE Contact
-SET email = %(email)s,
-    phoneNumber = %(phone)s,
-    updatedAt = %(updated_at)s
-WHERE id = %(id)s
-
 -- name: select_unsettled_contacts
 -- Live rows that break the rules by their link alone: a primary that links
 -- somewhere, or a secondary whose primary is missing, deleted, not a primary,

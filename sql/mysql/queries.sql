@@ -87,13 +87,16 @@ INSERT INTO ContactIdentifier (kind, value, version)
 VALUES (%(kind)s, %(value)s, %(version)s)
 ON DUPLICATE KEY UPDATE version = version + 1
 
--- name: relink_contact_rows
--- Writes the new link of existing rows the import changed, many in one
--- multi-row statement (PyMySQL's executemany): every row exists and is
--- locked by this transaction, so the upsert only ever takes its UPDATE arm.
+-- name: store_contact_rows
+-- Writes existing rows' identifiers and links as given, many in one multi-row
+-- statement (PyMySQL's executemany): the import's re-pointed rows, repair's
+-- canonical identifiers. Every row exists and is locked by this transaction,
+-- so the upsert only ever takes its UPDATE arm.
 INSERT INTO Contact (id, phoneNumber, email, linkedId, linkPrecedence, createdAt, updatedAt)
 VALUES (%(id)s, %(phone)s, %(email)s, %(linked_id)s, %(link_precedence)s, %(created_at)s, %(updated_at)s)
 ON DUPLICATE KEY UPDATE
+    phoneNumber = VALUES(phoneNumber),
+    email = VALUES(email),
     linkedId = VALUES(linkedId),
     linkPrecedence = VALUES(linkPrecedence),
     updatedAt = VALUES(updatedAt)

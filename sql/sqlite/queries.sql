@@ -76,11 +76,13 @@ INSERT INTO ContactIdentifier (kind, value, version)
 VALUES (%(kind)s, %(value)s, %(version)s)
 ON CONFLICT (kind, value) DO UPDATE SET version = version + 1
 
--- name: relink_contact_rows
--- Writes the new link of an existing row the import changed (executemany:
+-- name: store_contact_rows
+-- Writes existing rows' identifiers and links as given (executemany:
 -- in-process, so one statement per row costs no round trip).
 UPDATE Contact
-SET linkedId = %(linked_id)s,
+SET phoneNumber = %(phone)s,
+    email = %(email)s,
+    linkedId = %(linked_id)s,
     linkPrecedence = %(link_precedence)s,
     updatedAt = %(updated_at)s
 WHERE id = %(id)s
