@@ -317,6 +317,20 @@ WHERE kind = 'phone'
 INSERT INTO CustomerErasure (erasedAt, requestId, contacts, identifiers, historyEvents)
 VALUES (%(erased_at)s, %(request_id)s, %(contacts)s, %(identifiers)s, %(history_events)s)
 
+-- name: select_identifier_owners
+-- The customer (COALESCE(linkedId, id): its primary, on a consistent table) of
+-- every live row that carries one of these emails or phone numbers: the
+-- import's lock-free test of which orders change nothing. Two index lookups.
+SELECT email, phoneNumber, COALESCE(linkedId, id) AS customerId
+FROM Contact
+WHERE email IN %(emails)s
+  AND deletedAt IS NULL
+UNION ALL
+SELECT email, phoneNumber, COALESCE(linkedId, id) AS customerId
+FROM Contact
+WHERE phoneNumber IN %(phones)s
+  AND deletedAt IS NULL
+
 -- name: select_max_contact_id
 -- The largest id so far (0 on an empty table). Taken inside the import's
 -- transaction before it inserts: every row it inserts gets a larger id.
