@@ -291,7 +291,7 @@ def test_the_import_hook_records_imported(app: Any, api: Api) -> None:
     identify(api, "imp@x.io", "1", "r1")
     run_id = start_command_run("import-run-1")
     with app.app_context():
-        in_transaction(get_db(), lambda db: record_imported(db, 1, [1], utcnow()), "import")
+        in_transaction(get_db(), lambda db: record_imported(db, {1: [1]}, utcnow()), "import")
     events = history(api, 1)["events"]
     assert shape(events) == [("created", 1, [1], None, "r1"), ("imported", 1, [1], None, run_id)]
 
