@@ -50,7 +50,6 @@ import json
 import logging
 import math
 import os
-import queue
 import random
 import re
 import resource
@@ -3183,51 +3182,6 @@ def batches_of(
         yield batch
 
 
-class ReadAhead:
-    """Batches read, parsed and normalized in a thread while the database works on the
-    previous one (reading is about a tenth of an import's time; the database's share is spent
-    waiting on a socket, which lets this thread run). At most `depth` batches wait, so memory
-    stays bounded. An error of the reader (ImportRefused) is raised in the importing thread."""
-
-    END = object()
-
-    def __init__(self, batches: Iterator[list[OrderLine]], depth: int = 2):
-        self.queue: queue.Queue[Any] = queue.Queue(depth)
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self.read, args=(batches,), name="import-reader", daemon=True)
-        self.thread.start()
-
-    def read(self, batches: Iterator[list[OrderLine]]) -> None:
-        try:
-            for batch in batches:
-                if not self.put(batch):
-                    return
-            self.put(self.END)
-        except BaseException as exc:  # noqa: BLE001 (handed to the importing thread, raised there)
-            self.put(exc)
-
-    def put(self, item: Any) -> bool:
-        """Queue an item unless the import stopped; False when it did."""
-        while not self.stopped.is_set():
-            try:
-                self.queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def __iter__(self) -> Iterator[list[OrderLine]]:
-        while (item := self.queue.get()) is not self.END:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def close(self) -> None:
-        """Stop the reader. A read blocked on standard input is left to the daemon thread."""
-        self.stopped.set()
-        self.thread.join(timeout=1)
-
-
 def raise_interrupt(signum: int, _frame: Any) -> None:
     """SIGTERM stops an import as Ctrl-C does: the open batch rolls back."""
     raise KeyboardInterrupt
@@ -3290,9 +3244,8 @@ def import_orders(file: IO[bytes], fmt: str, rejects: str | None, batch_size: in
 
     status = 0
     held_since = time.monotonic()
-    reader = ReadAhead(batches_of(map(count, orders.orders()), batch_size, reject))
     try:
-        for batch in reader:
+        for batch in batches_of(map(count, orders.orders()), batch_size, reject):
             pairs = [(order.email, order.phone) for order in batch]
             work = functools.partial(import_batch, orders=pairs, clock=clock)
             outcomes = in_transaction(db, work, "import")
@@ -3319,7 +3272,6 @@ def import_orders(file: IO[bytes], fmt: str, rejects: str | None, batch_size: in
         )
         status = 130 if isinstance(exc, KeyboardInterrupt) else 1
     finally:
-        reader.close()
         signal.signal(signal.SIGTERM, previous)
         progress.close()
         rejected.close(orders)

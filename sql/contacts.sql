@@ -43,16 +43,29 @@ WHERE deletedAt IS NULL
 -- links to (parents), or that link to one of them (children). Links through a
 -- deleted row connect nothing: a deleted row is never found, and only live
 -- rows' ids are passed as children. The Database wrapper expands each list;
--- an empty list matches nothing.
+-- an empty list matches nothing. One SELECT per index, not one SELECT with OR:
+-- with the import's lists of thousands of values, MariaDB's optimizer chose a
+-- full scan of Contact for the OR. A row found twice is the same row (the
+-- caller keys rows by id).
 SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt
 FROM Contact
-WHERE deletedAt IS NULL
-  AND (
-    email IN %(emails)s
-    OR phoneNumber IN %(phones)s
-    OR id IN %(parents)s
-    OR linkedId IN %(children)s
-  )
+WHERE email IN %(emails)s
+  AND deletedAt IS NULL
+UNION ALL
+SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt
+FROM Contact
+WHERE phoneNumber IN %(phones)s
+  AND deletedAt IS NULL
+UNION ALL
+SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt
+FROM Contact
+WHERE id IN %(parents)s
+  AND deletedAt IS NULL
+UNION ALL
+SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt
+FROM Contact
+WHERE linkedId IN %(children)s
+  AND deletedAt IS NULL
 
 -- name: lock_contacts
 -- Locks these rows, in id order (so two requests never wait for each other
