@@ -2422,8 +2422,18 @@ class Progress:
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory so far, in MiB.
+
+    Linux's VmHWM (/proc/self/status, KiB) when there is one: getrusage's ru_maxrss
+    carries over the peak of the process that started us (Linux keeps it across exec),
+    so a command started by a big process would report that process's memory.
+    """
+    with contextlib.suppress(OSError):
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 # Repair reads the table a page at a time and changes it a few rows at a time,
