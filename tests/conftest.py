@@ -8,6 +8,9 @@ binaries (or on the server named by FLUXKART_TEST_MYSQL_HOST/PORT/USER/
 PASSWORD, in databases the tests create and drop). Without MariaDB installed
 the MySQL tests skip locally and fail in CI (CI=true or FLUXKART_REQUIRE_MYSQL=1).
 
+`galera` is a three-node Galera cluster (tests/galera.py), one per test module that
+uses it; without galera-4 and the rest it skips locally and fails in CI, likewise.
+
 Ports: every server the suite starts listens on 127.0.0.1, on a port from
 FLUXKART_TEST_PORTS=start-end when that is set (tests/processes.py), so the
 suite can run beside other services on a shared host.
@@ -27,6 +30,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ import requests
 from werkzeug.serving import make_server
 
 from fluxkart import SETTINGS, JsonFormatter, create_app
+from tests.galera import GaleraCluster, galera_missing
 from tests.mariadb import ExistingServer, MariaDBServer, server_binaries
 from tests.openapi_check import check_app_answer
 from tests.processes import SERVICE_DIR, Gunicorn, free_port, port_range
@@ -85,6 +90,23 @@ def mysql_database(mysql_server: MariaDBServer | ExistingServer) -> Iterator[str
     with conn.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
     conn.close()
+
+
+@pytest.fixture(scope="module")
+def galera(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GaleraCluster]:
+    """Three Galera nodes for the module; skipped locally without the packages, failed in CI."""
+    why = galera_missing()
+    if why:
+        message = f"a Galera cluster needs packages that are missing ({why})"
+        if MYSQL_REQUIRED:
+            pytest.fail(message)
+        pytest.skip(message)
+    started = time.monotonic()
+    cluster = GaleraCluster(tmp_path_factory.mktemp("galera"))
+    cluster.start()
+    print(f"\nGalera cluster of 3 nodes up in {time.monotonic() - started:.1f}s, SQL ports {cluster.ports}")
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(params=["sqlite", "mysql"])

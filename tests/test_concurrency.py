@@ -2,8 +2,8 @@
 
 The service runs under gunicorn, as in production (several gthread workers of
 several threads each), against a throwaway MariaDB server at REPEATABLE READ, one
-at READ COMMITTED, and SQLite. A bounded burst of identify requests over tiny
-alphabets of emails and phones makes creations and merges collide constantly:
+at READ COMMITTED, and SQLite. A bounded burst of identify requests (tests/bursts.py)
+over tiny alphabets of emails and phones makes creations and merges collide constantly:
 
 - "barrier" rounds: every client thread waits at a threading.Barrier, then all
   fire at once over a fresh alphabet, each distinct request sent by several
@@ -41,17 +41,16 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
+from tests.bursts import Burst, Exchange, Pair, Round, post_identify, run_burst
 from tests.checker import check_answers, check_invariants, violation_kinds
 from tests.conftest import read_contacts, require_mariadb
 from tests.mariadb import MariaDBServer
-from tests.openapi_check import check_answer
 from tests.processes import Gunicorn
 from tests.unlocked import SERVICE_DIR, build_unlocked_copy
 
@@ -67,7 +66,6 @@ CYCLES = 12  # each: BARRIER_ROUNDS barrier rounds (of CLIENTS requests), then a
 BARRIER_ROUNDS = 3
 STREAM_SIZE = 200
 BURST_LIMIT_S = 120  # wall-clock bound on one burst; the test fails if it is reached
-REQUEST_TIMEOUT = (5, 65)  # connect, read: above the service's worst case of bounded retries
 
 RETRY_LINE = "retrying identify transaction"
 CONFIGS = {
@@ -76,20 +74,10 @@ CONFIGS = {
     "sqlite": None,
 }
 
-Pair = tuple[str | None, str | None]
-
 
 # --------------------------------------------------------------------------
-# The burst: a deterministic plan, then client threads that follow it
+# The burst: a deterministic plan, sent by tests/bursts.py's client threads
 # --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Round:
-    """Requests for all clients: with a barrier, client i sends requests[i] when all are ready."""
-
-    requests: list[Pair]
-    barrier: bool
 
 
 def random_request(rng: random.Random, emails: list[str], phones: list[str]) -> Pair:
@@ -111,13 +99,13 @@ def plan_burst(
     clients: int = CLIENTS,
     stream_size: int = STREAM_SIZE,
     first_round: int = 0,
-) -> list[Round]:
+) -> list[Round[Pair]]:
     """BARRIER_ROUNDS barrier rounds then a stream round, repeated; every round on its own alphabet.
 
     Alphabets are numbered from `first_round`, so several bursts into one table never share one.
     """
     rng = random.Random(seed)
-    rounds: list[Round] = []
+    rounds: list[Round[Pair]] = []
     for _ in range(cycles):
         for _ in range(BARRIER_ROUNDS):
             # About clients/3 distinct requests over 3 emails x 3 phones, each sent by ~3 threads at once.
@@ -131,100 +119,9 @@ def plan_burst(
     return rounds
 
 
-@dataclass
-class Exchange:
-    """One request and what came back: a status and the answer's "contact", or a transport error."""
-
-    request: Pair
-    status: int | None = None
-    contact: dict[str, Any] | None = None
-    error: str | None = None
-    contract: str = ""  # how the answer disagrees with openapi.json ("" when it agrees)
-
-
-@dataclass
-class Burst:
-    planned: int
-    exchanges: list[Exchange] = field(default_factory=list)
-    seconds: float = 0.0
-    timed_out: bool = False
-
-    def statuses(self) -> Counter[int | str]:
-        return Counter(x.status if x.status is not None else "transport error" for x in self.exchanges)
-
-    def answered(self) -> list[Exchange]:
-        return [x for x in self.exchanges if x.status == 200 and x.contact is not None]
-
-
-def run_burst(
-    base_url: str, rounds: list[Round], clients: int = CLIENTS, limit_s: float = BURST_LIMIT_S
-) -> Burst:
-    """Send the plan from `clients` threads; bounded by the plan's size and by `limit_s`."""
-    burst = Burst(planned=sum(len(r.requests) for r in rounds))
-    barrier = threading.Barrier(clients)
-    stop = threading.Event()
-    deadline = time.monotonic() + limit_s
-    cursors = [itertools.count() for _ in rounds]  # the stream rounds' shared queues
-    lock = threading.Lock()
-
-    def send(session: requests.Session, pair: Pair) -> None:
-        exchange = Exchange(pair)
-        try:
-            # Connection: close spreads requests over all workers (keep-alive can
-            # pile every client onto one gthread worker); localhost handshakes are cheap.
-            response = session.post(
-                base_url + "/identify",
-                json={"email": pair[0], "phoneNumber": pair[1]},
-                headers={"Connection": "close"},
-                timeout=REQUEST_TIMEOUT,
-            )
-            exchange.status = response.status_code
-            try:
-                check_answer(response)
-            except AssertionError as exc:
-                exchange.contract = str(exc)
-            if response.status_code == 200:
-                exchange.contact = response.json()["contact"]
-        except (requests.RequestException, ValueError, KeyError) as exc:
-            exchange.error = f"{type(exc).__name__}: {exc}"
-        with lock:
-            burst.exchanges.append(exchange)
-
-    def client(index: int) -> None:
-        finished = False
-        try:
-            with requests.Session() as session:
-                for number, round_ in enumerate(rounds):
-                    if stop.is_set() or time.monotonic() > deadline:
-                        return
-                    if round_.barrier:
-                        barrier.wait(timeout=max(0.0, deadline - time.monotonic()))
-                        send(session, round_.requests[index % len(round_.requests)])
-                        continue
-                    while (position := next(cursors[number])) < len(round_.requests):
-                        if stop.is_set() or time.monotonic() > deadline:
-                            return
-                        send(session, round_.requests[position])
-            finished = True
-        except threading.BrokenBarrierError:
-            pass
-        finally:
-            if not finished:
-                # Out of time (or broken): nobody may be left waiting at the next barrier.
-                burst.timed_out = True
-                stop.set()
-                barrier.abort()
-
-    started = time.monotonic()
-    threads = [threading.Thread(target=client, args=(i,), name=f"client-{i}") for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(max(1.0, deadline + REQUEST_TIMEOUT[1] - time.monotonic()))
-    burst.seconds = time.monotonic() - started
-    if any(thread.is_alive() for thread in threads):
-        burst.timed_out = True
-    return burst
+def burst_to(url: str, rounds: list[Round[Pair]]) -> Burst:
+    """Send the plan to the service at `url` from CLIENTS clients, within BURST_LIMIT_S."""
+    return run_burst(rounds, lambda session, pair: post_identify(session, url, pair), CLIENTS, BURST_LIMIT_S)
 
 
 # --------------------------------------------------------------------------
@@ -297,9 +194,6 @@ class Outcome:
             if row["linkPrecedence"] == "secondary" and row["updatedAt"] != row["createdAt"]
         )
 
-    def five_xx(self) -> int:
-        return sum(1 for x in self.burst.exchanges if x.status is not None and x.status >= 500)
-
     def summary(self) -> str:
         burst = self.burst
         kinds = dict(violation_kinds(self.violations)) or "none"
@@ -307,7 +201,7 @@ class Outcome:
             f"{self.config}: {len(burst.exchanges)}/{burst.planned} requests from {CLIENTS} clients "
             f"in {burst.seconds:.1f}s "
             f"({len(burst.exchanges) / max(burst.seconds, 1e-9):.0f}/s); statuses {dict(burst.statuses())}; "
-            f"5xx {self.five_xx()}; retries logged {self.retries} {self.retry_reasons or ''}; "
+            f"5xx {burst.five_xx()}; retries logged {self.retries} {self.retry_reasons or ''}; "
             f"outcomes {self.outcomes or '?'}; {len(self.rows)} rows ({self.demoted()} relinked by merges); "
             f"violations {kinds}"
         )
@@ -330,7 +224,7 @@ def stress(
     count, threads, worker_class = workers
     server = gunicorn(settings, count, threads, worker_class, app_dir=app_dir, ready_path="/health/ready")
     try:
-        burst = run_burst(server.url, plan_burst(seed))
+        burst = burst_to(server.url, plan_burst(seed))
         retry_reasons = server.metric("fluxkart_transaction_retries")
         outcomes = server.metric("fluxkart_identify_outcomes")
     finally:
@@ -366,7 +260,7 @@ def test_identify_stays_correct_under_concurrent_workers(
     failed = [x for x in burst.exchanges if x.status != 200]
     assert not burst.timed_out, f"the burst did not finish within {BURST_LIMIT_S}s: {outcome.summary()}"
     assert len(burst.exchanges) == burst.planned, outcome.summary()
-    assert outcome.five_xx() == 0, outcome.summary()
+    assert burst.five_xx() == 0, outcome.summary()
     assert not failed, f"{len(failed)} requests failed, e.g. {failed[:3]}"
     assert not outcome.log_errors, "\n".join(outcome.log_errors[:20])
     contract = [x.contract for x in burst.exchanges if x.contract]
@@ -428,7 +322,7 @@ def test_the_burst_catches_races_without_the_locking(
         rounds = plan_burst(
             7 + bursts, UNLOCKED_CYCLES, first_round=bursts * UNLOCKED_CYCLES * (BARRIER_ROUNDS + 1)
         )
-        burst = run_burst(server.url, rounds)
+        burst = burst_to(server.url, rounds)
         bursts += 1
         answered += burst.answered()
         statuses += burst.statuses()

@@ -27,8 +27,8 @@ import pytest
 import requests
 
 from tests.checker import check_answers, check_invariants
-from tests.conftest import MYSQL_REQUIRED, Api, read_contacts, run_sql
-from tests.galera import GaleraCluster, galera_missing
+from tests.conftest import Api, read_contacts, run_sql
+from tests.galera import GaleraCluster
 from tests.service import Gunicorn
 from tests.unlocked import SERVICE_DIR
 
@@ -536,21 +536,6 @@ def test_the_race_catches_an_erasure_without_identify_locks(
     violations = race_violations(settings, sent)
     print("\n".join(["e.g.", *violations[:: max(1, len(violations) // 10)]]))
     assert violations, "no violation found without the erasure's locks"
-
-
-@pytest.fixture(scope="module")
-def galera(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GaleraCluster]:
-    """Three Galera nodes; skipped locally without the packages, failed in CI (as in test_galera)."""
-    why = galera_missing()
-    if why:
-        message = f"a Galera cluster needs packages that are missing ({why})"
-        if MYSQL_REQUIRED:
-            pytest.fail(message)
-        pytest.skip(message)
-    cluster = GaleraCluster(tmp_path_factory.mktemp("galera"))
-    cluster.start()
-    yield cluster
-    cluster.stop()
 
 
 @pytest.mark.stress

@@ -13,8 +13,9 @@ statement (brute-force abort), surfacing as deadlock errors the service retries.
     bridge two customers, round-robin over the nodes.
   Each runs multi-writer (each instance writes to its own node) and single-writer (all
   three instances on node 1, as behind a proxy with one active backend), and must leave
-  0 invariant violations (tests/checker.py), no 5xx, every node's Contact and
-  ContactIdentifier tables identical; the retries each cost are printed. The copy of
+  0 invariant violations (tests/checker.py), no 5xx, every answer as openapi.json
+  describes it, every node's Contact and ContactIdentifier tables identical; the
+  retries each cost are printed. The clients are tests/bursts.py's. The copy of
   the service without its locking (tests/unlocked.py) must fail on them:
   `pytest -m unlocked tests/test_galera.py`.
 - Read-your-writes: a write answered by node 1, then at once a lookup and an identify on
@@ -49,9 +50,9 @@ import pymysql.cursors
 import pytest
 import requests
 
+from tests.bursts import REQUEST_TIMEOUT, Burst, Exchange, Pair, Round, post_identify, run_burst
 from tests.checker import check_answers, check_invariants, violation_kinds
-from tests.conftest import MYSQL_REQUIRED
-from tests.galera import GaleraCluster, GaleraNode, galera_missing
+from tests.galera import GaleraCluster, GaleraNode
 from tests.processes import Gunicorn
 from tests.unlocked import SERVICE_DIR, build_unlocked_copy
 
@@ -61,7 +62,6 @@ pytestmark = pytest.mark.galera
 # that also runs the three nodes. 12 clients keep every instance busy.
 WORKERS = (2, 4, "gthread")
 CLIENTS = 12
-REQUEST_TIMEOUT = (5, 65)  # connect, read: above the service's worst case of bounded retries
 RUN_LIMIT_S = 180  # wall-clock bound on one workload; the test fails if it is reached
 RETRY_LINE = "retrying identify transaction"
 
@@ -74,30 +74,12 @@ RYW_CLIENTS = 4
 LOST = 2  # the node killed under load: node 3
 NODE_LOSS_MAX_REQUESTS = 6000  # the load stops earlier, once the lost node's instance has recovered
 
-Pair = tuple[str | None, str | None]
 Item = tuple[int, Pair]  # (node index, request)
 
 
 # --------------------------------------------------------------------------
-# The cluster, the databases, the service instances
+# The databases and the service instances (the cluster: conftest's `galera`)
 # --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GaleraCluster]:
-    """Three Galera nodes for the module; skipped locally without the packages, failed in CI."""
-    why = galera_missing()
-    if why:
-        message = f"a Galera cluster needs packages that are missing ({why})"
-        if MYSQL_REQUIRED:
-            pytest.fail(message)
-        pytest.skip(message)
-    started = time.monotonic()
-    galera = GaleraCluster(tmp_path_factory.mktemp("galera"))
-    galera.start()
-    print(f"\nGalera cluster of 3 nodes up in {time.monotonic() - started:.1f}s, SQL ports {galera.ports}")
-    yield galera
-    galera.stop()
 
 
 database_numbers = itertools.count(1)
@@ -173,19 +155,11 @@ def differing_nodes(tables: list[Tables]) -> list[str]:
 
 
 # --------------------------------------------------------------------------
-# Workloads: deterministic plans, client threads that follow them
+# Workloads: deterministic plans, sent by tests/bursts.py's client threads
 # --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Round:
-    """With a barrier, client i sends items[i] when all clients are ready; else a shared queue."""
-
-    items: list[Item]
-    barrier: bool
-
-
-def plan_same_everywhere(seed: int, alphabets: int = SAME_EVERYWHERE_ALPHABETS) -> list[Round]:
+def plan_same_everywhere(seed: int, alphabets: int = SAME_EVERYWHERE_ALPHABETS) -> list[Round[Item]]:
     """Each distinct request sent to all three nodes at once; two waves per alphabet.
 
     4 distinct requests over 3 emails x 3 phones per wave, so the three copies of a
@@ -193,7 +167,7 @@ def plan_same_everywhere(seed: int, alphabets: int = SAME_EVERYWHERE_ALPHABETS) 
     customers the first created.
     """
     rng = random.Random(seed)
-    rounds = []
+    rounds: list[Round[Item]] = []
     for number in range(alphabets):
         emails = [f"e{i}@s{number}.test" for i in range(3)]
         phones = [f"8{number:05d}{i:02d}" for i in range(3)]
@@ -233,7 +207,7 @@ def merge_heavy_requests(
             yield (email, None) if kind < 0.93 else (None, phone)
 
 
-def plan_merge_heavy(seed: int, size: int = MERGE_HEAVY_REQUESTS) -> list[Round]:
+def plan_merge_heavy(seed: int, size: int = MERGE_HEAVY_REQUESTS) -> list[Round[Item]]:
     """One shared-queue round of merge-heavy orders, request i to node i % 3."""
     pairs = itertools.islice(merge_heavy_requests(random.Random(seed)), size)
     return [Round([(i % 3, pair) for i, pair in enumerate(pairs)], barrier=False)]
@@ -245,107 +219,14 @@ WORKLOADS = {"same-everywhere": plan_same_everywhere, "merge-heavy": plan_merge_
 TOPOLOGIES = ("multi-writer", "single-writer")
 
 
-@dataclass
-class Exchange:
-    """One request to one node's instance and what came back (status and "contact"), or a transport error."""
+def run_rounds(urls: list[str], rounds: list[Round[Item]]) -> Burst:
+    """Send the plan from CLIENTS clients within RUN_LIMIT_S, item (node, pair) to urls[node]."""
 
-    node: int
-    request: Pair
-    status: int | None = None
-    contact: dict[str, Any] | None = None
-    error: str | None = None
-    seconds: float = 0.0
-    sent_at: float = 0.0  # time.monotonic() when it was sent
+    def send(session: requests.Session, item: Item) -> Exchange:
+        node, pair = item
+        return post_identify(session, urls[node], pair, node)
 
-
-def post_identify(session: requests.Session, url: str, node: int, pair: Pair) -> Exchange:
-    """POST /identify on one instance; never raises."""
-    exchange = Exchange(node, pair, sent_at=time.monotonic())
-    started = time.perf_counter()
-    try:
-        response = session.post(
-            url + "/identify",
-            json={"email": pair[0], "phoneNumber": pair[1]},
-            headers={"Connection": "close"},  # spread requests over every worker
-            timeout=REQUEST_TIMEOUT,
-        )
-        exchange.status = response.status_code
-        if response.status_code == 200:
-            exchange.contact = response.json()["contact"]
-    except (requests.RequestException, ValueError, KeyError) as exc:
-        exchange.error = f"{type(exc).__name__}: {exc}"
-    exchange.seconds = time.perf_counter() - started
-    return exchange
-
-
-@dataclass
-class Run:
-    planned: int
-    exchanges: list[Exchange] = field(default_factory=list)
-    seconds: float = 0.0
-    timed_out: bool = False
-
-    def statuses(self) -> Counter[int | str]:
-        return Counter(x.status if x.status is not None else "transport error" for x in self.exchanges)
-
-    def answered(self) -> list[Exchange]:
-        return [x for x in self.exchanges if x.status == 200 and x.contact is not None]
-
-    def five_xx(self) -> int:
-        return sum(1 for x in self.exchanges if x.status is not None and x.status >= 500)
-
-
-def run_rounds(
-    urls: list[str], rounds: list[Round], clients: int = CLIENTS, limit_s: float = RUN_LIMIT_S
-) -> Run:
-    """Send the plan from `clients` threads, item (node, pair) to urls[node]; bounded in count and time."""
-    run = Run(planned=sum(len(r.items) for r in rounds))
-    barrier = threading.Barrier(clients)
-    stop = threading.Event()
-    deadline = time.monotonic() + limit_s
-    cursors = [itertools.count() for _ in rounds]
-    lock = threading.Lock()
-
-    def send(session: requests.Session, item: Item) -> None:
-        exchange = post_identify(session, urls[item[0]], *item)
-        with lock:
-            run.exchanges.append(exchange)
-
-    def client(index: int) -> None:
-        finished = False
-        try:
-            with requests.Session() as session:
-                for number, round_ in enumerate(rounds):
-                    if stop.is_set() or time.monotonic() > deadline:
-                        return
-                    if round_.barrier:
-                        barrier.wait(timeout=max(0.0, deadline - time.monotonic()))
-                        if index < len(round_.items):
-                            send(session, round_.items[index])
-                        continue
-                    while (position := next(cursors[number])) < len(round_.items):
-                        if stop.is_set() or time.monotonic() > deadline:
-                            return
-                        send(session, round_.items[position])
-            finished = True
-        except threading.BrokenBarrierError:
-            pass
-        finally:
-            if not finished:
-                run.timed_out = True
-                stop.set()
-                barrier.abort()
-
-    started = time.monotonic()
-    threads = [threading.Thread(target=client, args=(i,), name=f"client-{i}") for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(max(1.0, deadline + REQUEST_TIMEOUT[1] - time.monotonic()))
-    run.seconds = time.monotonic() - started
-    if any(thread.is_alive() for thread in threads):
-        run.timed_out = True
-    return run
+    return run_burst(rounds, send, CLIENTS, RUN_LIMIT_S)
 
 
 # --------------------------------------------------------------------------
@@ -361,7 +242,7 @@ def is_unexpected_log_line(line: str) -> bool:
 @dataclass
 class Verdict:
     label: str
-    run: Run
+    run: Burst
     violations: list[str]
     differing: list[str]
     rows: int
@@ -389,7 +270,9 @@ def sum_metric(instances: list[Gunicorn], name: str) -> dict[str, float]:
     return dict(totals)
 
 
-def judge(label: str, cluster: GaleraCluster, database: str, instances: list[Gunicorn], run: Run) -> Verdict:
+def judge(
+    label: str, cluster: GaleraCluster, database: str, instances: list[Gunicorn], run: Burst
+) -> Verdict:
     """Stop the instances, then compare the nodes' tables and check node 1's against the requests."""
     retry_reasons = sum_metric(instances, "fluxkart_transaction_retries")
     outcomes = sum_metric(instances, "fluxkart_identify_outcomes")
@@ -443,16 +326,18 @@ def run_workload(
 @pytest.mark.parametrize("workload", list(WORKLOADS))
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_identify_stays_correct_on_a_galera_cluster(
-    topology: str, workload: str, cluster: GaleraCluster, serve: Serve
+    topology: str, workload: str, galera: GaleraCluster, serve: Serve
 ) -> None:
     """0 invariant violations, no 5xx, identical tables on all nodes; conflicts only as retries."""
-    verdict = run_workload(workload, SERVICE_DIR, cluster, serve, f"{topology} {workload}", topology)
+    verdict = run_workload(workload, SERVICE_DIR, galera, serve, f"{topology} {workload}", topology)
     run = verdict.run
     failed = [x for x in run.exchanges if x.status != 200]
     assert not run.timed_out, f"the run did not finish within {RUN_LIMIT_S}s: {verdict.summary()}"
     assert len(run.exchanges) == run.planned, verdict.summary()
     assert run.five_xx() == 0, verdict.summary()
     assert not failed, f"{len(failed)} requests failed, e.g. {failed[:3]}"
+    contract = [x.contract for x in run.exchanges if x.contract]
+    assert not contract, "answers that openapi.json does not describe:\n" + "\n".join(contract[:5])
     assert not verdict.log_errors, "\n".join(verdict.log_errors[:20])
     assert not verdict.violations, f"{verdict.summary()}\n" + "\n".join(verdict.violations[:40])
     assert not verdict.differing, verdict.summary()
@@ -462,13 +347,13 @@ def test_identify_stays_correct_on_a_galera_cluster(
 
 @pytest.mark.unlocked
 def test_the_workloads_catch_races_without_the_locking(
-    cluster: GaleraCluster, serve: Serve, tmp_path: Path
+    galera: GaleraCluster, serve: Serve, tmp_path: Path
 ) -> None:
     """The copy without FOR UPDATE and identifier rows fails on at least one workload."""
     app_dir = build_unlocked_copy(tmp_path / "unlocked")
     failures = {}
     for workload in WORKLOADS:
-        verdict = run_workload(workload, app_dir, cluster, serve, f"unlocked {workload}")
+        verdict = run_workload(workload, app_dir, galera, serve, f"unlocked {workload}")
         print("\n".join(["e.g.", *verdict.violations[:: max(1, len(verdict.violations) // 8)]]))
         assert not verdict.run.timed_out, verdict.summary()
         failures[workload] = len(verdict.violations) + verdict.run.five_xx() + len(verdict.differing)
@@ -593,18 +478,18 @@ def freshness(cluster: GaleraCluster, serve: Serve, sync_wait: str) -> Freshness
     return result
 
 
-def test_reads_on_another_node_see_acknowledged_writes(cluster: GaleraCluster, serve: Serve) -> None:
+def test_reads_on_another_node_see_acknowledged_writes(galera: GaleraCluster, serve: Serve) -> None:
     """Causal reads (the service's default on Galera): 0 stale answers in thousands of reads."""
-    result = freshness(cluster, serve, "1")
+    result = freshness(galera, serve, "1")
     assert not result.failures, result.failures[:10]
     assert result.reads == 2 * RYW_ITERATIONS, result.summary("causal reads")
     assert result.stale() == 0, result.summary("causal reads")
 
 
 @pytest.mark.unlocked
-def test_without_causal_reads_answers_go_stale(cluster: GaleraCluster, serve: Serve) -> None:
+def test_without_causal_reads_answers_go_stale(galera: GaleraCluster, serve: Serve) -> None:
     """FLUXKART_WSREP_SYNC_WAIT=0: the same check finds stale answers, so it can fail."""
-    result = freshness(cluster, serve, "0")
+    result = freshness(galera, serve, "0")
     assert not result.failures, result.failures[:10]
     assert result.stale() > 0, result.summary("no causal reads")
 
@@ -632,12 +517,12 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
     return time.monotonic() - started
 
 
-def test_a_node_lost_under_load(cluster: GaleraCluster, serve: Serve) -> None:
+def test_a_node_lost_under_load(galera: GaleraCluster, serve: Serve) -> None:
     """SIGKILL node 3 mid-stream: 503s (never 500) from its instance only, rejoin by IST, nothing lost."""
-    database = fresh_database(cluster)
-    instances = serve(SERVICE_DIR, cluster.settings(database))
+    database = fresh_database(galera)
+    instances = serve(SERVICE_DIR, galera.settings(database))
     urls = [server.url for server in instances]
-    lost, lost_instance = cluster.nodes[LOST], instances[LOST]
+    lost, lost_instance = galera.nodes[LOST], instances[LOST]
     pairs = merge_heavy_requests(random.Random(13))
     exchanges: list[Exchange] = []
     lock, stop = threading.Lock(), threading.Event()
@@ -652,7 +537,7 @@ def test_a_node_lost_under_load(cluster: GaleraCluster, serve: Serve) -> None:
                     if number >= NODE_LOSS_MAX_REQUESTS:
                         return
                     pair = next(pairs)
-                exchange = post_identify(session, urls[number % 3], number % 3, pair)
+                exchange = post_identify(session, urls[number % 3], pair, number % 3)
                 with lock:
                     exchanges.append(exchange)
                 if exchange.status == 503:
@@ -680,8 +565,8 @@ def test_a_node_lost_under_load(cluster: GaleraCluster, serve: Serve) -> None:
         wait_for(lambda: answered() >= during + 300, 90, "300 more requests answered while the node is down")
         log_before = len(lost.log())
         restarted_at = time.monotonic()
-        cluster.start_node(lost)
-        cluster.wait_synced(timeout=120)
+        galera.start_node(lost)
+        galera.wait_synced(timeout=120)
         rejoin_s = time.monotonic() - restarted_at
         recover_s = wait_for(lambda: readiness(lost_instance) == 200, 60, "the instance recovers by itself")
         recovered_at = time.monotonic()
@@ -696,9 +581,9 @@ def test_a_node_lost_under_load(cluster: GaleraCluster, serve: Serve) -> None:
     # Clients retry what got a 503, now that every node is back.
     with requests.Session() as session:
         retried = [
-            post_identify(session, urls[x.node], x.node, x.request) for x in exchanges if x.status == 503
+            post_identify(session, urls[x.node], x.request, x.node) for x in exchanges if x.status == 503
         ]
-    run = Run(planned=len(exchanges) + len(retried), exchanges=exchanges + retried, seconds=load_s)
+    run = Burst(planned=len(exchanges) + len(retried), exchanges=exchanges + retried, seconds=load_s)
     down = [x for x in exchanges if x.node == LOST and killed_at <= x.sent_at < restarted_at]
     rejoining = [x for x in exchanges if x.node == LOST and restarted_at <= x.sent_at < recovered_at]
     after = [x for x in exchanges if x.node == LOST and x.sent_at >= recovered_at]
@@ -713,7 +598,7 @@ def test_a_node_lost_under_load(cluster: GaleraCluster, serve: Serve) -> None:
         f"instance ready {recover_s:.1f}s later; {len(retried)} 503'd requests retried: "
         f"{Counter(x.status for x in retried)}"
     )
-    verdict = judge("node loss", cluster, database, instances, run)
+    verdict = judge("node loss", galera, database, instances, run)
 
     assert all(x.status in (200, 503) for x in exchanges), Counter(x.status for x in exchanges)
     assert all(x.status == 200 for x in others), (
