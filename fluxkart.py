@@ -1041,6 +1041,7 @@ def connected_rows(
             phones=sorted(phones),
             parents=sorted(parents),
             children=sorted(children),
+            known=sorted(rows),  # found before: only what is new comes back
         )
         searched_emails |= emails
         searched_phones |= phones

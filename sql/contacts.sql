@@ -40,32 +40,37 @@ WHERE deletedAt IS NULL
 -- One step of following a customer's connections (SPEC, "POST /identify": a
 -- customer is a connected component of live rows): the live rows that carry
 -- one of these emails or phone numbers, that one of the rows found so far
--- links to (parents), or that link to one of them (children). Links through a
--- deleted row connect nothing: a deleted row is never found, and only live
--- rows' ids are passed as children. The Database wrapper expands each list;
--- an empty list matches nothing. One SELECT per index, not one SELECT with OR:
--- with the import's lists of thousands of values, MariaDB's optimizer chose a
--- full scan of Contact for the OR. A row found twice is the same row (the
--- caller keys rows by id).
+-- links to (parents), or that link to one of them (children), leaving out the
+-- rows already found (known). Links through a deleted row connect nothing: a
+-- deleted row is never found, and only live rows' ids are passed as children.
+-- The Database wrapper expands each list; an empty list matches nothing (and
+-- an empty `known` leaves out nothing: `IN (NULL)` is not TRUE). One SELECT
+-- per index, not one SELECT with OR: with the import's lists of thousands of
+-- values, MariaDB's optimizer chose a full scan of Contact for the OR. A row
+-- found by two of them comes twice (the caller keys rows by id).
 SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt
 FROM Contact
 WHERE email IN %(emails)s
   AND deletedAt IS NULL
+  AND (id IN %(known)s) IS NOT TRUE
 UNION ALL
 SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt
 FROM Contact
 WHERE phoneNumber IN %(phones)s
   AND deletedAt IS NULL
+  AND (id IN %(known)s) IS NOT TRUE
 UNION ALL
 SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt
 FROM Contact
 WHERE id IN %(parents)s
   AND deletedAt IS NULL
+  AND (id IN %(known)s) IS NOT TRUE
 UNION ALL
 SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt
 FROM Contact
 WHERE linkedId IN %(children)s
   AND deletedAt IS NULL
+  AND (id IN %(known)s) IS NOT TRUE
 
 -- name: lock_contacts
 -- Locks these rows, in id order (so two requests never wait for each other

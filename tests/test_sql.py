@@ -43,6 +43,7 @@ LISTS: dict[str, list[Any]] = {
     "phones": ["1"],
     "parents": [1],
     "children": [1],
+    "known": [1],
     "ids": [1, 2],
 }
 
