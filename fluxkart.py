@@ -2989,16 +2989,21 @@ def import_batch(
     """Apply a batch of orders in file order inside the caller's transaction; returns the
     outcome counts (created, linked, merged, repaired, unchanged).
 
-    identify's protocol (apply_identify) for many requests at once: 1. touch
-    every identifier of the batch (one statement, sorted: one lock order);
-    2. lock every live row of their customers (`lock_customer`); 3. decide
-    line by line in memory with `plan_identify`; 4. write the final state with
-    multi-row statements, touching the identifiers of every existing row
-    whose link changes (as write_plan does).
+    identify's protocol (apply_identify) for many requests at once: 0. on a
+    consistent table, count the settled orders as unchanged (`settled_orders`,
+    identify's fast path) and go on with the others; 1. touch every identifier
+    of those (one statement, sorted: one lock order); 2. lock every live row
+    of their customers (`lock_customer`); 3. decide line by line in memory
+    with `plan_identify`; 4. write the final state with multi-row statements,
+    touching the identifiers of every existing row whose link changes (as
+    write_plan does). Raises RetryTransaction("customer_erased") when an
+    erasure committed between step 0 and the end (docs/import.md).
     """
     outcomes: Counter[str] = Counter()
+    erasures = None
     if trusts_fast_path(db):
         # identify's fast path for the whole batch: a repeat customer's order changes nothing.
+        erasures = db.one("select_last_erasure")
         settled = settled_orders(db, orders)
         outcomes["unchanged"] = sum(settled)
         orders = [order for order, done in zip(orders, settled, strict=True) if not done]
@@ -3012,6 +3017,11 @@ def import_batch(
     for email, phone in orders:
         outcomes[customers.identify(email, phone, clock.now())] += 1
     write_batch(db, customers)
+    if erasures is not None and db.one("select_last_erasure") != erasures:
+        # The settled orders were applied at the lock-free read, the others now. Only an
+        # erasure can make a settled order unsettled; if one came in between, an order
+        # before it in the file may have been applied after it: start the batch over.
+        raise RetryTransaction("customer_erased")
     return outcomes
 
 

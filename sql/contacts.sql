@@ -349,6 +349,13 @@ FROM Contact
 WHERE phoneNumber IN %(phones)s
   AND deletedAt IS NULL
 
+-- name: select_last_erasure
+-- The newest erasure's id (0 when there was none). The import reads it before
+-- its lock-free read of settled orders and again before it commits: an erasure
+-- in between may have removed a customer those orders were settled by.
+SELECT COALESCE(MAX(id), 0) AS id
+FROM CustomerErasure
+
 -- name: select_max_contact_id
 -- The largest id so far (0 on an empty table). Taken inside the import's
 -- transaction before it inserts: every row it inserts gets a larger id.

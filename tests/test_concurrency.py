@@ -1,9 +1,10 @@
 """identify stays correct under concurrent workers (SPEC, "Concurrency").
 
 The service runs under gunicorn with real workers (three gthread workers of eight
-threads, and the production default: two gevent workers), against a throwaway MariaDB server at REPEATABLE READ, one
-at READ COMMITTED, and SQLite. A bounded burst of identify requests (tests/bursts.py)
-over tiny alphabets of emails and phones makes creations and merges collide constantly:
+threads, and the production default: two gevent workers), against a throwaway
+MariaDB server at REPEATABLE READ, one at READ COMMITTED, and SQLite. A bounded
+burst of identify requests (tests/bursts.py) over tiny alphabets of emails and
+phones makes creations and merges collide constantly:
 
 - "barrier" rounds: every client thread waits at a threading.Barrier, then all
   fire at once over a fresh alphabet, each distinct request sent by several

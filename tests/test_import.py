@@ -392,6 +392,43 @@ def test_importing_the_same_file_again_creates_nothing(
     assert table(config) == before  # not even updatedAt moved
 
 
+@pytest.mark.parametrize("backend", ["mysql"])  # SQLite's batch holds the write lock from its first read
+def test_an_erasure_after_the_settled_read_starts_the_batch_over(
+    fresh_database: Callable[[], dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An order settled by a customer that is erased before the batch commits is applied
+    after the erasure, as a replay in file order would apply it.
+
+    The file: {e, 200} (links to the stored customer {e, 100}), then {e, 100} (settled by
+    it). Right after the batch's lock-free read, another connection erases the customer.
+    Replayed in file order after the erasure, the two orders make one new customer of two
+    rows; an import that kept its settled count would leave {e, 100} out.
+    """
+    config = fresh_database()
+    assert run_import(config, "-", input=b"email,phoneNumber\ne@x.io,100\n").exit_code == 0
+    real = fluxkart.settled_orders
+    erased: list[dict[str, Any]] = []
+
+    def erase_in_another_connection() -> None:
+        with create_app(config).app_context():
+            erased.append(fluxkart.erase_customer(fluxkart.get_db(), "e@x.io", None, dry_run=False))
+
+    def settled_then_erased(db: fluxkart.Database, orders: list[Pair]) -> list[bool]:
+        settled = real(db, orders)
+        if not erased:
+            worker = threading.Thread(target=erase_in_another_connection)
+            worker.start()
+            worker.join(30)
+            assert erased, "the erasure did not finish"
+        return settled
+
+    monkeypatch.setattr(fluxkart, "settled_orders", settled_then_erased)
+    result = run_import(config, "-", input=b"email,phoneNumber\ne@x.io,200\ne@x.io,100\n")
+    assert result.exit_code == 0, result.output
+    assert "customers created 1, rows linked 1" in result.stdout
+    assert canonical(table(config)) == [(("e@x.io", "200"), [("e@x.io", "100")])]
+
+
 def test_the_import_records_what_it_changed_in_the_history(
     fresh_database: Callable[[], dict[str, Any]], tmp_path: Path
 ) -> None:
