@@ -11,6 +11,7 @@ emails or phones, ~2% bridges that merge two customers) written as a CSV export:
    concurrency 32, the service under gunicorn with its default settings (gunicorn.conf.py,
    as the Procfile starts it), for --replay-seconds on a fresh database: orders/s.
 2. import of the whole file into an empty database: wall time, orders/s, peak RSS.
+   Steps 1 and 2 run --runs times each, A B B A (medians, min-max).
 3. import of the first tenth of the file into an empty database: peak RSS again, to show
    memory does not grow with the file.
 4. import of the whole file into a database preloaded with --preload contacts (bulk SQL,
@@ -31,6 +32,7 @@ import json
 import os
 import random
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -160,14 +162,30 @@ def replay(port: int, database_name: str, bodies: list[str], seconds: float, scr
     }
 
 
+def spread(values: list[float], form: str) -> str:
+    """The median and, over several runs, the range: '12,762 (11,657-13,100)'."""
+    text = format(statistics.median(values), form)
+    if len(values) > 1:
+        text += f" ({format(min(values), form)}-{format(max(values), form)})"
+    return text
+
+
 def report(options: argparse.Namespace, figures: dict[str, Any], command: str) -> str:
-    api, empty, tenth, full = figures["replay"], figures["empty"], figures["tenth"], figures["preloaded"]
-    ratio = empty["rate"] / api["rate"] if api["rate"] else 0.0
+    replays, empties = figures["replay"], figures["empty"]
+    tenth, full, first = figures["tenth"], figures["preloaded"], figures["empty"][0]
+    api = [r["rate"] for r in replays]
+    imports = [e["imported"] / e["wall_s"] for e in empties]
+    # Each import against the replay next to it in the A B B A order.
+    ratios = [i / a for i, a in zip(imports, api, strict=True) if a]
     rows = [
-        ("API replay: POST /identify, wrk C=32, default gunicorn", f"{api['rate']:,.0f} orders/s", "-"),
-        ("import into an empty database", f"{empty['imported'] / empty['wall_s']:,.0f} orders/s", "-"),
-        ("import / API replay", f"{ratio:.1f}x", "at least 20x"),
-        (f"{options.orders:,} orders into an empty database", f"{empty['wall_s']:.0f} s", "under 180 s"),
+        ("API replay: POST /identify, wrk C=32, default gunicorn", f"{spread(api, ',.0f')} orders/s", "-"),
+        ("import into an empty database", f"{spread(imports, ',.0f')} orders/s", "-"),
+        ("import / API replay", f"{spread(ratios, '.1f')}x", "at least 20x"),
+        (
+            f"{options.orders:,} orders into an empty database",
+            f"{spread([e['wall_s'] for e in empties], '.0f')} s",
+            "under 180 s",
+        ),
         (
             f"{options.orders:,} orders into a database of {options.preload:,} contacts",
             f"{full['wall_s']:.0f} s",
@@ -175,22 +193,28 @@ def report(options: argparse.Namespace, figures: dict[str, Any], command: str) -
         ),
         (
             "import peak RSS: whole file / first tenth",
-            f"{empty['rss']:.0f} MiB / {tenth['rss']:.0f} MiB",
+            f"{max(e['rss'] for e in empties):.0f} MiB / {tenth['rss']:.0f} MiB",
             "bounded (not growing with the file)",
         ),
         ("invariant violations after the import (tests/checker.py)", str(figures["violations"]), "0"),
     ]
     outcome = (
-        f"Outcomes of the import into the empty database: customers created {empty['created']:,.0f}, "
-        f"rows linked {empty['linked']:,.0f}, merges {empty['merged']:,.0f}, "
-        f"unchanged {empty['unchanged']:,.0f}."
+        f"Outcomes of the import into the empty database: customers created {first['created']:,.0f}, "
+        f"rows linked {first['linked']:,.0f}, merges {first['merged']:,.0f}, "
+        f"unchanged {first['unchanged']:,.0f}."
+    )
+    replayed = "; ".join(
+        f"{r['requests']:,} requests in {r['seconds']:.1f} s, non-2xx or socket errors {r['non_2xx']}"
+        for r in replays
     )
     lines = [
         "# Import benchmark",
         "",
-        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores (shared with other "
-        f"work: load average {figures['load']}), MariaDB {figures['mariadb']} (throwaway server, "
-        "tests/mariadb.py), one run.",
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores (load average at the "
+        f"end {figures['load']}), MariaDB {figures['mariadb']} (throwaway server, tests/mariadb.py). "
+        f"{len(empties)} runs of the API replay and of the import into an empty database, A B B A; "
+        "medians, min-max in brackets; the ratio pairs each import with the replay next to it. "
+        "The preloaded import and the first tenth: one run each.",
         "",
         f"Command: `{command}`",
         "",
@@ -199,8 +223,7 @@ def report(options: argparse.Namespace, figures: dict[str, Any], command: str) -
         *[f"| {a} | {b} | {c} |" for a, b, c in rows],
         "",
         outcome,
-        f"API replay: {api['requests']:,} requests in {api['seconds']:.1f} s, non-2xx or socket errors "
-        f"{api['non_2xx']}.",
+        f"API replays: {replayed}.",
         "",
     ]
     return "\n".join(lines)
@@ -211,6 +234,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--orders", type=int, default=1_000_000)
     parser.add_argument("--preload", type=int, default=1_000_000, help="contacts already stored for step 4")
     parser.add_argument("--replay-seconds", type=float, default=20)
+    parser.add_argument("--runs", type=int, default=2, help="API replays and imports into an empty database")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--buffer-pool-mib", type=int, default=1024)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "import.md")
@@ -236,24 +260,32 @@ def main(argv: list[str]) -> int:
             database.set_flush_at_commit(port, 1)
             figures["mariadb"] = database.server_version(port)
 
-            log("API replay")
-            create_database(port, "replay")
-            # As many bodies as the service could take in the time, so wrk never wraps.
-            figures["replay"] = replay(
-                port, "replay", bodies[: int(6000 * options.replay_seconds)], options.replay_seconds, scratch
-            )
-            log(f"API replay: {figures['replay']['rate']:,.0f} orders/s")
-
-            log("import into an empty database")
-            create_database(port, "empty")
-            figures["empty"] = run_import(port, "empty", path, scratch / "import-empty.log")
-            log(f"  {figures['empty']['wall_s']:.0f} s")
-            rows = database.fetch_rows(port, "empty")
-            violations = check_invariants(rows, pairs)
-            figures["violations"] = len(violations)
-            log(f"  invariant violations: {dict(violation_kinds(violations)) or 'none'}")
-            del rows
-            database.drop_databases(port, ["empty", "replay"])
+            figures["replay"], figures["empty"] = [], []
+            for run in range(options.runs):
+                # A B B A: the replay first in even runs, the import first in odd ones.
+                for step in ("replay", "import") if run % 2 == 0 else ("import", "replay"):
+                    if step == "replay":
+                        log(f"API replay ({run + 1}/{options.runs})")
+                        create_database(port, "replay")
+                        # As many bodies as the service could take in the time, so wrk never wraps.
+                        bodies_sent = bodies[: int(6000 * options.replay_seconds)]
+                        result = replay(port, "replay", bodies_sent, options.replay_seconds, scratch)
+                        figures["replay"].append(result)
+                        log(f"  {result['rate']:,.0f} orders/s")
+                        database.drop_databases(port, ["replay"])
+                        continue
+                    log(f"import into an empty database ({run + 1}/{options.runs})")
+                    create_database(port, "empty")
+                    result = run_import(port, "empty", path, scratch / f"import-empty-{run}.log")
+                    figures["empty"].append(result)
+                    log(f"  {result['wall_s']:.0f} s")
+                    if run == 0:
+                        rows = database.fetch_rows(port, "empty")
+                        violations = check_invariants(rows, pairs)
+                        figures["violations"] = len(violations)
+                        log(f"  invariant violations: {dict(violation_kinds(violations)) or 'none'}")
+                        del rows
+                    database.drop_databases(port, ["empty"])
 
             log("import of the first tenth")
             create_database(port, "tenth")
