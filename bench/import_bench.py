@@ -1,6 +1,6 @@
 """Benchmark of `flask --app fluxkart import`: import against API replay, in one run.
 
-    .venv/bin/python bench/import_bench.py                      # 1,000,000 orders (~8 minutes)
+    .venv/bin/python bench/import_bench.py                      # 1,000,000 orders, 2 runs (~6 minutes)
     .venv/bin/python bench/import_bench.py --orders 100000 --preload 100000 --replay-seconds 10
 
 On a throwaway mariadbd (tests/mariadb.py; never the machine's server), with the
