@@ -3853,7 +3853,7 @@ def migrate_command(dry_run: bool) -> None:
             normalize_after_migration(db)
     finally:
         db.close()
-    click.echo(f"migrated in {time.perf_counter() - started:.1f} s")
+    click.echo(f"migrated in {time.perf_counter() - started:.1f} s; peak memory: {peak_rss_mib():.0f} MiB")
     if plan.contact_rows:
         click.echo(
             f"next: flask --app fluxkart repair (the {plan.contact_rows:,} rows still need it; "
