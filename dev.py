@@ -44,10 +44,14 @@ def ensure_venv(requirements: str) -> None:
     stamp.touch()
 
 
+def venv_env() -> dict[str, str]:
+    """The environment with the venv first on PATH."""
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
 def run(argv: list[str]) -> int:
     """Run a command with the venv first on PATH; returns its exit code."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run(argv, cwd=ROOT, env=env).returncode
+    return subprocess.run(argv, cwd=ROOT, env=venv_env()).returncode
 
 
 def main(args: list[str]) -> int:
@@ -58,7 +62,10 @@ def main(args: list[str]) -> int:
         ensure_venv("requirements.txt")
         os.environ.setdefault("PORT", "3000")
         print(f"FluxKart Identity on http://127.0.0.1:{os.environ['PORT']} (Ctrl-C stops it)", flush=True)
-        return run([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "fluxkart:create_app()", *rest])
+        # gunicorn takes this process's place, so a process manager's SIGTERM reaches it.
+        os.chdir(ROOT)
+        argv = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "fluxkart:create_app()", *rest]
+        os.execve(argv[0], argv, venv_env())
     if command == "test":
         ensure_venv("requirements-dev.txt")
         return run([str(BIN / "python"), "-m", "pytest", *rest])

@@ -405,10 +405,13 @@ sqlite3.register_adapter(datetime, adapt_datetime)
 sqlite3.register_converter("DATETIME", convert_datetime)
 
 
-def connect_mysql(settings: dict[str, Any], read_timeout: float | None = MYSQL_READ_TIMEOUT_S) -> Any:
+def connect_mysql(
+    settings: dict[str, Any], read_timeout: float | None = MYSQL_READ_TIMEOUT_S, create: bool = True
+) -> Any:
     """A PyMySQL connection set up for the service: utf8mb4, autocommit, UTC,
     READ COMMITTED, a short lock wait, causal reads on Galera. Creates the
-    database when it is missing."""
+    database when it is missing, unless `create` is False (`migrate --dry-run`
+    changes nothing), then raises its error 1049."""
     params: dict[str, Any] = dict(
         host=settings["MYSQL_HOST"],
         port=int(settings["MYSQL_PORT"]),
@@ -425,7 +428,7 @@ def connect_mysql(settings: dict[str, Any], read_timeout: float | None = MYSQL_R
     try:
         conn = pymysql.connect(database=database, **params)
     except pymysql.err.OperationalError as exc:
-        if exc.args[0] != 1049:  # unknown database: create it below
+        if exc.args[0] != 1049 or not create:  # unknown database: create it below
             raise
         conn = pymysql.connect(**params)
         with conn.cursor() as cur:
@@ -454,13 +457,19 @@ def connect_mysql(settings: dict[str, Any], read_timeout: float | None = MYSQL_R
     return conn
 
 
-def connect_sqlite(settings: dict[str, Any], read_timeout: float | None = None) -> sqlite3.Connection:
+def connect_sqlite(
+    settings: dict[str, Any], read_timeout: float | None = None, create: bool = True
+) -> sqlite3.Connection:
     """An sqlite3 connection: we issue BEGIN/COMMIT ourselves, WAL, rows as dicts.
 
-    (`read_timeout` is MySQL's; an SQLite statement runs in this process.)
+    (`read_timeout` is MySQL's; an SQLite statement runs in this process.) With
+    `create` False, a missing file raises DatabaseMisconfigured instead of being made.
     """
+    path = settings["FLUXKART_SQLITE_PATH"]
+    if not create and not Path(path).exists():
+        raise DatabaseMisconfigured(f"there is no SQLite database at {path} (FLUXKART_SQLITE_PATH)")
     conn = sqlite3.connect(
-        settings["FLUXKART_SQLITE_PATH"],
+        path,
         timeout=LOCK_WAIT_TIMEOUT_S,  # how long BEGIN IMMEDIATE waits for another writer
         isolation_level=None,
         detect_types=sqlite3.PARSE_DECLTYPES,
@@ -478,6 +487,14 @@ def connect_sqlite(settings: dict[str, Any], read_timeout: float | None = None) 
 # The only difference between the drivers the rest of the module sees: how to
 # connect. How to begin a write transaction is a named statement of each dialect.
 CONNECT = {"mysql": connect_mysql, "sqlite": connect_sqlite}
+
+
+def database_location(settings: dict[str, Any]) -> str:
+    """Where the service and its commands read and write: "MySQL host:port/database" or
+    "SQLite /absolute/path" (a command says it first: a mistyped name is a new database)."""
+    if settings["FLUXKART_DIALECT"] == "mysql":
+        return f"MySQL {settings['MYSQL_HOST']}:{settings['MYSQL_PORT']}/{settings['MYSQL_DATABASE']}"
+    return f"SQLite {Path(settings['FLUXKART_SQLITE_PATH']).resolve()}"
 
 
 # The schema version this code writes and needs (ServiceState 'schema').
@@ -527,13 +544,14 @@ class Database:
         # migration_database() turns these off: migrate inspects the tables
         # before creating any, and its ALTERs run far longer than a request.
         self.create_schema = True
+        self.create_database = True
         self.read_timeout: float | None = MYSQL_READ_TIMEOUT_S
 
     def connect(self) -> Any:
         """The open connection, opening it (and creating the schema if missing) when there is none."""
         if self.conn is None:
             try:
-                self.conn = CONNECT[self.dialect](self.settings, self.read_timeout)
+                self.conn = CONNECT[self.dialect](self.settings, self.read_timeout, self.create_database)
                 if self.create_schema:
                     self.ensure_schema()
             except Exception as exc:
@@ -575,7 +593,7 @@ class Database:
         if self.serving and self.state.get("schema") != SCHEMA_VERSION:
             raise DatabaseMisconfigured(
                 "the Contact table was not created by this service (or by an older version): "
-                "run `flask --app fluxkart migrate`, then `repair` (README, Switching from the reference)"
+                "run `flask --app fluxkart migrate`, then `repair` (docs/switching.md)"
             )
 
     def read_state(self) -> dict[str, str]:
@@ -2422,6 +2440,13 @@ class Progress:
             click.echo(f"{self.label}: {self.done} done", err=True)
 
 
+def command_error(what: str, exc: Exception) -> click.ClickException:
+    """A command's one-line error for a database problem, with the driver's own words
+    ("repair stopped: MySQL error 2003: (2003, "Can't connect ...")") instead of a traceback."""
+    cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+    return click.ClickException(f"{what}: {exc}{cause}")
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident memory so far, in MiB.
 
@@ -2480,7 +2505,7 @@ def canonical_identifiers(row: Row, region: str, report: RepairReport) -> tuple[
             values.append(stored)
             report.invalid_count += 1
             if len(report.invalid) < MAX_LISTED:
-                report.invalid.append(f"row {row['id']}: {column} {exc.message} (left as it is)")
+                report.invalid.append(f"row {row['id']}: {exc.message} (left as it is)")
     email, phone = values
     if email is None and phone is None:
         report.without_identifier_count += 1
@@ -2575,6 +2600,7 @@ def repair_customer(db: Database, seed: tuple[str, Any], dry_run: bool) -> Ident
 
 def repair_customers(db: Database, report: RepairReport, dry_run: bool) -> None:
     """Repair's second step: every customer that breaks the rules, one short transaction each."""
+    counted: set[int] = set()  # dry run: rows of customers already counted (nothing changes)
     for _ in range(MAX_REPAIR_PASSES):
         before = report.customers_repaired
         progress = Progress("repairing customers", None)
@@ -2587,6 +2613,12 @@ def repair_customers(db: Database, report: RepairReport, dry_run: bool) -> None:
                 continue
             finally:
                 progress.advance(1)
+            if dry_run:
+                # A customer broken in several ways is found from each of them; a real
+                # run repairs it at the first, a dry run must count it once.
+                if counted & {row["id"] for row in plan.rows}:
+                    continue
+                counted.update(row["id"] for row in plan.rows)
             if plan.outcome != "unchanged":
                 report.customers_repaired += 1
                 report.rows_repointed += len(plan.relinked)
@@ -2612,18 +2644,23 @@ def repair_command(dry_run: bool) -> None:
     """
     started = time.monotonic()
     start_command_run()  # the request id of this run's history events
+    click.echo(f"repair: {database_location(current_app.config)}")
     db = get_db()
-    db.connect()
     region = current_app.config["FLUXKART_PHONE_REGION"]
     report = RepairReport()
-    if not dry_run:
-        # Until the pass is over, identify must not trust a lock-free read.
-        db.run("upsert_service_state", key="consistent", value="0")
-    normalize_stored_identifiers(db, region, report, dry_run)
-    repair_customers(db, report, dry_run)
-    if not dry_run and not report.failed:
-        db.run("upsert_service_state", key="phone_region", value=region)
-        db.run("upsert_service_state", key="consistent", value="1")
+    try:
+        db.connect()
+        if not dry_run:
+            # Until the pass is over, identify must not trust a lock-free read.
+            db.run("upsert_service_state", key="consistent", value="0")
+        normalize_stored_identifiers(db, region, report, dry_run)
+        repair_customers(db, report, dry_run)
+        if not dry_run and not report.failed:
+            db.run("upsert_service_state", key="phone_region", value=region)
+            db.run("upsert_service_state", key="consistent", value="1")
+    except (DatabaseUnavailable, DatabaseMisconfigured) as exc:
+        # What was repaired is committed; a second run goes on with what is still broken.
+        raise command_error("repair stopped", exc) from exc
     verb = "would be" if dry_run else "were"
     lines = [
         f"rows read: {report.rows_read}",
@@ -3217,7 +3254,7 @@ def raise_interrupt(signum: int, _frame: Any) -> None:
     default="auto",
     show_default=True,
     help="csv (a header row naming email and/or phoneNumber) or jsonl (one JSON object a line); "
-    "auto: JSON Lines when the first line starts with '{'.",
+    "auto: JSON Lines when the first non-blank line starts with '{'.",
 )
 @click.option(
     "--rejects",
@@ -3248,6 +3285,8 @@ def import_orders(file: IO[bytes], fmt: str, rejects: str | None, batch_size: in
     size = None
     with contextlib.suppress(OSError, ValueError):
         size = os.fstat(file.fileno()).st_size if file.seekable() else None
+    if not quiet:
+        click.echo(f"importing into {database_location(settings)}", err=True)
     progress = ImportProgress(size, totals, quiet)
     rejected = Rejects(rejects)
     db = get_db()
@@ -3279,16 +3318,20 @@ def import_orders(file: IO[bytes], fmt: str, rejects: str | None, batch_size: in
             progress.update(orders.bytes_read)
         if totals.lines == 0 and orders.line_number == 0:
             click.echo("the file is empty: nothing to import", err=True)
-    except ImportRefused as exc:
+    except (ImportRefused, DatabaseMisconfigured) as exc:
         progress.close()
         click.echo(f"refused: {exc}", err=True)
         status = 1
     except (DatabaseUnavailable, KeyboardInterrupt) as exc:
         progress.close()
-        why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped: {exc}"
+        why = "interrupted" if isinstance(exc, KeyboardInterrupt) else command_error("stopped", exc).message
+        done = (
+            f"Imported every order up to line {totals.last_line}; the batch after it was rolled back"
+            if totals.imported
+            else "Nothing was imported"
+        )
         click.echo(
-            f"{why}. Imported every order up to line {totals.last_line}; the batch after it was "
-            "rolled back. Run the same command again to finish: orders already imported change nothing.",
+            f"{why}. {done}. Run the same command again to finish: orders already imported change nothing.",
             err=True,
         )
         status = 130 if isinstance(exc, KeyboardInterrupt) else 1
@@ -3830,7 +3873,9 @@ def migrate_command(dry_run: bool) -> None:
     ServiceState schema=2 last. Idempotent. See docs/switching.md.
     """
     db = migration_database()
+    db.create_database = not dry_run  # a dry run creates nothing, not even the database
     started = time.perf_counter()
+    click.echo(f"migrate: {database_location(current_app.config)}")
     try:
         try:
             plan = plan_migration(db)

@@ -230,6 +230,40 @@ def test_repair_makes_every_customer_follow_the_rules(api: Api, settings: dict[s
     assert live(settings) == rows
 
 
+def test_repair_dry_run_counts_a_customer_broken_in_several_ways_once(
+    api: Api, settings: dict[str, Any]
+) -> None:
+    """A customer found from a chain, a second primary and a shared email and phone is one
+    customer to repair: the dry run's summary says what the real run then does."""
+    seed(
+        settings,
+        api,
+        [
+            (1, "a@x", "100", None, "primary", 1, False),
+            (2, "b@x", "200", 1, "secondary", 2, False),
+            (3, "c@x", "300", 2, "secondary", 3, False),  # a chain
+            (4, "a@x", "400", None, "primary", 4, False),  # a second primary, sharing a@x
+            (5, "d@x", "200", None, "primary", 5, False),  # and a third, sharing 200
+        ],
+    )
+    dry = run_repair(settings, "--dry-run")
+    real = run_repair(settings)
+    assert real.exit_code == 0, real.output
+
+    def summary(output: str) -> str:
+        line = next(line for line in output.splitlines() if line.startswith("customers that"))
+        return line.split(": ", 1)[1]
+
+    assert (
+        summary(dry.output)
+        == summary(real.output)
+        == (
+            "1 (rows re-pointed 3, primaries demoted 2, merged because they share a canonical identifier 0,"
+            " primaries promoted 0)"
+        )
+    )
+
+
 @pytest.mark.parametrize("settings", [{"FLUXKART_PHONE_REGION": "IN"}], indirect=True)
 def test_repair_renormalizes_for_a_new_region_and_merges(api: Api, settings: dict[str, Any]) -> None:
     """Numbers stored before the region was set become E.164, and customers that became one merge."""

@@ -32,6 +32,7 @@ from tests.legacy import (
     SQLITE_CONTACT,
     filled,
 )
+from tests.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 # The oldest createdAt among LEGACY_ROWS: what a row without any timestamp gets.
@@ -456,3 +457,52 @@ def test_the_service_answers_on_the_migrated_table(app: Any, settings: dict[str,
     answer = api.identify("first.after.switch@x.io", "5550999")
     assert answer["primaryContactId"] == DELETED_TOP_ID + 1
     assert answer["emails"] == ["first.after.switch@x.io"]
+
+
+# --------------------------------------------------------------------------
+# The commands say what is wrong with the database, without a traceback
+# --------------------------------------------------------------------------
+
+
+def test_a_dry_run_does_not_create_a_missing_database(settings: dict[str, Any], backend: str) -> None:
+    """`migrate --dry-run` on a database that does not exist (a mistyped name) says so and
+    creates nothing: no database, no SQLite file."""
+    missing = dict(settings)
+    if backend == "mysql":
+        missing["MYSQL_DATABASE"] = settings["MYSQL_DATABASE"] + "_missing"
+    else:
+        missing["FLUXKART_SQLITE_PATH"] = settings["FLUXKART_SQLITE_PATH"] + ".missing"
+    output = migrate(fluxkart.create_app(missing), "--dry-run", exit_code=1)
+    assert "migrate could not inspect the database" in output
+    assert ("Unknown database" in output) if backend == "mysql" else ("no SQLite database" in output)
+    if backend == "mysql":
+        found = run_sql(settings, "SHOW DATABASES LIKE %s", (missing["MYSQL_DATABASE"],))
+        assert found == []
+    else:
+        assert not Path(missing["FLUXKART_SQLITE_PATH"]).exists()
+
+
+def test_repair_and_import_on_a_table_not_migrated_say_so(settings: dict[str, Any]) -> None:
+    """The reference's table before `migrate`: both commands stop with the reason, exit 1."""
+    create_legacy(settings, LEGACY_ROWS)
+    runner = fluxkart.create_app(settings).test_cli_runner()
+    repaired = runner.invoke(args=["repair"])
+    assert repaired.exit_code == 1 and isinstance(repaired.exception, SystemExit), repaired.output
+    assert "repair stopped: the Contact table was not created by this service" in repaired.output
+    assert "flask --app fluxkart migrate" in repaired.output
+    imported = runner.invoke(args=["import", "-"], input="email\nx@y.io\n")
+    assert imported.exit_code == 1 and isinstance(imported.exception, SystemExit), imported.output
+    assert "refused: the Contact table was not created by this service" in imported.output
+
+
+@pytest.mark.parametrize("backend", ["mysql"])  # an SQLite database is a file: no server to miss
+def test_repair_and_import_without_a_database_server_say_so(settings: dict[str, Any]) -> None:
+    """Nothing listens on the port: the driver's reason, exit 1, no traceback."""
+    unreachable = {**settings, "MYSQL_PORT": str(free_port())}
+    runner = fluxkart.create_app(unreachable).test_cli_runner()
+    repaired = runner.invoke(args=["repair"])
+    assert repaired.exit_code == 1 and isinstance(repaired.exception, SystemExit), repaired.output
+    assert "repair stopped: MySQL error 2003" in repaired.output and "Can't connect" in repaired.output
+    imported = runner.invoke(args=["import", "-"], input="email\nx@y.io\n")
+    assert imported.exit_code == 1, imported.output
+    assert "stopped: MySQL error 2003" in imported.output and "Nothing was imported" in imported.output
