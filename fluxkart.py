@@ -2712,6 +2712,8 @@ ORDER_FORMATS = ("auto", "csv", "jsonl")
 # longer than one poll.
 SQLITE_HOLD_S = 0.5
 SQLITE_PAUSE_S = 0.15
+# A gzip file's first two bytes (0x1f 0x8b) as the surrogateescape reading decodes them.
+GZIP_START = "\x1f\udc8b"
 # What errors="surrogateescape" decodes a byte that is not UTF-8 to.
 NOT_UTF8 = re.compile("[\udc80-\udcff]")
 ONE_MICROSECOND = timedelta(microseconds=1)
@@ -2816,6 +2818,11 @@ class OrderFile:
                 break
         if not first:
             return
+        if first.startswith(GZIP_START):
+            raise ImportRefused(
+                "the file is gzip-compressed: decompress it on the way in, "
+                "e.g. zcat FILE | flask --app fluxkart import -"
+            )
         if self.format == "auto":
             self.format = "jsonl" if first.lstrip().startswith("{") else "csv"
         remaining = itertools.chain([first], lines)
@@ -2858,9 +2865,11 @@ class OrderFile:
         self.header = "".join(pending)
         columns = [name.strip().lower() for name in header]
         if "email" not in columns and "phonenumber" not in columns:
+            separator = next((sep for sep in ";\t|" if len(header) == 1 and sep in header[0]), None)
+            hint = f"; its columns look separated by {separator!r}: export with commas" if separator else ""
             raise ImportRefused(
                 f"line {first_number}: the header has neither an 'email' nor a 'phoneNumber' column "
-                f"(it has: {', '.join(repr(name) for name in header)}); nothing was imported"
+                f"(it has: {', '.join(repr(name[:80]) for name in header[:20])}){hint}; nothing was imported"
             )
         for name in ("email", "phonenumber"):
             if columns.count(name) > 1:

@@ -18,6 +18,7 @@ import racing gunicorn workers that serve live identify traffic.
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import os
@@ -325,6 +326,23 @@ def test_a_file_without_identifier_columns_is_refused_before_writing(
     result = run_import(config, str(path))
     assert result.exit_code == 1
     assert "neither an 'email' nor a 'phoneNumber' column" in result.stderr
+    assert table(config) == []
+
+
+def test_a_semicolon_export_and_a_gzip_file_are_refused_with_what_to_do(
+    fresh_database: Callable[[], dict[str, Any]], tmp_path: Path
+) -> None:
+    config = fresh_database()
+    path = tmp_path / "orders.csv"
+    path.write_text("orderId;email;phoneNumber\n1;ana@x.io;111\n")
+    result = run_import(config, str(path))
+    assert result.exit_code == 1
+    assert "its columns look separated by ';': export with commas" in result.stderr
+    path = tmp_path / "orders.csv.gz"
+    path.write_bytes(gzip.compress(b"email,phoneNumber\nana@x.io,111\n"))
+    result = run_import(config, str(path))
+    assert result.exit_code == 1
+    assert "the file is gzip-compressed" in result.stderr and "zcat" in result.stderr
     assert table(config) == []
 
 
