@@ -2440,11 +2440,10 @@ class Progress:
             click.echo(f"{self.label}: {self.done} done", err=True)
 
 
-def command_error(what: str, exc: Exception) -> click.ClickException:
-    """A command's one-line error for a database problem, with the driver's own words
-    ("repair stopped: MySQL error 2003: (2003, "Can't connect ...")") instead of a traceback."""
-    cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
-    return click.ClickException(f"{what}: {exc}{cause}")
+def database_problem(exc: Exception) -> str:
+    """A database error for a command's one-line message, with the driver's own words:
+    'MySQL error 2003: (2003, "Can't connect ...")' (a command prints it, not a traceback)."""
+    return f"{exc}: {exc.__cause__}" if exc.__cause__ is not None else str(exc)
 
 
 def peak_rss_mib() -> float:
@@ -2660,7 +2659,7 @@ def repair_command(dry_run: bool) -> None:
             db.run("upsert_service_state", key="consistent", value="1")
     except (DatabaseUnavailable, DatabaseMisconfigured) as exc:
         # What was repaired is committed; a second run goes on with what is still broken.
-        raise command_error("repair stopped", exc) from exc
+        raise click.ClickException(f"repair stopped: {database_problem(exc)}") from exc
     verb = "would be" if dry_run else "were"
     lines = [
         f"rows read: {report.rows_read}",
@@ -3333,7 +3332,7 @@ def import_orders(file: IO[bytes], fmt: str, rejects: str | None, batch_size: in
         status = 1
     except (DatabaseUnavailable, KeyboardInterrupt) as exc:
         progress.close()
-        why = "interrupted" if isinstance(exc, KeyboardInterrupt) else command_error("stopped", exc).message
+        why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped: {database_problem(exc)}"
         done = (
             f"Imported every order up to line {totals.last_line}; the batch after it was rolled back"
             if totals.imported

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import statistics
 import sys
 import tempfile
@@ -33,16 +32,14 @@ sys.path.insert(0, str(ROOT))
 
 from tests.mariadb import MariaDBServer  # noqa: E402
 from tests.service import Gunicorn  # noqa: E402
+from tests.unlocked import copy_service  # noqa: E402
 
 HOOK = re.compile(r'(def record_identify_events\(.*?\n    """.*?"""\n)', re.S)
 
 
 def copy_without_history(target: Path) -> Path:
     """The service's files, with record_identify_events turned into a no-op (history off)."""
-    target.mkdir(parents=True)
-    for name in ("fluxkart.py", "gunicorn.conf.py", "openapi.json"):
-        shutil.copy(ROOT / name, target / name)
-    shutil.copytree(ROOT / "sql", target / "sql")
+    copy_service(target, ROOT)
     source = (target / "fluxkart.py").read_text()
     patched, count = HOOK.subn(r"\1    return  # benchmark copy: history off\n", source)
     if count != 1:

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from tests.processes import SERVICE_DIR
+from tests.unlocked import copy_service
 
 CHECKER = SERVICE_DIR / "tests" / "checker.py"
 
@@ -99,18 +100,10 @@ DROPPED_CONNECTION_500 = (
 )
 
 
-def build_service_copy(dest: Path) -> None:
-    """The service's files (as tests/unlocked.py copies them) into dest."""
-    dest.mkdir(parents=True)
-    for name in ("fluxkart.py", "gunicorn.conf.py", "openapi.json"):
-        shutil.copy2(SERVICE_DIR / name, dest / name)
-    shutil.copytree(SERVICE_DIR / "sql", dest / "sql", ignore=shutil.ignore_patterns("__pycache__"))
-
-
 def run_dropped_connection_mutant(workdir: Path) -> bool:
     """tests/test_faults.py against the mutant; True when it fails (the mutant is killed)."""
     copy = workdir / "dropped-connection"
-    build_service_copy(copy)
+    copy_service(copy)
     source = (copy / "fluxkart.py").read_text()
     if source.count(RETRY_BRANCH) != 1:
         raise SystemExit("fluxkart.py changed: update RETRY_BRANCH in tests/mutants.py to its retry branch")

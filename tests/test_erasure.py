@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from tests.checker import check_answers, check_invariants
 from tests.conftest import Api, read_contacts, run_sql
 from tests.galera import GaleraCluster
 from tests.service import Gunicorn
-from tests.unlocked import SERVICE_DIR
+from tests.unlocked import SERVICE_DIR, copy_service
 
 TOKEN = "erasure-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -502,10 +501,7 @@ ERASURE_LOCKS = {
 
 def build_copy_without_erasure_locks(dest: Path) -> Path:
     """The service's files in `dest`, with apply_erasure's locking taken out."""
-    dest.mkdir(parents=True)
-    for name in ("fluxkart.py", "gunicorn.conf.py", "openapi.json"):
-        shutil.copy2(SERVICE_DIR / name, dest / name)
-    shutil.copytree(SERVICE_DIR / "sql", dest / "sql")
+    copy_service(dest)
     source = (dest / "fluxkart.py").read_text()
     for old, new in ERASURE_LOCKS.items():
         assert source.count(old) == 1, f"apply_erasure changed: cannot remove {old.strip()!r}"

@@ -47,16 +47,23 @@ def strip_locks(text: str) -> str:
     return BLOCK.sub(replace, text)
 
 
-def build_unlocked_copy(dest: Path, source: Path = SERVICE_DIR) -> Path:
-    """Copy the service to `dest` with the locking removed; returns `dest` (serve it from there)."""
+def copy_service(dest: Path, source: Path = SERVICE_DIR) -> Path:
+    """The files gunicorn serves the service from (fluxkart.py, gunicorn.conf.py, openapi.json,
+    sql/) copied into `dest`, for a test or benchmark to patch and serve; returns `dest`."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("fluxkart.py", "gunicorn.conf.py", "openapi.json"):
         if name == "openapi.json" and not (source / name).exists():
-            continue  # served at /openapi.json only; the burst does not need it
+            continue  # served at /openapi.json only; nothing that patches a copy needs it
         shutil.copy2(source / name, dest / name)
     shutil.copytree(
         source / "sql", dest / "sql", ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
     )
+    return dest
+
+
+def build_unlocked_copy(dest: Path, source: Path = SERVICE_DIR) -> Path:
+    """Copy the service to `dest` with the locking removed; returns `dest` (serve it from there)."""
+    copy_service(dest, source)
     for path in sorted((dest / "sql").rglob("*.sql")):
         if path.name != "schema.sql":
             path.write_text(strip_locks(path.read_text()))
