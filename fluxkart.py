@@ -499,26 +499,36 @@ def database_location(settings: dict[str, Any]) -> str:
 
 # The schema version this code writes and needs (ServiceState 'schema').
 SCHEMA_VERSION = "2"
-# A placeholder for a list parameter is expanded to one placeholder per item.
-LIST_PLACEHOLDER = {"mysql": "%({})s", "sqlite": ":{}"}
+# List parameters (for `IN`): the Python types bound as a list of values.
+LIST_TYPES = (list, tuple, set, frozenset)
+# An SQLite placeholder (sqlite3 binds no lists: one placeholder per item).
+SQLITE_NAMED = re.compile(r":(\w+)")
 
 
 def expand_lists(sql: str, params: dict[str, Any], dialect: str) -> tuple[str, dict[str, Any]]:
-    """`x IN %(ids)s` with ids=[1, 2] becomes `x IN (%(ids_0)s, %(ids_1)s)`; [] becomes `(NULL)`.
+    """Bind list parameters for `IN`: `x IN %(ids)s` with ids=[1, 2] reads `x IN (1, 2)`;
+    an empty list reads `(NULL)`, which matches nothing.
 
-    Values stay bound parameters; only the number of placeholders changes.
+    Values stay bound parameters, escaped one by one by the driver: PyMySQL binds a
+    tuple as a parenthesized list (half the work of a placeholder per item for the
+    import's lists of thousands); sqlite3 gets `:ids_0, :ids_1` instead.
     """
-    form = LIST_PLACEHOLDER[dialect]
-    for name, value in list(params.items()):
-        if isinstance(value, list | tuple | set | frozenset):
-            items = list(value) or [None]  # IN (NULL) matches nothing
-            keys = [f"{name}_{i}" for i in range(len(items))]
-            pattern = re.escape(form.format(name)) + (r"(?!\w)" if dialect == "sqlite" else "")
-            expanded = "(" + ", ".join(form.format(key) for key in keys) + ")"
-            sql = re.sub(pattern, lambda _, text=expanded: text, sql)  # type: ignore[misc]
-            del params[name]
-            params.update(zip(keys, items, strict=True))
-    return sql, params
+    lists = {name: list(value) or [None] for name, value in params.items() if isinstance(value, LIST_TYPES)}
+    if not lists:
+        return sql, params
+    params = {name: value for name, value in params.items() if name not in lists}
+    if dialect == "mysql":
+        return sql, params | {name: tuple(items) for name, items in lists.items()}
+
+    def expanded(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in lists:
+            return match.group()
+        return "(" + ", ".join(f":{name}_{i}" for i in range(len(lists[name]))) + ")"
+
+    for name, items in lists.items():
+        params.update((f"{name}_{i}", item) for i, item in enumerate(items))
+    return SQLITE_NAMED.sub(expanded, sql), params
 
 
 class Database:
@@ -616,8 +626,7 @@ class Database:
         """Run a named statement with its parameters; returns the driver's cursor."""
         conn = self.connect()
         sql = self.queries[name]
-        if any(isinstance(value, list | tuple | set | frozenset) for value in params.values()):
-            sql, params = expand_lists(sql, dict(params), self.dialect)
+        sql, params = expand_lists(sql, params, self.dialect)
         try:
             cur = conn.cursor()
             cur.execute(sql, params)
