@@ -49,6 +49,7 @@ import itertools
 import json
 import logging
 import math
+import multiprocessing
 import os
 import random
 import re
@@ -2918,17 +2919,19 @@ class OrderFile:
 
 
 class Rejects:
-    """The rejected lines, verbatim, in a file that imports like the original once fixed."""
+    """The rejected lines, verbatim, in a file that imports like the original once fixed:
+    a CSV file's rejects come after its header row (`header`, "" for JSON Lines)."""
 
     def __init__(self, path: str | None):
         self.file = open(path, "wb") if path else None  # noqa: SIM115 (closed by close())
+        self.header = ""
         self.header_written = False
 
-    def add(self, orders: OrderFile, order: OrderLine) -> None:
+    def add(self, order: OrderLine) -> None:
         if self.file is None:
             return
-        if orders.format == "csv" and not self.header_written:
-            self.write(orders.header)
+        if self.header and not self.header_written:
+            self.write(self.header)
             self.header_written = True
         self.write(order.text)
 
@@ -2938,11 +2941,11 @@ class Rejects:
             text += "\n"
         self.file.write(text.encode("utf-8", "surrogateescape"))
 
-    def close(self, orders: OrderFile | None) -> None:
+    def close(self) -> None:
         if self.file is None:
             return
-        if orders is not None and orders.format == "csv" and not self.header_written and orders.header:
-            self.write(orders.header)  # no rejects: still a valid (empty) import file
+        if self.header and not self.header_written:
+            self.write(self.header)  # no rejects: still a valid (empty) import file
         self.file.close()
 
 
@@ -3037,28 +3040,27 @@ class OrderClock:
         return self.last
 
 
-def import_batch(
-    db: Database, orders: list[tuple[str | None, str | None]], clock: OrderClock
-) -> Counter[str]:
+def import_batch(db: Database, batch: OrderBatch, clock: OrderClock) -> Counter[str]:
     """Apply a batch of orders in file order inside the caller's transaction; returns the
     outcome counts (created, linked, merged, repaired, unchanged).
 
     identify's protocol (apply_identify) for many requests at once: 0. on a
     consistent table, count the settled orders as unchanged (`settled_orders`,
-    identify's fast path) and go on with the others; 1. touch every identifier
-    of those (one statement, sorted: one lock order); 2. lock every live row
-    of their customers (`lock_customer`); 3. decide line by line in memory
-    with `plan_identify`; 4. write the final state with multi-row statements,
-    touching the identifiers of every existing row whose link changes (as
-    write_plan does). Raises RetryTransaction("customer_erased") when an
-    erasure committed between step 0 and the end (docs/import.md).
+    identify's fast path, read ahead by `ReadAhead` or now) and go on with the
+    others; 1. touch every identifier of those (one statement, sorted: one lock
+    order); 2. lock every live row of their customers (`lock_customer`); 3.
+    decide line by line in memory with `plan_identify`; 4. write the final
+    state with multi-row statements, touching the identifiers of every existing
+    row whose link changes (as write_plan does). Raises
+    RetryTransaction("customer_erased") when an erasure committed between the
+    settled read and the end (docs/import.md).
     """
+    orders = batch.pairs()
     outcomes: Counter[str] = Counter()
     erasures = None
     if trusts_fast_path(db):
         # identify's fast path for the whole batch: a repeat customer's order changes nothing.
-        erasures = db.one("select_last_erasure")
-        settled = settled_orders(db, orders)
+        erasures, settled = batch.take_settled_read() or settled_read(db, orders)
         outcomes["unchanged"] = sum(settled)
         orders = [order for order, done in zip(orders, settled, strict=True) if not done]
         if not orders:
@@ -3071,12 +3073,25 @@ def import_batch(
     for email, phone in orders:
         outcomes[customers.identify(email, phone, clock.now())] += 1
     write_batch(db, customers)
-    if erasures is not None and db.one("select_last_erasure") != erasures:
+    if erasures is not None and erasure_count(db) != erasures:
         # The settled orders were applied at the lock-free read, the others now. Only an
         # erasure can make a settled order unsettled; if one came in between, an order
         # before it in the file may have been applied after it: start the batch over.
         raise RetryTransaction("customer_erased")
     return outcomes
+
+
+def erasure_count(db: Database) -> int:
+    """How many erasures have committed. A count, not the newest id: ids are taken at insert,
+    so an erasure can commit after one with a larger id (and on Galera every node has its own)."""
+    row = db.one("count_erasures")
+    return int(row["n"]) if row else 0
+
+
+def settled_read(db: Database, orders: list[tuple[str | None, str | None]]) -> tuple[int, list[bool]]:
+    """`settled_orders`, with the erasure count read just before it (for import_batch's check)."""
+    erasures = erasure_count(db)
+    return erasures, settled_orders(db, orders)
 
 
 def settled_orders(db: Database, orders: list[tuple[str | None, str | None]]) -> list[bool]:
@@ -3184,6 +3199,7 @@ class ImportTotals:
     rejected: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     last_line: int = 0  # the file line of the last order in a committed batch
+    reader_rss_mib: float = 0.0  # the peak memory of the process reading the file (ReadAhead)
 
     def rate(self) -> float:
         elapsed = time.monotonic() - self.started
@@ -3197,7 +3213,7 @@ class ImportTotals:
             f"rows linked {o['linked']:,}, merges {o['merged']:,}, repaired {o['repaired']:,}, "
             f"unchanged {o['unchanged']:,}; "
             f"rejected {self.rejected:,}; {elapsed:.1f} s, {self.rate():,.0f} orders/s, "
-            f"peak RSS {peak_rss_mib():.0f} MiB"
+            f"peak RSS {peak_rss_mib():.0f} MiB, reading {self.reader_rss_mib:.0f} MiB"
         )
 
 
@@ -3240,21 +3256,143 @@ class ImportProgress:
             bar.__exit__(None, None, None)
 
 
-def batches_of(
-    orders: Iterable[OrderLine], size: int, on_reject: Callable[[OrderLine], None]
-) -> Iterator[list[OrderLine]]:
-    """Valid orders in lists of `size`, in file order; rejected lines go to `on_reject` as read."""
-    batch: list[OrderLine] = []
-    for order in orders:
-        if order.reason is not None:
-            on_reject(order)
-            continue
-        batch.append(order)
-        if len(batch) >= size:
+@dataclass
+class OrderBatch:
+    """What one import transaction applies: up to --batch-size valid orders in file order,
+    the invalid lines read before the last of them, and the settled read made ahead."""
+
+    orders: list[tuple[int, str | None, str | None]] = field(default_factory=list)  # (line, email, phone)
+    rejected: list[OrderLine] = field(default_factory=list)
+    lines: int = 0  # order lines read for this batch, valid and rejected
+    bytes_read: int = 0  # the file's position after it, for the progress bar
+    header: str = ""  # the CSV header row as read ("" for JSON Lines), for --rejects
+    settled: tuple[int, list[bool]] | None = None  # settled_read, made by ReadAhead
+
+    def pairs(self) -> list[tuple[str | None, str | None]]:
+        """The orders' canonical (email, phone), in file order."""
+        return [(email, phone) for _, email, phone in self.orders]
+
+    def take_settled_read(self) -> tuple[int, list[bool]] | None:
+        """The settled read made ahead, once: a retried transaction reads again."""
+        settled, self.settled = self.settled, None
+        return settled
+
+
+def order_batches(orders: OrderFile, size: int) -> Iterator[OrderBatch]:
+    """The file in batches of `size` valid orders; a batch also ends at `size` rejected lines
+    (memory never holds more), and the last may have fewer of either."""
+    batch = OrderBatch()
+    for order in orders.orders():
+        batch.lines += 1
+        if order.reason is None:
+            batch.orders.append((order.number, order.email, order.phone))
+        else:
+            batch.rejected.append(order)
+        if len(batch.orders) >= size or len(batch.rejected) >= size:
+            batch.bytes_read, batch.header = orders.bytes_read, orders.header
             yield batch
-            batch = []
-    if batch:
+            batch = OrderBatch()
+    if batch.lines:
+        batch.bytes_read, batch.header = orders.bytes_read, orders.header
         yield batch
+
+
+@dataclass
+class ReadEnd:
+    """The reading process's last message: the file is read."""
+
+    header: str  # the CSV header row as read ("" for JSON Lines): a header-only file has no batch
+    file_lines: int  # the file's lines, blank ones and the header included (0: an empty file)
+    peak_rss_mib: float  # the reading process's peak memory
+
+
+class ReaderStopped(Exception):
+    """The process reading the file ended without finishing it (killed, or out of memory)."""
+
+
+class ReadAhead:
+    """Reads the file into batches, with each batch's settled read, in a process of its own,
+    ahead of the batch being written; iterating gives the batches in file order.
+
+    Why a process: reading, validating and the settled read are a third of the
+    import's Python work; in a thread they would wait for the one interpreter lock,
+    in a forked process they run on the other core while this one writes
+    (docs/import.md, "Performance"). Reading ahead is sound: a settled order stays
+    settled whatever is applied after the read, except through an erasure, which
+    import_batch detects by the erasure count read before the settled read.
+
+    The reading process has its own connection and never touches this one's. It
+    ignores Ctrl-C (this process stops it), and ends when this one does: its next
+    send finds the pipe closed. Its errors (the file refused, a misconfigured
+    database) are raised here; a failed settled read is left to the transaction.
+    """
+
+    def __init__(self, orders: OrderFile, size: int, db: Database):
+        receiving, sending = multiprocessing.Pipe(duplex=False)
+        self.pid = os.fork()
+        if self.pid == 0:
+            receiving.close()
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            code = 1
+            try:
+                code = self.run(orders, size, db, sending)
+            finally:
+                os._exit(code)  # no atexit, no flushing of buffers this process shares
+        sending.close()
+        self.receiving = receiving
+        self.status: int | None = None
+        self.end: ReadEnd | None = None  # once every batch was given
+
+    @staticmethod
+    def run(orders: OrderFile, size: int, db: Database, sending: Any) -> int:
+        """The reading process: every batch, then a ReadEnd; an error instead if one stops it.
+        Returns its exit status."""
+        try:
+            for batch in order_batches(orders, size):
+                if batch.orders:
+                    with contextlib.suppress(RetryTransaction, DatabaseUnavailable):
+                        batch.settled = settled_read(db, batch.pairs()) if trusts_fast_path(db) else None
+                sending.send(batch)
+            sending.send(ReadEnd(orders.header, orders.line_number, peak_rss_mib()))
+            return 0
+        except BrokenPipeError:  # the importing process stopped
+            return 1
+        except Exception as exc:
+            if not isinstance(exc, ImportRefused | DatabaseMisconfigured):
+                exc = ReaderStopped(f"the process reading the file failed: {exc!r}")
+            with contextlib.suppress(OSError):
+                sending.send(exc)
+            return 1
+
+    def __iter__(self) -> Iterator[OrderBatch]:
+        while True:
+            try:
+                item = self.receiving.recv()
+            except EOFError:
+                raise ReaderStopped(f"the process reading the file ended ({self.wait()})") from None
+            if isinstance(item, Exception):
+                raise item
+            if isinstance(item, ReadEnd):
+                self.end = item
+                return
+            yield item
+
+    def wait(self) -> str:
+        """Reap the reading process; how it ended, for a message."""
+        if self.status is None:
+            _, self.status = os.waitpid(self.pid, 0)
+        if os.WIFSIGNALED(self.status):
+            return f"killed by signal {os.WTERMSIG(self.status)}"
+        return f"exit status {os.waitstatus_to_exitcode(self.status)}"
+
+    def close(self) -> None:
+        """Stop the reading process if it still runs, and reap it."""
+        self.receiving.close()
+        if self.status is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+            self.wait()
 
 
 def raise_interrupt(signum: int, _frame: Any) -> None:
@@ -3313,33 +3451,40 @@ def import_orders(file: IO[bytes], fmt: str, rejects: str | None, batch_size: in
     def reject(order: OrderLine) -> None:
         totals.rejected += 1
         click.echo(f"line {order.number}: {order.reason}", err=True)
-        rejected.add(orders, order)
-
-    def count(order: OrderLine) -> OrderLine:
-        totals.lines += 1
-        return order
+        rejected.add(order)
 
     status = 0
     held_since = time.monotonic()
+    reader = None
     try:
-        for batch in batches_of(map(count, orders.orders()), batch_size, reject):
-            pairs = [(order.email, order.phone) for order in batch]
-            work = functools.partial(import_batch, orders=pairs, clock=clock)
-            outcomes = in_transaction(db, work, "import")
-            if db.dialect == "sqlite" and time.monotonic() - held_since > SQLITE_HOLD_S:
-                time.sleep(SQLITE_PAUSE_S)  # let the writers waiting in line in
-                held_since = time.monotonic()
-            totals.outcomes.update(outcomes)
-            totals.imported += len(batch)
-            totals.last_line = batch[-1].number
-            progress.update(orders.bytes_read)
-        if totals.lines == 0 and orders.line_number == 0:
+        db.connect()  # before the fork: the schema is created (if missing) by this connection alone
+        ext = current_app.extensions["fluxkart"]
+        reader = ReadAhead(orders, batch_size, Database(settings, ext["queries"], ext["schema"]))
+        for batch in reader:
+            totals.lines += batch.lines
+            rejected.header = batch.header
+            for order in batch.rejected:
+                reject(order)
+            if batch.orders:
+                work = functools.partial(import_batch, batch=batch, clock=clock)
+                outcomes = in_transaction(db, work, "import")
+                if db.dialect == "sqlite" and time.monotonic() - held_since > SQLITE_HOLD_S:
+                    time.sleep(SQLITE_PAUSE_S)  # let the writers waiting in line in
+                    held_since = time.monotonic()
+                totals.outcomes.update(outcomes)
+                totals.imported += len(batch.orders)
+                totals.last_line = batch.orders[-1][0]
+            progress.update(batch.bytes_read)
+        assert reader.end is not None
+        rejected.header = reader.end.header
+        totals.reader_rss_mib = reader.end.peak_rss_mib
+        if reader.end.file_lines == 0:
             click.echo("the file is empty: nothing to import", err=True)
     except (ImportRefused, DatabaseMisconfigured) as exc:
         progress.close()
         click.echo(f"refused: {exc}", err=True)
         status = 1
-    except (DatabaseUnavailable, KeyboardInterrupt) as exc:
+    except (DatabaseUnavailable, ReaderStopped, KeyboardInterrupt) as exc:
         progress.close()
         why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped: {database_problem(exc)}"
         done = (
@@ -3353,9 +3498,11 @@ def import_orders(file: IO[bytes], fmt: str, rejects: str | None, batch_size: in
         )
         status = 130 if isinstance(exc, KeyboardInterrupt) else 1
     finally:
+        if reader is not None:
+            reader.close()
         signal.signal(signal.SIGTERM, previous)
         progress.close()
-        rejected.close(orders)
+        rejected.close()
         orders.release()
         db.close()
     click.echo(totals.summary())

@@ -349,11 +349,12 @@ FROM Contact
 WHERE phoneNumber IN %(phones)s
   AND deletedAt IS NULL
 
--- name: select_last_erasure
--- The newest erasure's id (0 when there was none). The import reads it before
--- its lock-free read of settled orders and again before it commits: an erasure
--- in between may have removed a customer those orders were settled by.
-SELECT COALESCE(MAX(id), 0) AS id
+-- name: count_erasures
+-- How many erasures have committed. The import counts them before its
+-- lock-free read of settled orders and again before it commits: an erasure in
+-- between may have removed a customer those orders were settled by. A count,
+-- not MAX(id): an erasure can commit after one that took a larger id.
+SELECT COUNT(*) AS n
 FROM CustomerErasure
 
 -- name: select_max_contact_id

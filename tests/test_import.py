@@ -411,8 +411,12 @@ def test_importing_the_same_file_again_creates_nothing(
 
 
 @pytest.mark.parametrize("backend", ["mysql"])  # SQLite's batch holds the write lock from its first read
+@pytest.mark.parametrize("erasure_id", ["newest", "below_the_newest"])
 def test_an_erasure_after_the_settled_read_starts_the_batch_over(
-    fresh_database: Callable[[], dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fresh_database: Callable[[], dict[str, Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    erasure_id: str,
 ) -> None:
     """An order settled by a customer that is erased before the batch commits is applied
     after the erasure, as a replay in file order would apply it.
@@ -421,23 +425,36 @@ def test_an_erasure_after_the_settled_read_starts_the_batch_over(
     it). Right after the batch's lock-free read, another connection erases the customer.
     Replayed in file order after the erasure, the two orders make one new customer of two
     rows; an import that kept its settled count would leave {e, 100} out.
+    `below_the_newest`: the erasure's record has a smaller id than one already there, as
+    when it took its id before another erasure that committed first (or on another Galera
+    node): a check of the newest id would miss it.
     """
     config = fresh_database()
     assert run_import(config, "-", input=b"email,phoneNumber\ne@x.io,100\n").exit_code == 0
+    if erasure_id == "below_the_newest":
+        run_sql(
+            config,
+            "INSERT INTO CustomerErasure (id, erasedAt, requestId, contacts, identifiers, historyEvents) "
+            "VALUES (1000, '2026-01-01 00:00:00', 'earlier', 1, 1, 0)",
+        )
     real = fluxkart.settled_orders
-    erased: list[dict[str, Any]] = []
+    # The settled read runs in the import's reading process: a file says the erasure is done.
+    erased = tmp_path / "erased"
 
     def erase_in_another_connection() -> None:
         with create_app(config).app_context():
-            erased.append(fluxkart.erase_customer(fluxkart.get_db(), "e@x.io", None, dry_run=False))
+            fluxkart.erase_customer(fluxkart.get_db(), "e@x.io", None, dry_run=False)
+        if erasure_id == "below_the_newest":
+            run_sql(config, "UPDATE CustomerErasure SET id = 5 WHERE id > 1000")
+        erased.touch()
 
     def settled_then_erased(db: fluxkart.Database, orders: list[Pair]) -> list[bool]:
         settled = real(db, orders)
-        if not erased:
+        if not erased.exists():
             worker = threading.Thread(target=erase_in_another_connection)
             worker.start()
             worker.join(30)
-            assert erased, "the erasure did not finish"
+            assert erased.exists(), "the erasure did not finish"
         return settled
 
     monkeypatch.setattr(fluxkart, "settled_orders", settled_then_erased)
@@ -464,37 +481,93 @@ def test_the_import_records_what_it_changed_in_the_history(
     assert len(run_sql(config, "SELECT id FROM CustomerHistory")) == len(events)
 
 
-def test_an_import_killed_half_way_and_run_again_equals_one_full_import(
-    fresh_database: Callable[[], dict[str, Any]], tmp_path: Path
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (the import's reading process), from /proc."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def has_ended(pid: int) -> bool:
+    """True when the process is gone, or a zombie nobody reaped (it ran its last line)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+# How the import is stopped half way: Ctrl-C (SIGINT to the terminal's process group),
+# SIGTERM (a service manager), SIGKILL (a crash), or the death of its reading process.
+STOPS = {
+    "ctrl_c": 130,
+    "sigterm": 130,
+    "sigkill": -signal.SIGKILL,
+    "reader_killed": 1,
+}
+
+
+@pytest.mark.parametrize("stop", list(STOPS))
+def test_an_import_stopped_half_way_and_run_again_equals_one_full_import(
+    fresh_database: Callable[[], dict[str, Any]], tmp_path: Path, stop: str
 ) -> None:
-    """SIGKILL after some batches (the open one rolls back), then the same command: same result."""
-    killed, whole = fresh_database(), fresh_database()
+    """Stopped after some batches (the open one rolls back), then the same command: same
+    result. The reading process never outlives the import; the import reports how far it
+    got and exits with its status."""
+    stopped, whole = fresh_database(), fresh_database()
     orders = shop_orders(6000, seed=2, customers=2000)
     path = tmp_path / "orders.csv"
     path.write_text(order_text(orders, "csv"))
     command = [sys.executable, "-m", "flask", "--app", "fluxkart", "import", str(path), "--batch-size", "10"]
     process = subprocess.Popen(
-        command, cwd=REPO, env=import_env(killed), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        command,
+        cwd=REPO,
+        env=import_env(stopped),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, as a terminal gives a command
     )
+    readers: list[int] = []
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None and len(table(killed)) < 300:
+        while time.monotonic() < deadline and process.poll() is None and len(table(stopped)) < 300:
+            readers = readers or child_pids(process.pid)
             time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
-        process.communicate(timeout=30)
+        assert process.poll() is None, "the import finished before it could be stopped"
+        assert len(readers) == 1, readers
+        if stop == "ctrl_c":
+            os.killpg(process.pid, signal.SIGINT)
+        elif stop == "reader_killed":
+            os.kill(readers[0], signal.SIGKILL)
+        else:
+            process.send_signal(signal.SIGTERM if stop == "sigterm" else signal.SIGKILL)
+        _, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == -signal.SIGKILL, "the import finished before it could be killed"
-    partial = len(table(killed))
-    resumed = run_import(killed, str(path), "--batch-size", "10")
+    assert process.returncode == STOPS[stop], err
+    deadline = time.monotonic() + 30
+    while not has_ended(readers[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert has_ended(readers[0]), "the reading process outlived the import"
+    if stop in ("ctrl_c", "sigterm"):
+        assert b"interrupted. Imported every order up to line " in err, err
+    if stop == "reader_killed":
+        assert b"stopped: the process reading the file ended (killed by signal 9)" in err, err
+    partial = len(table(stopped))
+    resumed = run_import(stopped, str(path), "--batch-size", "10")
     assert resumed.exit_code == 0, resumed.output
     assert run_import(whole, str(path)).exit_code == 0
     full = table(whole)
     assert 300 <= partial < len(full)
-    assert canonical(table(killed)) == canonical(full)
-    assert not check_invariants(table(killed), orders)
+    assert canonical(table(stopped)) == canonical(full)
+    assert not check_invariants(table(stopped), orders)
 
 
 # --------------------------------------------------------------------------
