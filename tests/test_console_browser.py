@@ -188,12 +188,19 @@ class Browser:
 
 
 def _is_stale(element: Any) -> bool:
-    from selenium.common.exceptions import StaleElementReferenceException
+    """True once `element` is gone from the page (the next page replaced its document)."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 
     try:
         element.tag_name  # noqa: B018 (touching it is the check)
     except StaleElementReferenceException:
         return True
+    except WebDriverException as exc:
+        # Caught mid-navigation, chromedriver can report the same thing as an inspector
+        # error (seen with chromium 156 in CI): the node's document is no longer the page's.
+        if "does not belong to the document" in str(exc.msg):
+            return True
+        raise
     return False
 
 
