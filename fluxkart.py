@@ -726,8 +726,14 @@ def get_db() -> Database:
         return db
     state: threading.local = ext["local"]
     if getattr(state, "db", None) is None:
-        state.db = Database(current_app.config, ext["queries"], ext["schema"])
+        state.db = new_database()
     return state.db  # type: ignore[no-any-return]
+
+
+def new_database() -> Database:
+    """A Database of the current app that nobody else uses (not connected yet)."""
+    ext = current_app.extensions["fluxkart"]
+    return Database(current_app.config, ext["queries"], ext["schema"])
 
 
 # --------------------------------------------------------------------------
@@ -3469,8 +3475,7 @@ def import_orders(file: IO[bytes], fmt: str, rejects: str | None, batch_size: in
     reader = None
     try:
         db.connect()  # before the fork: the schema is created (if missing) by this connection alone
-        ext = current_app.extensions["fluxkart"]
-        reader = ReadAhead(orders, batch_size, Database(settings, ext["queries"], ext["schema"]))
+        reader = ReadAhead(orders, batch_size, new_database())
         for batch in reader:
             totals.lines += batch.lines
             rejected.header = batch.header

@@ -41,7 +41,7 @@ import fluxkart
 from fluxkart import SETTINGS, create_app
 from tests.checker import check_invariants
 from tests.conftest import Api, LiveServer, blank_settings, read_contacts, run_sql
-from tests.processes import Gunicorn
+from tests.processes import Gunicorn, child_pids
 
 REPO = Path(fluxkart.__file__).resolve().parent
 database_numbers = itertools.count(1)
@@ -479,19 +479,6 @@ def test_the_import_records_what_it_changed_in_the_history(
     assert named == {row["id"] for row in table(config)}
     assert run_import(config, str(path), "--batch-size", "25").exit_code == 0
     assert len(run_sql(config, "SELECT id FROM CustomerHistory")) == len(events)
-
-
-def child_pids(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (the import's reading process), from /proc."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # it ended meanwhile
-            continue
-        if int(fields[1]) == pid:
-            children.append(int(stat.parent.name))
-    return children
 
 
 def has_ended(pid: int) -> bool:
