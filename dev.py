@@ -74,7 +74,7 @@ def main(args: list[str]) -> int:
         checks = [
             ["ruff", "check", "."],
             ["ruff", "format", "--check", "."],
-            ["mypy", "fluxkart.py"],
+            ["mypy", "fluxkart.py", "identity"],
         ]
         return max(run([str(BIN / tool), *argv]) for tool, *argv in checks)
     if command == "bench":

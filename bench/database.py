@@ -19,6 +19,7 @@ import pymysql.cursors
 
 import fluxkart
 from bench.workload import CustomerModel, Identifiers, Pair, SeedBatch, seed_customers, stamp
+from identity.pool import get_db
 
 INSERT_CONTACTS = (
     "INSERT INTO Contact (id, phoneNumber, email, linkedId, linkPrecedence, createdAt, updatedAt) "
@@ -66,7 +67,7 @@ def create_database(port: int, name: str) -> None:
     }
     app = fluxkart.create_app(settings)
     with app.app_context():
-        db = fluxkart.get_db()
+        db = get_db()
         db.connect()
         db.close()
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import requests
 
-from fluxkart import SETTINGS
+from identity.settings import SETTINGS
 from tests.galera import GaleraCluster, galera_missing
 from tests.processes import Gunicorn
 

@@ -49,6 +49,8 @@ from bench import database  # noqa: E402
 from bench.loadgen import run_wrk  # noqa: E402
 from bench.procs import Gunicorn  # noqa: E402
 from bench.workload import CustomerModel, Identifiers, Pair, ShopMix, commit, shop_batch  # noqa: E402
+from identity.pool import get_db  # noqa: E402
+from identity.settings import SETTINGS  # noqa: E402
 from tests.checker import check_invariants, violation_kinds  # noqa: E402
 from tests.mariadb import MariaDBServer, free_port  # noqa: E402
 
@@ -109,11 +111,11 @@ def create_database(port: int, name: str) -> None:
     with conn, conn.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
         cur.execute(f"CREATE DATABASE `{name}`")
-    settings = {name: "" for name in fluxkart.SETTINGS}
+    settings = {name: "" for name in SETTINGS}
     settings.update(MYSQL_HOST="127.0.0.1", MYSQL_PORT=str(port), MYSQL_USER="root", MYSQL_DATABASE=name)
     app = fluxkart.create_app(settings)
     with app.app_context():
-        db = fluxkart.get_db()
+        db = get_db()
         db.connect()
         db.close()
 

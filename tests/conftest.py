@@ -41,7 +41,9 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
-from fluxkart import SETTINGS, JsonFormatter, create_app
+from fluxkart import create_app
+from identity.observability import JsonFormatter
+from identity.settings import SETTINGS
 from tests.galera import GaleraCluster, galera_missing
 from tests.mariadb import ExistingServer, MariaDBServer, server_binaries
 from tests.openapi_check import check_app_answer

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-from fluxkart import SETTINGS
+from identity.settings import SETTINGS
 from tests.mariadb import free_port
 from tests.processes import stop_process
 

@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 import requests
 
-from fluxkart import JsonFormatter, create_app, link_edges, link_graph, mask_email, mask_phone
+from fluxkart import create_app
+from identity.console.graph import link_edges, link_graph, mask_email, mask_phone
+from identity.observability import JsonFormatter
 from tests.conftest import LiveServer, read_contacts, run_sql
 
 TOKEN = "console-token_Zx81"

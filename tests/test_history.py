@@ -18,7 +18,11 @@ from typing import Any
 
 import pytest
 
-from fluxkart import create_app, get_db, in_transaction, record_imported, start_command_run, utcnow
+from fluxkart import create_app
+from identity.database import utcnow
+from identity.history import record_imported, start_command_run
+from identity.pool import get_db
+from identity.transactions import in_transaction
 from tests.conftest import Api, read_contacts, run_sql
 from tests.legacy import Seed, seed_rows
 

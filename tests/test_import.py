@@ -38,7 +38,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fluxkart
-from fluxkart import SETTINGS, create_app
+from fluxkart import create_app
+from identity import import_batch
+from identity.database import Database
+from identity.erasure import erase_customer
+from identity.pool import get_db
+from identity.settings import SETTINGS
 from tests.checker import check_invariants
 from tests.conftest import Api, LiveServer, blank_settings, read_contacts, run_sql
 from tests.processes import Gunicorn, child_pids
@@ -437,18 +442,18 @@ def test_an_erasure_after_the_settled_read_starts_the_batch_over(
             "INSERT INTO CustomerErasure (id, erasedAt, requestId, contacts, identifiers, historyEvents) "
             "VALUES (1000, '2026-01-01 00:00:00', 'earlier', 1, 1, 0)",
         )
-    real = fluxkart.settled_orders
+    real = import_batch.settled_orders
     # The settled read runs in the import's reading process: a file says the erasure is done.
     erased = tmp_path / "erased"
 
     def erase_in_another_connection() -> None:
         with create_app(config).app_context():
-            fluxkart.erase_customer(fluxkart.get_db(), "e@x.io", None, dry_run=False)
+            erase_customer(get_db(), "e@x.io", None, dry_run=False)
         if erasure_id == "below_the_newest":
             run_sql(config, "UPDATE CustomerErasure SET id = 5 WHERE id > 1000")
         erased.touch()
 
-    def settled_then_erased(db: fluxkart.Database, orders: list[Pair]) -> list[bool]:
+    def settled_then_erased(db: Database, orders: list[Pair]) -> list[bool]:
         settled = real(db, orders)
         if not erased.exists():
             worker = threading.Thread(target=erase_in_another_connection)
@@ -457,7 +462,7 @@ def test_an_erasure_after_the_settled_read_starts_the_batch_over(
             assert erased.exists(), "the erasure did not finish"
         return settled
 
-    monkeypatch.setattr(fluxkart, "settled_orders", settled_then_erased)
+    monkeypatch.setattr(import_batch, "settled_orders", settled_then_erased)
     result = run_import(config, "-", input=b"email,phoneNumber\ne@x.io,200\ne@x.io,100\n")
     assert result.exit_code == 0, result.output
     assert "customers created 1, rows linked 1" in result.stdout

@@ -22,6 +22,10 @@ from unittest.mock import ANY
 import pytest
 
 import fluxkart
+from identity import migrate as migrate_command
+from identity.errors import ApiError
+from identity.normalize import normalize_email, normalize_phone
+from identity.sql import MIGRATE_SQL, load_queries, schema_statements
 from tests.conftest import blank_settings, run_sql
 from tests.legacy import (
     DELETED_TOP_ID,
@@ -76,7 +80,7 @@ def canonical(value: Any, normalize: Any) -> Any:
     """The value as the service's normalization stores it; an invalid one stays as it is."""
     try:
         return normalize(value)
-    except fluxkart.ApiError:
+    except ApiError:
         return value
 
 
@@ -89,8 +93,8 @@ def expected_rows(rows: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
         values = [f"{v}.000000" if i >= 5 and v is not None else v for i, v in enumerate(values)]
         if values[7] is None:  # deletedAt: deleted rows are never changed
             phone, email = (
-                canonical(values[1], fluxkart.normalize_phone),
-                canonical(values[2], fluxkart.normalize_email),
+                canonical(values[1], normalize_phone),
+                canonical(values[2], normalize_email),
             )
             if (phone, email) != (values[1], values[2]):
                 values[1:3], values[6] = [phone, email], ANY
@@ -157,7 +161,7 @@ def sqlite_shape(settings: dict[str, Any]) -> dict[str, Any]:
             "FROM pragma_index_list('Contact') il JOIN pragma_index_info(il.name) ii "
             "ORDER BY il.name, ii.seqno",
         ),
-        "definition": fluxkart.sqlite_definitions(definition[0]["sql"]),
+        "definition": migrate_command.sqlite_definitions(definition[0]["sql"]),
     }
 
 
@@ -170,7 +174,7 @@ def fresh_schema_shape(settings: dict[str, Any], tmp_path: Path, mysql_server: A
             cur.execute(f"CREATE DATABASE `{name}`")
         try:
             fresh = {**settings, "MYSQL_DATABASE": name}
-            for statement in fluxkart.schema_statements("mysql"):
+            for statement in schema_statements("mysql"):
                 run_sql(fresh, statement)
             return mysql_shape(fresh)
         finally:
@@ -178,7 +182,7 @@ def fresh_schema_shape(settings: dict[str, Any], tmp_path: Path, mysql_server: A
                 cur.execute(f"DROP DATABASE `{name}`")
             conn.close()
     fresh = {**settings, "FLUXKART_SQLITE_PATH": str(tmp_path / "fresh.db")}
-    for statement in fluxkart.schema_statements("sqlite"):
+    for statement in schema_statements("sqlite"):
         run_sql(fresh, statement)
     return sqlite_shape(fresh)
 
@@ -346,25 +350,25 @@ def test_without_a_contact_table_creates_the_schema(
 def test_mysql_target_shape_is_the_schema_files(mysql_server: Any, mysql_database: str) -> None:
     """migrate's description of the target (MYSQL_CONTACT_COLUMNS) is what schema.sql creates."""
     settings = {**blank_settings(), **mysql_server.settings(mysql_database)}
-    for statement in fluxkart.schema_statements("mysql"):
+    for statement in schema_statements("mysql"):
         run_sql(settings, statement)
     described = {
         row["COLUMN_NAME"]: (
-            fluxkart.INT_DISPLAY_WIDTH.sub(r"\1", row["COLUMN_TYPE"]),
+            migrate_command.INT_DISPLAY_WIDTH.sub(r"\1", row["COLUMN_TYPE"]),
             row["IS_NULLABLE"],
             row["COLLATION_NAME"],
             row["EXTRA"],
         )
         for row in mysql_shape(settings)["columns"]
     }
-    assert described == fluxkart.MYSQL_CONTACT_COLUMNS
+    assert described == migrate_command.MYSQL_CONTACT_COLUMNS
 
 
 def test_sqlite_rebuild_statement_is_the_schema_files() -> None:
     """sql/sqlite/migrate.sql's Contact_new is sql/sqlite/schema.sql's Contact, definition for definition."""
-    schema = next(s for s in fluxkart.schema_statements("sqlite") if "TABLE IF NOT EXISTS Contact " in s)
-    rebuild = fluxkart.load_queries("sqlite", fluxkart.MIGRATE_SQL)["create_contact_new"]
-    assert fluxkart.sqlite_definitions(rebuild) == fluxkart.sqlite_definitions(schema)
+    schema = next(s for s in schema_statements("sqlite") if "TABLE IF NOT EXISTS Contact " in s)
+    rebuild = load_queries("sqlite", MIGRATE_SQL)["create_contact_new"]
+    assert migrate_command.sqlite_definitions(rebuild) == migrate_command.sqlite_definitions(schema)
 
 
 def test_migrate_as_a_subprocess(settings: dict[str, Any], backend: str) -> None:
@@ -389,7 +393,7 @@ def test_partly_migrated_mysql_table_gets_only_what_it_lacks(
 ) -> None:
     """The service's columns already, but the old default collation and one index missing:
     metadata-only and in-place steps, no table copy."""
-    for statement in fluxkart.schema_statements("mysql"):
+    for statement in schema_statements("mysql"):
         run_sql(settings, statement)
     run_sql(settings, "ALTER TABLE Contact DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_general_ci")
     run_sql(settings, "DROP INDEX Contact_linkedId ON Contact")

@@ -140,7 +140,8 @@ def test_the_checker_accepts_documented_answers() -> None:
 
 def test_patterns_agree_with_the_service_on_sample_values() -> None:
     """The documented input patterns accept what the service accepts, on hand-picked values."""
-    from fluxkart import ApiError, normalize_email, normalize_phone
+    from identity.errors import ApiError
+    from identity.normalize import normalize_email, normalize_phone
 
     email_pattern = re.compile(resolve("/components/schemas/Email")[1]["oneOf"][0]["pattern"])
     phone_pattern = re.compile(resolve("/components/schemas/PhoneNumber")[1]["oneOf"][0]["pattern"])

@@ -16,16 +16,10 @@ from typing import Any
 import pymysql.cursors
 import pytest
 
-from fluxkart import (
-    SQL_DIR,
-    check_dialects_agree,
-    create_app,
-    expand_lists,
-    get_db,
-    load_queries,
-    parse_queries,
-    schema_statements,
-)
+from fluxkart import create_app
+from identity.database import expand_lists
+from identity.pool import get_db
+from identity.sql import SQL_DIR, check_dialects_agree, load_queries, parse_queries, schema_statements
 from tests.conftest import Api, LiveServer, blank_settings
 from tests.mariadb import ExistingServer, MariaDBServer
 

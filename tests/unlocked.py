@@ -48,16 +48,17 @@ def strip_locks(text: str) -> str:
 
 
 def copy_service(dest: Path, source: Path = SERVICE_DIR) -> Path:
-    """The files gunicorn serves the service from (fluxkart.py, gunicorn.conf.py, openapi.json,
-    sql/) copied into `dest`, for a test or benchmark to patch and serve; returns `dest`."""
+    """The files gunicorn serves the service from (fluxkart.py, identity/, gunicorn.conf.py,
+    openapi.json, sql/) copied into `dest`, for a test or benchmark to patch and serve; returns `dest`."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("fluxkart.py", "gunicorn.conf.py", "openapi.json"):
         if name == "openapi.json" and not (source / name).exists():
             continue  # served at /openapi.json only; nothing that patches a copy needs it
         shutil.copy2(source / name, dest / name)
-    shutil.copytree(
-        source / "sql", dest / "sql", ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
-    )
+    for folder in ("identity", "sql"):
+        shutil.copytree(
+            source / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
+        )
     return dest
 
 
@@ -74,9 +75,10 @@ def build_unlocked_copy(dest: Path, source: Path = SERVICE_DIR) -> Path:
 # Run in the copy's own interpreter: importing a second fluxkart here would clash
 # with the real one (its metrics register in the process-wide registry).
 LOAD_QUERIES = """
-import json, fluxkart
-fluxkart.check_dialects_agree()
-print(json.dumps({dialect: fluxkart.load_queries(dialect) for dialect in ("mysql", "sqlite")}))
+import json
+from identity.sql import check_dialects_agree, load_queries
+check_dialects_agree()
+print(json.dumps({dialect: load_queries(dialect) for dialect in ("mysql", "sqlite")}))
 """
 
 

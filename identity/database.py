@@ -1,0 +1,379 @@
+"""One connection to MySQL/MariaDB or SQLite, the same face for both drivers.
+
+A `Database` runs the named statements of sql/ with bound parameters and turns
+driver errors into the service's own (errors.py): retry the unit of work, 503, or
+a setting to fix. Its options are given at construction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import re
+import sqlite3
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pymysql.cursors
+
+from identity.errors import DatabaseMisconfigured, DatabaseUnavailable, RetryTransaction
+from identity.sql import CONNECTION_SQL, load_queries
+
+log = logging.getLogger("fluxkart")
+
+Row = dict[str, Any]
+
+# MySQL errors after which the whole transaction is tried again: deadlock (the
+# server rolled it back, or a Galera certification failure), lock-wait timeout
+# (only the statement was rolled back; we roll back the rest), and a Galera
+# node that is not ready yet.
+MYSQL_RETRY_CODES = {1205: "lock_wait_timeout", 1213: "deadlock", 1047: "node_not_ready"}
+# Client-side errors that mean an open connection broke (server restarted,
+# network): worth one fresh connection. Failing to connect at all (2003) is not
+# retried: the server is down, and the client gets a 503 at once.
+MYSQL_CONNECTION_CODES = {2006, 2013, 2014, 2055}
+# Errors no retry can fix, with what the operator should do.
+MYSQL_SETTING_ERRORS = {
+    1665: "the server's binlog_format is STATEMENT, which refuses writes at READ COMMITTED: "
+    "set binlog_format=ROW (or MIXED) on the server, or grant the service's user BINLOG ADMIN "
+    "so it can set ROW for its own sessions",
+    1142: "the database user lacks a privilege the service needs (SELECT, INSERT, UPDATE, DELETE "
+    "on the database; CREATE and ALTER for init-db and migrate)",
+    1044: "the database user has no access to the database: grant it (see README, Production)",
+    1045: "the database refused the user name or password (MYSQL_USER, MYSQL_PASSWORD)",
+}
+# Refusals of CREATE to a user without the privilege: table, database access denied.
+MYSQL_NO_CREATE_CODES = {1142, 1044}
+# Statements that wait on a lock give up after this long; the transaction is then retried.
+LOCK_WAIT_TIMEOUT_S = 5
+# A query that has not answered in this long means the server is in trouble.
+MYSQL_READ_TIMEOUT_S = 10
+
+
+def adapt_datetime(value: datetime) -> str:
+    """Store timestamps as fixed-width UTC text, which SQLite sorts correctly."""
+    return value.isoformat(sep=" ", timespec="microseconds")
+
+
+def convert_datetime(value: bytes) -> datetime:
+    """Parse a DATETIME column back into a naive UTC datetime."""
+    return datetime.fromisoformat(value.decode())
+
+
+sqlite3.register_adapter(datetime, adapt_datetime)
+sqlite3.register_converter("DATETIME", convert_datetime)
+
+
+@functools.cache
+def session_statements() -> dict[str, str]:
+    """A MySQL connection's set-up statements (sql/mysql/connection.sql), read once."""
+    return load_queries("mysql", CONNECTION_SQL)
+
+
+def connect_mysql(
+    settings: dict[str, Any], read_timeout: float | None = MYSQL_READ_TIMEOUT_S, create: bool = True
+) -> Any:
+    """A PyMySQL connection set up for the service: utf8mb4, autocommit, UTC,
+    READ COMMITTED, a short lock wait, causal reads on Galera. Creates the
+    database when it is missing, unless `create` is False (`migrate --dry-run`
+    changes nothing), then raises its error 1049."""
+    params: dict[str, Any] = dict(
+        host=settings["MYSQL_HOST"],
+        port=int(settings["MYSQL_PORT"]),
+        user=settings["MYSQL_USER"],
+        password=settings["MYSQL_PASSWORD"],
+        charset="utf8mb4",
+        autocommit=True,
+        connect_timeout=5,
+        read_timeout=read_timeout,
+        write_timeout=MYSQL_READ_TIMEOUT_S,
+        cursorclass=pymysql.cursors.DictCursor,
+    )
+    database = settings["MYSQL_DATABASE"]
+    try:
+        conn = pymysql.connect(database=database, **params)
+    except pymysql.err.OperationalError as exc:
+        if exc.args[0] != 1049 or not create:  # unknown database: create it below
+            raise
+        conn = pymysql.connect(**params)
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE IF NOT EXISTS `{database}`")  # noqa: S608 (a setting, not input)
+        conn.select_db(database)
+    session = session_statements()
+    with conn.cursor() as cur:
+        cur.execute(session["set_read_committed"])
+        cur.execute(session["set_session_clock_and_lock_wait"], {"lock_wait_s": LOCK_WAIT_TIMEOUT_S})
+        with contextlib.suppress(pymysql.err.OperationalError):  # MySQL: no such variable
+            cur.execute(session["keep_in_lists"])
+        cur.execute(session["select_binlog_settings"])
+        server = cur.fetchone()
+        if server["log_bin"] and server["binlog_format"] == "STATEMENT":
+            # Say so now, so readiness fails too, instead of at the first write.
+            try:
+                cur.execute(session["set_row_binlog"])
+            except pymysql.err.MySQLError as exc:
+                conn.close()
+                raise DatabaseMisconfigured(f"MySQL error 1665: {MYSQL_SETTING_ERRORS[1665]}") from exc
+        cur.execute(session["select_wsrep_on"])
+        wsrep = cur.fetchone()
+        if wsrep and wsrep["Value"] == "ON":
+            cur.execute(
+                session["set_wsrep_sync_wait"], {"sync_wait": int(settings["FLUXKART_WSREP_SYNC_WAIT"])}
+            )
+    return conn
+
+
+def connect_sqlite(
+    settings: dict[str, Any], read_timeout: float | None = None, create: bool = True
+) -> sqlite3.Connection:
+    """An sqlite3 connection: we issue BEGIN/COMMIT ourselves, WAL, rows as dicts.
+
+    (`read_timeout` is MySQL's; an SQLite statement runs in this process.) With
+    `create` False, a missing file raises DatabaseMisconfigured instead of being made.
+    """
+    path = settings["FLUXKART_SQLITE_PATH"]
+    if not create and not Path(path).exists():
+        raise DatabaseMisconfigured(f"there is no SQLite database at {path} (FLUXKART_SQLITE_PATH)")
+    conn = sqlite3.connect(
+        path,
+        timeout=LOCK_WAIT_TIMEOUT_S,  # how long BEGIN IMMEDIATE waits for another writer
+        isolation_level=None,
+        detect_types=sqlite3.PARSE_DECLTYPES,
+        # The pool lends a connection to one thread at a time, not always the one that opened it.
+        check_same_thread=False,
+    )
+    conn.row_factory = lambda cursor, row: {
+        col[0]: value for col, value in zip(cursor.description, row, strict=True)
+    }
+    conn.execute("PRAGMA journal_mode = WAL")  # readers never wait for the writer
+    conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe with WAL
+    return conn
+
+
+# The only difference between the drivers the rest of the module sees: how to
+# connect. How to begin a write transaction is a named statement of each dialect.
+CONNECT = {"mysql": connect_mysql, "sqlite": connect_sqlite}
+
+
+# The schema version this code writes and needs (ServiceState 'schema').
+SCHEMA_VERSION = "2"
+# List parameters (for `IN`): the Python types bound as a list of values.
+LIST_TYPES = (list, tuple, set, frozenset)
+# An SQLite placeholder (sqlite3 binds no lists: one placeholder per item).
+SQLITE_NAMED = re.compile(r":(\w+)")
+
+
+def expand_lists(sql: str, params: dict[str, Any], dialect: str) -> tuple[str, dict[str, Any]]:
+    """Bind list parameters for `IN`: `x IN %(ids)s` with ids=[1, 2] reads `x IN (1, 2)`;
+    an empty list reads `(NULL)`, which matches nothing.
+
+    Values stay bound parameters, escaped one by one by the driver: PyMySQL binds a
+    tuple as a parenthesized list (half the work of a placeholder per item for the
+    import's lists of thousands); sqlite3 gets `:ids_0, :ids_1` instead.
+    """
+    lists = {name: list(value) or [None] for name, value in params.items() if isinstance(value, LIST_TYPES)}
+    if not lists:
+        return sql, params
+    params = {name: value for name, value in params.items() if name not in lists}
+    if dialect == "mysql":
+        return sql, params | {name: tuple(items) for name, items in lists.items()}
+
+    def expanded(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in lists:
+            return match.group()
+        return "(" + ", ".join(f":{name}_{i}" for i in range(len(lists[name]))) + ")"
+
+    for name, items in lists.items():
+        params.update((f"{name}_{i}", item) for i, item in enumerate(items))
+    return SQLITE_NAMED.sub(expanded, sql), params
+
+
+class Database:
+    """One thread's connection to MySQL or SQLite, opened lazily, dropped on failure.
+
+    Every statement is a named one from sql/ (`queries`), run with a dict of
+    parameters (a list value is expanded for `IN`). Driver errors come out as
+    RetryTransaction (start the unit of work over), DatabaseUnavailable (503)
+    or DatabaseMisconfigured.
+    """
+
+    def __init__(
+        self,
+        settings: dict[str, Any],
+        queries: dict[str, str],
+        schema: list[str],
+        *,
+        create_schema: bool = True,
+        create_database: bool = True,
+        serving: bool = True,
+        read_timeout: float | None = MYSQL_READ_TIMEOUT_S,
+    ):
+        """`create_schema`: create missing tables at connect. `create_database`: create a
+        missing MySQL database. `serving`: refuse a table the service did not create.
+        `read_timeout`: seconds a MySQL statement may take (None: no limit, for migrate)."""
+        self.settings = settings
+        self.queries = queries
+        self.schema = schema
+        self.dialect: str = settings["FLUXKART_DIALECT"]
+        self.create_schema = create_schema
+        self.create_database = create_database
+        self.serving = serving
+        self.read_timeout = read_timeout
+        self.conn: Any = None
+        self.in_transaction = False
+        self.state: dict[str, str] = {}  # ServiceState as read at connect
+        self.state_read_at = 0.0
+
+    def connect(self) -> Any:
+        """The open connection, opening it (and creating the schema if missing) when there is none."""
+        if self.conn is None:
+            try:
+                self.conn = CONNECT[self.dialect](self.settings, self.read_timeout, self.create_database)
+                if self.create_schema:
+                    self.ensure_schema()
+            except Exception as exc:
+                error = self.translate(exc)
+                # Never keep a connection whose schema check failed: the next request
+                # would find it open, skip the check and serve a table we refuse.
+                self.close()
+                raise error from exc
+        return self.conn
+
+    def ensure_schema(self) -> None:
+        """Create the tables if missing (idempotent, so safe on every new connection).
+
+        When the service creates Contact itself it first records, in ServiceState,
+        that the table has its schema and is consistent (empty). A Contact table
+        found without that record was written by something else: raise
+        DatabaseMisconfigured telling the operator to run `migrate` (SPEC,
+        "Commands"), unless this connection serves a command that adopts it.
+        A MySQL user without CREATE is refused even when the tables exist: then
+        an operator ran init-db with more rights, and we go on without it.
+        """
+        cur = self.conn.cursor()
+        cur.execute(self.queries["select_contact_table_exists"])
+        existed = cur.fetchone()["n"] > 0
+        try:
+            cur.execute(self.schema[0])  # ServiceState, first in the file
+            if not existed:
+                facts = {"schema": SCHEMA_VERSION, "consistent": "1"}
+                facts["phone_region"] = self.settings["FLUXKART_PHONE_REGION"]
+                for name, value in facts.items():
+                    cur.execute(self.queries["upsert_service_state"], {"key": name, "value": value})
+            for statement in self.schema[1:]:
+                cur.execute(statement)
+        except pymysql.err.MySQLError as exc:
+            if exc.args[0] not in MYSQL_NO_CREATE_CODES:
+                raise
+            log.warning("no CREATE privilege; expecting the schema to exist (flask init-db)")
+        self.read_state()
+        if self.serving and self.state.get("schema") != SCHEMA_VERSION:
+            raise DatabaseMisconfigured(
+                "the Contact table was not created by this service (or by an older version): "
+                "run `flask --app fluxkart migrate`, then `repair` (docs/switching.md)"
+            )
+
+    def read_state(self) -> dict[str, str]:
+        """ServiceState as a dict (re-read now), e.g. {"schema": "2", "consistent": "1"}."""
+        self.state = {row["name"]: row["value"] for row in self.all("select_service_state")}
+        self.state_read_at = time.monotonic()
+        return self.state
+
+    def close(self) -> None:
+        """Drop the connection; the next call opens a new one."""
+        conn, self.conn = self.conn, None
+        self.in_transaction = False
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # already broken: nothing to release
+                pass
+
+    def execute(self, name: str, params: dict[str, Any]) -> Any:
+        """Run a named statement with its parameters; returns the driver's cursor."""
+        conn = self.connect()
+        sql = self.queries[name]
+        sql, params = expand_lists(sql, params, self.dialect)
+        try:
+            cur = conn.cursor()
+            cur.execute(sql, params)
+            return cur
+        except Exception as exc:
+            raise self.translate(exc) from exc
+
+    def all(self, name: str, **params: Any) -> list[Row]:
+        """Every row of a named query, as dicts."""
+        return list(self.execute(name, params).fetchall())
+
+    def one(self, name: str, **params: Any) -> Row | None:
+        """The first row of a named query, or None."""
+        row: Row | None = self.execute(name, params).fetchone()
+        return row
+
+    def run(self, name: str, **params: Any) -> int:
+        """Run a named write; returns the new row's id for an INSERT."""
+        return int(self.execute(name, params).lastrowid or 0)
+
+    def run_many(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """Run a named INSERT ... VALUES once per parameter set: one multi-row statement on MySQL
+        (PyMySQL's executemany rewrites it), in-process calls on SQLite."""
+        if not rows:
+            return
+        try:
+            self.connect().cursor().executemany(self.queries[name], rows)
+        except Exception as exc:
+            raise self.translate(exc) from exc
+
+    def begin(self) -> None:
+        """Start a write transaction (`begin_write`: SQLite takes its write lock now, not at first write)."""
+        self.execute("begin_write", {})
+        self.in_transaction = True
+
+    def commit(self) -> None:
+        """Commit the open transaction; errors (a Galera conflict can come here) are translated."""
+        self.execute("commit", {})
+        self.in_transaction = False
+
+    def rollback(self) -> None:
+        """Roll back the open transaction, if any; a broken connection is simply dropped."""
+        if self.conn is None or not self.in_transaction:
+            return
+        self.in_transaction = False
+        try:
+            self.conn.cursor().execute(self.queries["rollback"])
+        except Exception:
+            self.close()
+
+    def translate(self, exc: Exception) -> Exception:
+        """Map a driver error to RetryTransaction, DatabaseUnavailable, DatabaseMisconfigured, or itself."""
+        if isinstance(exc, pymysql.err.MySQLError):
+            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+            if code in MYSQL_RETRY_CODES:
+                return RetryTransaction(MYSQL_RETRY_CODES[code])
+            if code in MYSQL_CONNECTION_CODES or isinstance(exc, pymysql.err.InterfaceError):
+                self.close()
+                return RetryTransaction("connection_lost")
+            self.close()
+            if code in MYSQL_SETTING_ERRORS:
+                return DatabaseMisconfigured(f"MySQL error {code}: {MYSQL_SETTING_ERRORS[code]}")
+            if isinstance(exc, pymysql.err.OperationalError):
+                return DatabaseUnavailable(f"MySQL error {code}")
+        if isinstance(exc, sqlite3.OperationalError):
+            if "locked" in str(exc) or "busy" in str(exc):
+                return RetryTransaction("database_locked")
+            self.close()
+            return DatabaseUnavailable("SQLite error")
+        if isinstance(exc, OSError):
+            self.close()
+            return DatabaseUnavailable(type(exc).__name__)
+        return exc
+
+
+def utcnow() -> datetime:
+    """Now in UTC, naive, microsecond precision: what DATETIME(6) stores."""
+    return datetime.now(UTC).replace(tzinfo=None)

@@ -1,0 +1,250 @@
+"""The merge protocol (SPEC, "POST /identify" and "Concurrency"; README, "Concurrency").
+
+A customer is a connected component of live rows. Identify, repair, import and erasure
+all change one the same way: touch the request's identifier rows, lock the component's
+rows (`lock_customer`), decide in memory (`plan_identify`, pure), write (`write_plan`).
+Each caller records what it did in history itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from identity.database import Database, Row, utcnow
+from identity.errors import RetryTransaction
+
+
+def oldest_first(rows: Iterable[Row]) -> list[Row]:
+    """Rows by (createdAt, id): "oldest" never means id alone (SPEC, "Data")."""
+    return sorted(rows, key=lambda row: (row["createdAt"], row["id"]))
+
+
+def primaries_of(rows: Iterable[Row]) -> list[Row]:
+    """The rows marked primary, in the given order."""
+    return [row for row in rows if row["linkPrecedence"] == "primary"]
+
+
+def is_settled(rows: list[Row], email: str | None, phone: str | None) -> bool:
+    """True when the request would change nothing: one customer that has every identifier.
+
+    `rows` is one customer's rows (select_customer), each with the largest
+    customer id any matching row points to: all matches must lead to this one
+    customer. Each identifier belongs to at most one customer, so if this one
+    has them all, no other customer does.
+    Only trusted on a table known to be consistent (see `trusts_fast_path`).
+    """
+    primaries = primaries_of(rows)
+    return (
+        len(primaries) == 1
+        and all(row["lastCustomerId"] == primaries[0]["id"] for row in rows)
+        and (email is None or any(row["email"] == email for row in rows))
+        and (phone is None or any(row["phoneNumber"] == phone for row in rows))
+    )
+
+
+# How often a thread reads ServiceState again: a `repair` that starts marks the
+# table not consistent, one that finishes marks it consistent.
+CONSISTENCY_RECHECK_S = 5
+
+
+def trusts_fast_path(db: Database) -> bool:
+    """True when every customer in the table is known to satisfy the rules (ServiceState).
+
+    Only then can a repeat order be answered from one lock-free read: on data the
+    service did not write (not yet repaired), a customer read by its primary may
+    be only part of the connected component.
+    """
+    if time.monotonic() - db.state_read_at > CONSISTENCY_RECHECK_S:
+        db.read_state()
+    return db.state.get("consistent") == "1"
+
+
+def touch_identifiers(db: Database, email: str | None, phone: str | None) -> None:
+    """Step 1 of the protocol: write the request's identifier rows (ContactIdentifier), email
+    first. Every request that could link to or merge the same customer writes one of them,
+    so such requests conflict here, on a multi-primary cluster too."""
+    db.run("touch_identifiers", email=email, phone=phone)
+
+
+# A customer that keeps growing while we lock it is being merged into by
+# concurrent requests: after this many rounds, start the transaction over.
+MAX_LOCK_ROUNDS = 8
+
+
+def connected_rows(
+    db: Database,
+    emails: set[str],
+    phones: set[str],
+    known: dict[int, Row] | None = None,
+    ids: Iterable[int] = (),
+) -> dict[int, Row]:
+    """Every live row connected to these identifiers, to the `known` rows or to the rows `ids`, by id.
+
+    Follows shared emails, shared phone numbers and links, one statement per
+    step (`select_connected`), until a step finds nothing new: the union of
+    the customers of the SPEC (a connected component of live rows). Reads
+    without locking.
+    """
+    rows: dict[int, Row] = dict(known or {})
+    new = list(rows.values())
+    emails = set(emails) | {row["email"] for row in new if row["email"] is not None}
+    phones = set(phones) | {row["phoneNumber"] for row in new if row["phoneNumber"] is not None}
+    searched_emails: set[str] = set()
+    searched_phones: set[str] = set()
+    parents = set(ids)
+    while True:
+        parents |= {row["linkedId"] for row in new if row["linkedId"] is not None} - rows.keys()
+        children = {row["id"] for row in new}
+        if not (emails or phones or parents or children):
+            return rows
+        found = db.all(
+            "select_connected",
+            emails=sorted(emails),
+            phones=sorted(phones),
+            parents=sorted(parents),
+            children=sorted(children),
+            known=sorted(rows),  # found before: only what is new comes back
+        )
+        searched_emails |= emails
+        searched_phones |= phones
+        new = [row for row in found if row["id"] not in rows]
+        rows.update((row["id"], row) for row in new)
+        emails = {row["email"] for row in new if row["email"] is not None} - searched_emails
+        phones = {row["phoneNumber"] for row in new if row["phoneNumber"] is not None} - searched_phones
+        parents = set()
+
+
+def lock_customer(db: Database, emails: set[str], phones: set[str], ids: Iterable[int] = ()) -> list[Row]:
+    """Lock and return every live row of the customers owning these identifiers (or rows `ids`).
+
+    Reads the component without locks, locks its rows in id order
+    (`lock_contacts`, which answers them as they are once locked), then checks
+    that nothing outside the locked set connects to it; if something does (a
+    concurrent request linked or merged meanwhile), locks that too. Once all
+    rows are locked nobody can link to or merge them until we commit. Raises
+    RetryTransaction("customer_moved") when the customer keeps changing.
+    """
+    locked: dict[int, Row] = {}
+    candidates = connected_rows(db, emails, phones, ids=ids)
+    for _ in range(MAX_LOCK_ROUNDS):
+        wanted = sorted(candidates.keys() - locked.keys())
+        if not wanted:
+            return list(locked.values())
+        locked.update((row["id"], row) for row in db.all("lock_contacts", ids=wanted))
+        # One step from the locked rows as they now are: anything new connects to them.
+        candidates = connected_rows(db, emails, phones, known=locked)
+    raise RetryTransaction("customer_moved")
+
+
+@dataclass
+class IdentifyPlan:
+    """What identify will change, decided in memory from the customer's locked rows."""
+
+    rows: list[Row]  # the customer's live rows afterwards, oldest first
+    outcome: str  # created, linked, merged, repaired or unchanged
+    promoted: Row | None = None  # the oldest row, when it was not marked primary yet
+    relinked: list[int] = field(default_factory=list)  # rows re-pointed at the primary
+    demoted: list[int] = field(default_factory=list)  # of those, the former primaries
+    inserted: Row | None = None  # the new row (its id is set once it is written)
+
+
+def plan_identify(rows: list[Row], email: str | None, phone: str | None, now: datetime) -> IdentifyPlan:
+    """The SPEC's identify rules applied to the live rows of the request's customer(s); pure.
+
+    `rows` is the whole connected component (any shape: several primaries,
+    chains, a deleted primary). The oldest row becomes or stays the primary,
+    every other row points straight at it, and a secondary carrying the
+    request's identifiers is added when the customer lacks one of them.
+    Nothing here touches the database: import applies the same function.
+    """
+    if not rows:
+        new = new_contact(email, phone, None, now)
+        return IdentifyPlan(rows=[new], outcome="created", inserted=new)
+    primary, *others = oldest_first(rows)
+    plan = IdentifyPlan(rows=[], outcome="unchanged")
+    if primary["linkPrecedence"] != "primary" or primary["linkedId"] is not None:
+        primary = plan.promoted = {**primary, "linkPrecedence": "primary", "linkedId": None}
+    plan.rows.append(primary)
+    for row in others:
+        if row["linkPrecedence"] != "secondary" or row["linkedId"] != primary["id"]:
+            plan.relinked.append(row["id"])
+            if row["linkPrecedence"] == "primary":
+                plan.demoted.append(row["id"])
+            row = {**row, "linkPrecedence": "secondary", "linkedId": primary["id"]}
+        plan.rows.append(row)
+    if (email is not None and all(row["email"] != email for row in rows)) or (
+        phone is not None and all(row["phoneNumber"] != phone for row in rows)
+    ):
+        # Never older than its primary, even if this host's clock is behind the one that made it.
+        created_at = max(now, primary["createdAt"] + timedelta(microseconds=1))
+        plan.inserted = new_contact(email, phone, primary["id"], created_at)
+        plan.rows.append(plan.inserted)
+    if plan.demoted:
+        plan.outcome = "merged"
+    elif plan.inserted:
+        plan.outcome = "linked"
+    elif plan.relinked or plan.promoted:
+        plan.outcome = "repaired"
+    return plan
+
+
+def new_contact(email: str | None, phone: str | None, linked_id: int | None, created_at: datetime) -> Row:
+    """A row to insert: a primary (no linked_id) or a secondary; its id is set when written."""
+    return {
+        "id": None,
+        "email": email,
+        "phoneNumber": phone,
+        "linkedId": linked_id,
+        "linkPrecedence": "primary" if linked_id is None else "secondary",
+        "createdAt": created_at,
+    }
+
+
+def stored_row_params(row: Row) -> dict[str, Any]:
+    """store_contact_rows' parameters: an existing row as it is to be stored (repair, import)."""
+    return {
+        "id": row["id"],
+        "phone": row["phoneNumber"],
+        "email": row["email"],
+        "linked_id": row["linkedId"],
+        "link_precedence": row["linkPrecedence"],
+        "created_at": row["createdAt"],
+        "updated_at": row["updatedAt"],
+    }
+
+
+def write_plan(db: Database, plan: IdentifyPlan) -> None:
+    """Apply an IdentifyPlan inside the caller's transaction; sets the inserted row's id.
+
+    Whenever existing rows change, the identifiers of every row whose link
+    changes are touched first, so on a multi-primary cluster a concurrent
+    request that linked a row to a demoted customer conflicts with this one
+    (README, "Concurrency").
+    """
+    now = utcnow()
+    primary_id = plan.rows[0]["id"]
+    if plan.promoted or plan.relinked:
+        # Only the rows whose link changes: a request that linked to a demoted
+        # customer found it through one of these rows and wrote its identifier.
+        # Touching the whole customer would also deadlock with every request
+        # that is linking a new row to the survivor (identifier, then rows).
+        changed = plan.relinked + ([primary_id] if plan.promoted else [])
+        db.run("touch_contact_identifiers", ids=changed)
+        if plan.promoted:
+            db.run("promote_contact", id=primary_id, updated_at=now)
+        if plan.relinked:
+            db.run("relink_contacts", ids=plan.relinked, primary_id=primary_id, updated_at=now)
+    new = plan.inserted
+    if new is not None:
+        new["id"] = db.run(
+            "insert_contact",
+            email=new["email"],
+            phone=new["phoneNumber"],
+            linked_id=new["linkedId"],
+            link_precedence=new["linkPrecedence"],
+            created_at=new["createdAt"],
+        )

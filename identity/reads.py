@@ -1,0 +1,100 @@
+"""Read-only answers: the identify answer's shape, the customer lookup, contact rows, readiness."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from identity.database import Database, Row
+from identity.errors import ApiError
+from identity.merge import connected_rows, oldest_first
+from identity.normalize import MAX_CONTACT_ID
+
+
+def customer_answer(rows: list[Row]) -> dict[str, Any]:
+    """The identify answer for one customer's live rows, in any order (SPEC, "POST /identify" 4).
+
+    The oldest row is the primary: identify makes it so, and the read-only
+    lookup answers data it has not repaired yet as identify would leave it.
+    """
+    ordered = oldest_first(rows)
+    primary = ordered[0]
+    return {
+        "contact": {
+            "primaryContactId": primary["id"],
+            # The original Bitespeed specification's spelling, kept for its clients.
+            "primaryContatctId": primary["id"],
+            "emails": list(dict.fromkeys(r["email"] for r in ordered if r["email"] is not None)),
+            "phoneNumbers": list(
+                dict.fromkeys(r["phoneNumber"] for r in ordered if r["phoneNumber"] is not None)
+            ),
+            "secondaryContactIds": [row["id"] for row in ordered[1:]],
+        }
+    }
+
+
+def lookup_customer(db: Database, email: str | None, phone: str | None) -> list[Row]:
+    """The live rows of the customer owning this email and/or phone, writing nothing (SPEC, "Reads").
+
+    The whole connected component, as identify would see it (data the service
+    did not write is answered as identify would repair it). Raises ApiError
+    404 when no customer has either identifier, 409 when the two belong to
+    different customers (identify would merge them; a read-only lookup must not
+    pretend it did).
+    """
+    by_email = connected_rows(db, {email}, set()) if email is not None else {}
+    if phone is None or any(row["phoneNumber"] == phone for row in by_email.values()):
+        rows = by_email
+    else:
+        by_phone = connected_rows(db, set(), {phone})
+        if by_email and by_phone:
+            ids = ", ".join(
+                str(oldest_first(rows)[0]["id"]) for rows in (by_email.values(), by_phone.values())
+            )
+            raise ApiError(
+                409,
+                "several_customers",
+                f"the email and phone number belong to different customers ({ids}); "
+                "look them up one at a time",
+            )
+        rows = by_email or by_phone
+    if not rows:
+        raise ApiError(404, "not_found", "no customer has this email or phone number")
+    return list(rows.values())
+
+
+def list_contact_rows(
+    db: Database, after: int, limit: int, email: str | None, phone: str | None
+) -> list[Row]:
+    """Up to `limit` live contact rows with id > after, by id; a None identifier filters nothing."""
+    return db.all("select_contacts", after=after, limit=limit, email=email, phone=phone)
+
+
+def contact_by_id(db: Database, contact_id: int) -> Row | None:
+    """The live contact row with this id, or None (ids beyond the column's range included)."""
+    if contact_id > MAX_CONTACT_ID:
+        return None
+    return db.one("select_contact_by_id", id=contact_id)
+
+
+def check_ready(db: Database) -> None:
+    """Raise unless the database answers a query (readiness, SPEC "Reads")."""
+    db.one("select_one")
+
+
+def contact_to_json(row: Row) -> dict[str, Any]:
+    """A Contact row as JSON: all columns, timestamps ISO 8601 UTC."""
+
+    def stamp(value: datetime | None) -> str | None:
+        return None if value is None else value.isoformat(timespec="microseconds") + "Z"
+
+    return {
+        "id": row["id"],
+        "phoneNumber": row["phoneNumber"],
+        "email": row["email"],
+        "linkedId": row["linkedId"],
+        "linkPrecedence": row["linkPrecedence"],
+        "createdAt": stamp(row["createdAt"]),
+        "updatedAt": stamp(row["updatedAt"]),
+        "deletedAt": stamp(row["deletedAt"]),
+    }

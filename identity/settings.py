@@ -1,0 +1,83 @@
+"""The service's settings: defaults, then the environment (and .env), then a caller's overrides."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import phonenumbers
+from dotenv import load_dotenv
+
+from identity.errors import ConfigurationError
+
+MYSQL_SETTINGS = ("MYSQL_HOST", "MYSQL_PORT", "MYSQL_USER", "MYSQL_PASSWORD", "MYSQL_DATABASE")
+SETTINGS = (
+    *MYSQL_SETTINGS,
+    "FLUXKART_SQLITE_PATH",
+    "FLUXKART_API_TOKEN",
+    "FLUXKART_PHONE_REGION",
+    "FLUXKART_WSREP_SYNC_WAIT",
+    "FLUXKART_SECRET_KEY",
+    "FLUXKART_DB_POOL_SIZE",
+)
+
+# Every default in one place. An empty value (in the environment, .env or the
+# overrides) means "not set": the default applies.
+DEFAULTS: dict[str, Any] = {
+    "MYSQL_HOST": "127.0.0.1",
+    "MYSQL_PORT": "3306",
+    "MYSQL_USER": "root",
+    "MYSQL_PASSWORD": "",
+    "MYSQL_DATABASE": "Fluxkart",
+    "FLUXKART_SQLITE_PATH": "fluxkart.db",
+    "FLUXKART_API_TOKEN": "",
+    "FLUXKART_PHONE_REGION": "",
+    # Galera's causal reads: every read waits until this node has applied
+    # every write the cluster committed before it (SPEC, "Concurrency").
+    "FLUXKART_WSREP_SYNC_WAIT": "1",
+    # Signs the console's session cookie; the console is off without it.
+    "FLUXKART_SECRET_KEY": "",
+    # A request body is two short strings; anything near this limit is abuse.
+    "MAX_CONTENT_LENGTH": 64 * 1024,
+    # Database connections per worker process; requests in flight beyond this
+    # wait for one (docs/performance.md). Far below MariaDB's default
+    # max_connections (151) for a few workers.
+    "FLUXKART_DB_POOL_SIZE": "10",
+}
+
+
+def load_settings(overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Defaults, then the environment (and .env), then the caller's overrides.
+
+    Returns the settings with FLUXKART_DIALECT ("mysql" when any MYSQL_* is
+    given, else "sqlite") and the phone region checked and upper-cased.
+    Raises ConfigurationError for a region the phonenumbers library does not know.
+    """
+    load_dotenv()  # never overrides a variable the environment already sets
+    chosen = {name: os.environ[name] for name in SETTINGS if name in os.environ}
+    chosen.update(overrides or {})
+    settings = dict(DEFAULTS)
+    settings.update({name: value for name, value in chosen.items() if value != ""})
+    settings["FLUXKART_DIALECT"] = "mysql" if any(chosen.get(name) for name in MYSQL_SETTINGS) else "sqlite"
+    settings["FLUXKART_PHONE_REGION"] = check_region(settings["FLUXKART_PHONE_REGION"])
+    return settings
+
+
+def check_region(region: str) -> str:
+    """The region code upper-cased ("in" -> "IN"), "" for none; ConfigurationError when unknown (SPEC)."""
+    code = region.strip().upper()
+    if code and code not in phonenumbers.SUPPORTED_REGIONS:
+        raise ConfigurationError(
+            f"FLUXKART_PHONE_REGION={region!r} is not a region code the phonenumbers library knows; "
+            "use a two-letter code such as IN, US or GB, or leave it unset"
+        )
+    return code
+
+
+def database_location(settings: dict[str, Any]) -> str:
+    """Where the service and its commands read and write: "MySQL host:port/database" or
+    "SQLite /absolute/path" (a command says it first: a mistyped name is a new database)."""
+    if settings["FLUXKART_DIALECT"] == "mysql":
+        return f"MySQL {settings['MYSQL_HOST']}:{settings['MYSQL_PORT']}/{settings['MYSQL_DATABASE']}"
+    return f"SQLite {Path(settings['FLUXKART_SQLITE_PATH']).resolve()}"
