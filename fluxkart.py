@@ -39,7 +39,9 @@ from flask.cli import with_appcontext
 from werkzeug.exceptions import HTTPException
 
 from identity import console, observability, pool
-from identity.database import Database, utcnow
+from identity.blocks import current_protection
+from identity.component import oldest_first
+from identity.database import Database, Row, utcnow
 from identity.erasure import ERASURES, erase_customer
 from identity.errors import (
     ApiError,
@@ -51,18 +53,21 @@ from identity.history import HISTORY_READS, customer_history, record_plan_events
 from identity.http import json_body, query_bool, query_identifiers, query_int, require_token
 from identity.import_orders import import_orders
 from identity.merge import (
+    IdentifyPlan,
     is_settled,
     lock_customer,
-    plan_identify,
+    plan_within_limits,
     touch_identifiers,
     trusts_fast_path,
     write_plan,
 )
 from identity.migrate import migrate_command
 from identity.normalize import MAX_CONTACT_ID, normalize_email, normalize_phone
-from identity.observability import metrics_page
+from identity.observability import IGNORED_IDENTIFIERS, PAST_LIMIT_ANSWERS, metrics_page
 from identity.pool import get_db
+from identity.protection import Protection, screen_blocked
 from identity.reads import (
+    answer_rows,
     check_ready,
     contact_by_id,
     contact_to_json,
@@ -85,33 +90,46 @@ def identify(db: Database, email: str | None, phone: str | None) -> tuple[dict[s
     """Link this order's canonical identifiers to their customer (SPEC, "POST /identify").
 
     Returns (answer, outcome), outcome one of created, linked, merged, repaired,
-    unchanged. A repeat customer whose identifiers are all known is answered
-    from one consistent read, with no transaction and no lock. Anything else
-    runs the locked merge in `apply_identify`. Raises DatabaseUnavailable when
-    retries run out.
+    unchanged. Blocked identifiers are left out first (422 when nothing is left). A repeat
+    customer whose identifiers are all known is answered from one consistent read, with no
+    transaction and no lock. Anything else runs the locked merge in `apply_identify`.
+    Raises DatabaseUnavailable when retries run out.
     """
     db.connect()
+    protection = current_protection(db)
+    email, phone, ignored = screen_blocked(protection, email, phone)
     if trusts_fast_path(db):
-        rows = db.all("select_customer", email=email, phone=phone)
-        if is_settled(rows, email, phone):
-            return customer_answer(rows), "unchanged"
-    return in_transaction(db, lambda db: apply_identify(db, email, phone), "identify")
+        rows = db.all("select_customer", email=email, phone=phone, limit=protection.max_rows + 1)
+        if protection.count(rows) <= protection.max_identifiers and is_settled(rows, email, phone):
+            return customer_answer(rows, ignored), "unchanged"
+    plan = in_transaction(db, lambda db: apply_identify(db, email, phone, protection), "identify")
+    ignored += plan.ignored
+    for name, reason in ignored:
+        IGNORED_IDENTIFIERS.labels(name, reason).inc()
+    if plan.partial:
+        PAST_LIMIT_ANSWERS.inc()
+        rows = oldest_first(plan.rows)[: protection.max_identifiers]
+        return customer_answer(rows, ignored, partial=True), plan.outcome
+    return customer_answer(plan.rows, ignored), plan.outcome
 
 
-def apply_identify(db: Database, email: str | None, phone: str | None) -> tuple[dict[str, Any], str]:
+def apply_identify(
+    db: Database, email: str | None, phone: str | None, protection: Protection
+) -> IdentifyPlan:
     """The SPEC's identify rules inside one transaction, healing whatever the customer looks like.
 
     The merge protocol (identity/merge.py): 1. touch the request's identifier rows;
-    2. lock every live row of the customers they belong to; 3. decide in memory;
-    4. write; 5. record in history what was written, in the same transaction.
+    2. lock every live row of the customers they belong to; 3. decide in memory, within the
+    identifier limit; 4. write; 5. record in history what was written, in the same
+    transaction.
     """
     touch_identifiers(db, email, phone)
-    rows = lock_customer(db, {email} if email else set(), {phone} if phone else set())
+    found = lock_customer(db, {email} - {None}, {phone} - {None}, protection=protection)  # type: ignore[arg-type]
     now = utcnow()
-    plan = plan_identify(rows, email, phone, now)
+    plan = plan_within_limits(found, email, phone, now, protection)
     write_plan(db, plan)
-    record_plan_events(db, rows, plan, now)
-    return customer_answer(plan.rows), plan.outcome
+    record_plan_events(db, list(found.values()), plan, now)
+    return plan
 
 
 # --------------------------------------------------------------------------
@@ -253,7 +271,16 @@ def find_customer() -> Response:
     email, phone = query_identifiers()
     if email is None and phone is None:
         raise ApiError(400, "missing_identifier", "give ?email= and/or ?phoneNumber=")
-    return jsonify(customer_answer(reconnect_once(lambda db: lookup_customer(db, email, phone))))
+
+    def lookup(db: Database) -> dict[str, Any]:
+        protection = current_protection(db)
+        kept_email, kept_phone, ignored = screen_blocked(protection, email, phone)
+        rows = lookup_customer(db, kept_email, kept_phone, protection)
+        if not rows.complete:
+            PAST_LIMIT_ANSWERS.inc()
+        return customer_answer(answer_rows(rows, protection), ignored, partial=not rows.complete)
+
+    return jsonify(reconnect_once(lookup))
 
 
 @api.get("/contacts")
@@ -262,7 +289,14 @@ def list_contacts() -> Response:
     limit = query_int("limit", DEFAULT_PAGE, 1, MAX_PAGE)
     after = query_int("after", 0, 0, MAX_CONTACT_ID)
     email, phone = query_identifiers()
-    rows = reconnect_once(lambda db: list_contact_rows(db, after, limit + 1, email, phone))
+
+    def contacts(db: Database) -> list[Row]:
+        _, _, blocked = screen_blocked(current_protection(db), email, phone)
+        if blocked:  # a blocked value is matched by nothing (SPEC, "Merge protection")
+            raise ApiError(422, "blocked_identifier", f"the {blocked[0][0]} filter is a blocked value")
+        return list_contact_rows(db, after, limit + 1, email, phone)
+
+    rows = reconnect_once(contacts)
     page = rows[:limit]
     response = jsonify([contact_to_json(row) for row in page])
     if len(rows) > limit:

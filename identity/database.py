@@ -160,7 +160,7 @@ CONNECT = {"mysql": connect_mysql, "sqlite": connect_sqlite}
 
 
 # The schema version this code writes and needs (ServiceState 'schema').
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 # List parameters (for `IN`): the Python types bound as a list of values.
 LIST_TYPES = (list, tuple, set, frozenset)
 # An SQLite placeholder (sqlite3 binds no lists: one placeholder per item).

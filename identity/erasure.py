@@ -8,10 +8,13 @@ from typing import Any
 
 import prometheus_client
 
+from identity.blocks import current_protection
+from identity.component import Component, connected_rows, oldest_first
 from identity.database import Database, Row, utcnow
 from identity.errors import ApiError
 from identity.history import current_request_id
-from identity.merge import connected_rows, oldest_first, touch_identifiers
+from identity.merge import touch_identifiers
+from identity.protection import Protection, screen_blocked
 from identity.transactions import in_transaction
 
 ERASURES = prometheus_client.Counter(
@@ -48,8 +51,12 @@ def erase_customer(db: Database, email: str | None, phone: str | None, dry_run: 
     customer commits wholly before (and is erased) or after (a new customer).
     """
 
+    db.connect()
+    protection = current_protection(db)
+    email, phone, _ = screen_blocked(protection, email, phone)
+
     def work(db: Database) -> dict[str, Any]:
-        result = apply_erasure(db, email, phone, dry_run)
+        result = apply_erasure(db, email, phone, dry_run, protection)
         if dry_run:
             raise DryRunFinished(result)
         return result
@@ -81,19 +88,16 @@ def rows_by_key(db: Database, key: tuple[str, Any]) -> list[Row]:
     return db.all("select_rows_by_link", id=value)
 
 
-def keys_of(row: Row) -> list[tuple[str, Any]]:
-    """What connects a row to others: its identifiers, its id, and the id it links to."""
+def keys_of(row: Row, protection: Protection) -> list[tuple[str, Any]]:
+    """What connects a row to others: its unblocked identifiers, its id, and the id it links to."""
     keys: list[tuple[str, Any]] = [("link", row["id"])]
     if row["linkedId"] is not None:
         keys.append(("link", row["linkedId"]))
-    if row["email"] is not None:
-        keys.append(("email", row["email"]))
-    if row["phoneNumber"] is not None:
-        keys.append(("phone", row["phoneNumber"]))
+    keys += protection.identifiers(row)
     return keys
 
 
-def deleted_rows_of(db: Database, live: dict[int, Row]) -> dict[int, Row]:
+def deleted_rows_of(db: Database, live: dict[int, Row], protection: Protection) -> dict[int, Row]:
     """The soft-deleted rows erased with a customer.
 
     A deleted row is the customer's when a link or a shared identifier
@@ -102,7 +106,7 @@ def deleted_rows_of(db: Database, live: dict[int, Row]) -> dict[int, Row]:
     another customer holds (that row's deleted neighbours are its own).
     """
     erased = dict(live)
-    queue = [key for row in live.values() for key in keys_of(row)]
+    queue = [key for row in live.values() for key in keys_of(row, protection)]
     done: set[tuple[str, Any]] = set()
     while queue:
         key = queue.pop()
@@ -115,14 +119,28 @@ def deleted_rows_of(db: Database, live: dict[int, Row]) -> dict[int, Row]:
         for row in rows:
             if row["id"] not in erased:
                 erased[row["id"]] = row
-                queue.extend(keys_of(row))
+                queue.extend(keys_of(row, protection))
     return erased
 
 
-def customer_to_erase(db: Database, email: str | None, phone: str | None) -> dict[int, Row]:
-    """The live rows of the one customer with this email and/or phone; ApiError 404 or 409."""
-    by_email = connected_rows(db, {email}, set()) if email is not None else {}
-    by_phone = connected_rows(db, set(), {phone}) if phone is not None else {}
+def customer_to_erase(
+    db: Database, email: str | None, phone: str | None, protection: Protection
+) -> dict[int, Row]:
+    """The live rows of the one customer with this email and/or phone; ApiError 404, or 409
+    when they are two customers or the customer is past the limit (SPEC, "Merge protection":
+    erasure erases one customer within the limit; a blob must be split first)."""
+    by_email = connected_rows(db, {email}, set(), protection=protection) if email is not None else Component()
+    by_phone = connected_rows(db, set(), {phone}, protection=protection) if phone is not None else Component()
+    for found in (by_email, by_phone):
+        if not found.complete:
+            raise ApiError(
+                409,
+                "customer_past_limit",
+                f"this customer holds more than {protection.max_identifiers} identifiers or "
+                f"{protection.max_rows} rows, so it joins people who are not one person: block the value "
+                "that joins them and run repair to split it, then erase the part that is this person "
+                "(docs/merge-protection.md)",
+            )
     if by_email and by_phone and by_email.keys() != by_phone.keys():
         ids = ", ".join(str(oldest_first(rows.values())[0]["id"]) for rows in (by_email, by_phone))
         raise ApiError(
@@ -148,7 +166,9 @@ def lock_rows(db: Database, ids: list[int]) -> None:
         db.one("lock_contact_by_id", id=contact_id)
 
 
-def apply_erasure(db: Database, email: str | None, phone: str | None, dry_run: bool) -> dict[str, Any]:
+def apply_erasure(
+    db: Database, email: str | None, phone: str | None, dry_run: bool, protection: Protection
+) -> dict[str, Any]:
     """The erasure, inside one transaction (erase_customer runs it and retries it).
 
     Lock protocol, identify's own: 1. touch the request's identifier rows; 2.
@@ -160,8 +180,8 @@ def apply_erasure(db: Database, email: str | None, phone: str | None, dry_run: b
     touch_identifiers(db, email, phone)
     touched = {(kind, value) for kind, value in (("email", email), ("phone", phone)) if value is not None}
     while True:
-        live = customer_to_erase(db, email, phone)
-        rows = deleted_rows_of(db, live)
+        live = customer_to_erase(db, email, phone, protection)
+        rows = deleted_rows_of(db, live, protection)
         untouched = identifiers_of(rows.values()) - touched
         if not untouched:
             break

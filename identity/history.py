@@ -16,7 +16,7 @@ from flask import g, has_request_context
 
 from identity.database import Database, Row
 from identity.errors import ApiError
-from identity.merge import IdentifyPlan
+from identity.merge import IdentifyPlan, Refusal
 
 HISTORY_READS = prometheus_client.Counter("fluxkart_history_reads", "customer history pages answered")
 
@@ -62,7 +62,9 @@ class IdentifyChange:
     secondary this request inserted. demoted: each demoted primary -> the ids
     of its rows that now point at the survivor (itself first). repaired: each
     former primary (None when there was none, e.g. a missing one) -> the ids of
-    the rows a heal re-pointed from it to the survivor.
+    the rows a heal re-pointed from it to the survivor. evidence: the rows the
+    request matched by email and by phone (SPEC, "Merge protection"). refused: the
+    identifiers the limit left out.
     """
 
     survivor_id: int
@@ -70,6 +72,8 @@ class IdentifyChange:
     inserted_id: int | None = None
     demoted: dict[int, list[int]] = field(default_factory=dict)
     repaired: dict[int | None, list[int]] = field(default_factory=dict)
+    evidence: dict[str, int | None] = field(default_factory=dict)  # of the merges: matched rows
+    refused: list[Refusal] = field(default_factory=list)  # what the identifier limit left out
 
 
 def history_event(
@@ -78,8 +82,10 @@ def history_event(
     contact_ids: Iterable[int],
     at: datetime,
     former_customer_id: int | None = None,
+    detail: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """insert_history_event's parameters for one event (kind in EVENT_KINDS). Ids only."""
+    """insert_history_event's parameters for one event (kind in EVENT_KINDS). Ids only: `detail`
+    holds ids and kinds (a merge's evidence, what a refusal left out), never a value."""
     return {
         "kind": kind,
         "created_at": at,
@@ -87,6 +93,7 @@ def history_event(
         "customer_id": customer_id,
         "former_customer_id": former_customer_id,
         "contact_ids": json.dumps(list(contact_ids), separators=(",", ":")),
+        "detail": json.dumps(detail, separators=(",", ":")) if detail else None,
     }
 
 
@@ -97,9 +104,11 @@ def record_event(
     contact_ids: Iterable[int],
     at: datetime,
     former_customer_id: int | None = None,
+    detail: dict[str, Any] | None = None,
 ) -> None:
     """Append one history event (kind in EVENT_KINDS) in the caller's transaction. Ids only."""
-    db.run("insert_history_event", **history_event(kind, customer_id, contact_ids, at, former_customer_id))
+    event = history_event(kind, customer_id, contact_ids, at, former_customer_id, detail)
+    db.run("insert_history_event", **event)
 
 
 def record_identify_events(db: Database, change: IdentifyChange, at: datetime) -> None:
@@ -114,9 +123,12 @@ def record_identify_events(db: Database, change: IdentifyChange, at: datetime) -
     for former, moved in change.repaired.items():
         record_event(db, "repaired", survivor, moved, at, former)
     for demoted, moved in change.demoted.items():
-        record_event(db, "merged", survivor, moved, at, demoted)
+        record_event(db, "merged", survivor, moved, at, demoted, {"evidence": change.evidence})
     if change.inserted_id is not None:
         record_event(db, "linked", survivor, [change.inserted_id], at)
+    for refused in change.refused:
+        detail = {"identifier": refused.kind, "reason": "limit", "customerIds": refused.customer_ids}
+        record_event(db, "refused", survivor, refused.contact_ids, at, None, detail)
 
 
 def record_plan_events(db: Database, rows: list[Row], plan: IdentifyPlan, at: datetime) -> None:
@@ -126,10 +138,10 @@ def record_plan_events(db: Database, rows: list[Row], plan: IdentifyPlan, at: da
     the rows that pointed at it make one `merged` event; every other re-pointed
     (or promoted) row goes into a `repaired` event per row it pointed at before.
     """
-    if plan.outcome == "unchanged":
+    if plan.outcome == "unchanged" and not plan.refused:
         return
     before = {row["id"]: row for row in rows}
-    change = IdentifyChange(plan.rows[0]["id"])
+    change = IdentifyChange(plan.rows[0]["id"], evidence=plan.evidence, refused=plan.refused)
     if plan.outcome == "created":
         change.created = True
     elif plan.inserted is not None:
@@ -169,6 +181,8 @@ def event_to_json(row: Row) -> dict[str, Any]:
         event["demotedPrimaryId"] = row["formerCustomerId"]
     elif row["kind"] == "repaired":
         event["formerPrimaryId"] = row["formerCustomerId"]
+    if row.get("detail"):
+        event.update(json.loads(row["detail"]))  # ids and kinds: evidence, identifier, reason
     return event
 
 

@@ -140,7 +140,7 @@ def import_batch(db: Database, batch: OrderBatch, clock: OrderClock) -> Counter[
     phones = {phone for _, phone in orders if phone is not None}
     identifiers = sorted([("email", e) for e in emails] + [("phone", p) for p in phones])
     db.run_many("touch_identifier_rows", [{"kind": k, "value": v, "version": 1} for k, v in identifiers])
-    customers = BatchCustomers(lock_customer(db, emails, phones))
+    customers = BatchCustomers(lock_customer(db, emails, phones).values())
     for email, phone in orders:
         outcomes[customers.identify(email, phone, clock.now())] += 1
     write_batch(db, customers)

@@ -14,13 +14,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from identity.component import Component, CustomerRows, connected_rows, oldest_first
 from identity.database import Database, Row, utcnow
 from identity.errors import RetryTransaction
-
-
-def oldest_first(rows: Iterable[Row]) -> list[Row]:
-    """Rows by (createdAt, id): "oldest" never means id alone (SPEC, "Data")."""
-    return sorted(rows, key=lambda row: (row["createdAt"], row["id"]))
+from identity.protection import FIELDS, UNPROTECTED, Protection
 
 
 def primaries_of(rows: Iterable[Row]) -> list[Row]:
@@ -75,69 +72,43 @@ def touch_identifiers(db: Database, email: str | None, phone: str | None) -> Non
 MAX_LOCK_ROUNDS = 8
 
 
-def connected_rows(
+def lock_customer(
     db: Database,
     emails: set[str],
     phones: set[str],
-    known: dict[int, Row] | None = None,
     ids: Iterable[int] = (),
-) -> dict[int, Row]:
-    """Every live row connected to these identifiers, to the `known` rows or to the rows `ids`, by id.
-
-    Follows shared emails, shared phone numbers and links, one statement per
-    step (`select_connected`), until a step finds nothing new: the union of
-    the customers of the SPEC (a connected component of live rows). Reads
-    without locking.
-    """
-    rows: dict[int, Row] = dict(known or {})
-    new = list(rows.values())
-    emails = set(emails) | {row["email"] for row in new if row["email"] is not None}
-    phones = set(phones) | {row["phoneNumber"] for row in new if row["phoneNumber"] is not None}
-    searched_emails: set[str] = set()
-    searched_phones: set[str] = set()
-    parents = set(ids)
-    while True:
-        parents |= {row["linkedId"] for row in new if row["linkedId"] is not None} - rows.keys()
-        children = {row["id"] for row in new}
-        if not (emails or phones or parents or children):
-            return rows
-        found = db.all(
-            "select_connected",
-            emails=sorted(emails),
-            phones=sorted(phones),
-            parents=sorted(parents),
-            children=sorted(children),
-            known=sorted(rows),  # found before: only what is new comes back
-        )
-        searched_emails |= emails
-        searched_phones |= phones
-        new = [row for row in found if row["id"] not in rows]
-        rows.update((row["id"], row) for row in new)
-        emails = {row["email"] for row in new if row["email"] is not None} - searched_emails
-        phones = {row["phoneNumber"] for row in new if row["phoneNumber"] is not None} - searched_phones
-        parents = set()
-
-
-def lock_customer(db: Database, emails: set[str], phones: set[str], ids: Iterable[int] = ()) -> list[Row]:
+    protection: Protection = UNPROTECTED,
+) -> Component:
     """Lock and return every live row of the customers owning these identifiers (or rows `ids`).
 
-    Reads the component without locks, locks its rows in id order
-    (`lock_contacts`, which answers them as they are once locked), then checks
-    that nothing outside the locked set connects to it; if something does (a
-    concurrent request linked or merged meanwhile), locks that too. Once all
-    rows are locked nobody can link to or merge them until we commit. Raises
-    RetryTransaction("customer_moved") when the customer keeps changing.
+    Reads the component without locks, locks its rows in id order (`lock_contacts`, which
+    answers them as they are once locked), then checks that nothing outside the locked set
+    connects to it; if something does (a concurrent request linked or merged meanwhile),
+    locks that too. Once all rows are locked nobody can link to or merge them until we
+    commit. A customer past the limit is not locked: its rows come back read, marked
+    (Component.past_limit), and must not be written. Raises RetryTransaction("customer_moved")
+    when the customer keeps changing.
     """
     locked: dict[int, Row] = {}
-    candidates = connected_rows(db, emails, phones, ids=ids)
+    found = connected_rows(db, emails, phones, ids=ids, protection=protection)
     for _ in range(MAX_LOCK_ROUNDS):
-        wanted = sorted(candidates.keys() - locked.keys())
+        wanted = sorted(found.keys() - locked.keys() - found.past_limit)
         if not wanted:
-            return list(locked.values())
+            return Component({**{i: found[i] for i in found.past_limit}, **locked}, found.past_limit)
         locked.update((row["id"], row) for row in db.all("lock_contacts", ids=wanted))
         # One step from the locked rows as they now are: anything new connects to them.
-        candidates = connected_rows(db, emails, phones, known=locked)
+        found = connected_rows(db, emails, phones, known=locked, ids=ids, protection=protection)
     raise RetryTransaction("customer_moved")
+
+
+@dataclass
+class Refusal:
+    """An identifier the limit kept out of a request (SPEC, "Merge protection", Limits): its
+    kind, the rows it matched, and the customers (primary ids) it would have joined."""
+
+    kind: str  # "email" or "phone"
+    contact_ids: list[int]
+    customer_ids: list[int]
 
 
 @dataclass
@@ -150,6 +121,13 @@ class IdentifyPlan:
     relinked: list[int] = field(default_factory=list)  # rows re-pointed at the primary
     demoted: list[int] = field(default_factory=list)  # of those, the former primaries
     inserted: Row | None = None  # the new row (its id is set once it is written)
+    # Merge protection (SPEC): request fields left out, as (field, reason "blocked" | "limit");
+    # the answer is part of a customer past the limit; a merge's evidence (the rows the
+    # request matched by email and by phone); what the limit refused, for history.
+    ignored: list[tuple[str, str]] = field(default_factory=list)
+    partial: bool = False
+    evidence: dict[str, int | None] = field(default_factory=dict)
+    refused: list[Refusal] = field(default_factory=list)
 
 
 def plan_identify(rows: list[Row], email: str | None, phone: str | None, now: datetime) -> IdentifyPlan:
@@ -238,6 +216,11 @@ def write_plan(db: Database, plan: IdentifyPlan) -> None:
             db.run("promote_contact", id=primary_id, updated_at=now)
         if plan.relinked:
             db.run("relink_contacts", ids=plan.relinked, primary_id=primary_id, updated_at=now)
+    if plan.demoted or (plan.inserted is not None and plan.inserted["linkedId"] is not None):
+        # The customer grows: on a multi-primary cluster a concurrent growth of it elsewhere
+        # must conflict with this one, or together they could pass the limit.
+        customers = sorted({primary_id, *plan.demoted})
+        db.run_many("touch_customer_locks", [{"customer_id": i} for i in customers])
     new = plan.inserted
     if new is not None:
         new["id"] = db.run(
@@ -248,3 +231,98 @@ def write_plan(db: Database, plan: IdentifyPlan) -> None:
             link_precedence=new["linkPrecedence"],
             created_at=new["createdAt"],
         )
+
+
+def candidates(email: str | None, phone: str | None) -> list[tuple[str | None, str | None]]:
+    """The request, then the request without its lowest-priority identifier, and so on: the
+    phone number goes first, then the email (SPEC, "Merge protection", Limits)."""
+    tried = [(email, phone)]
+    if email is not None and phone is not None:
+        tried.append((email, None))
+    tried.append((None, None))
+    return tried
+
+
+def plan_within_limits(
+    found: Component, email: str | None, phone: str | None, now: datetime, protection: Protection
+) -> IdentifyPlan:
+    """plan_identify under merge protection (SPEC, "Merge protection", Limits); pure.
+
+    `found` holds the rows of every customer the request's identifiers belong to, locked
+    (lock_customer), and the bounded, unlocked part of any customer past the limit. The
+    request is planned as it came; when its customer would end past the limit, or it would
+    grow or merge a customer already past it, it is planned again without its phone number,
+    then without its email too, until it fits. What was left out is in `ignored` (reason
+    "limit") and `refused`; a customer past the limit is answered as far as it was read.
+    """
+    graph = CustomerRows(protection, found.values(), found.past_limit)
+    plan: IdentifyPlan | None = None
+    for kept_email, kept_phone in candidates(email, phone):
+        if kept_email is None and kept_phone is None:
+            plan = plan_nothing(graph, email, phone)
+        else:
+            plan = plan_candidate(graph, kept_email, kept_phone, now)
+        if plan is not None:
+            break
+    assert plan is not None  # the last candidate always plans
+    for kind, value, kept in (("phone", phone, kept_phone), ("email", email, kept_email)):
+        if value is not None and kept is None:
+            plan.ignored.append((FIELDS[kind], "limit"))
+            plan.refused.append(refusal(graph, kind, value))
+    return plan
+
+
+def plan_candidate(
+    graph: CustomerRows, email: str | None, phone: str | None, now: datetime
+) -> IdentifyPlan | None:
+    """The plan for these identifiers (at least one), or None when it would take a customer
+    past the limit or change one that already is."""
+    rows = graph.component(email, phone)
+    if any(graph.is_past_limit(row["id"]) for row in rows):
+        # Never grown, never merged: acceptable only when it is one customer that already
+        # carries every identifier (the request changes nothing).
+        known = (email is None or ("email", email) in graph.owner) and (
+            phone is None or ("phone", phone) in graph.owner
+        )
+        if known and len(graph.roots_of(email, phone)) == 1:
+            return IdentifyPlan(rows=oldest_first(rows), outcome="unchanged", partial=True)
+        return None
+    plan = plan_identify(rows, email, phone, now)
+    if graph.protection.count(plan.rows) > graph.protection.max_identifiers:
+        return None
+    if plan.demoted:
+        plan.evidence = {
+            "email": first_carrying(rows, "email", email),
+            "phone": first_carrying(rows, "phoneNumber", phone),
+        }
+    return plan
+
+
+def plan_nothing(graph: CustomerRows, email: str | None, phone: str | None) -> IdentifyPlan:
+    """When neither identifier fits: nothing is written; the answer is the customer of the
+    email (else of the phone) as it is. (Two identifiers that no row carries always fit.)"""
+    for identifier in (("email", email), ("phone", phone)):
+        if identifier in graph.owner:
+            owner = graph.owner[identifier]
+            return IdentifyPlan(
+                rows=oldest_first(graph.customer_of(owner)),
+                outcome="unchanged",
+                partial=graph.is_past_limit(owner),
+            )
+    raise AssertionError("a request whose identifiers no row carries always fits")
+
+
+def first_carrying(rows: list[Row], column: str, value: str | None) -> int | None:
+    """The oldest row carrying this value: the row a request matched by it (merge evidence)."""
+    if value is None:
+        return None
+    return next((row["id"] for row in oldest_first(rows) if row[column] == value), None)
+
+
+def refusal(graph: CustomerRows, kind: str, value: str) -> Refusal:
+    """What the limit refused: the identifier's kind, the rows carrying it, their customers."""
+    column = "email" if kind == "email" else "phoneNumber"
+    identifiers = (value, None) if kind == "email" else (None, value)
+    matched = sorted(row["id"] for row in graph.component(*identifiers) if row[column] == value)
+    customers = sorted({oldest_first(graph.customer_of(i))[0]["id"] for i in matched})
+    return Refusal(kind, matched, customers)

@@ -38,6 +38,14 @@ TRANSACTION_RETRIES = prometheus_client.Counter(
     "transactions started over, by reason and unit of work",
     ["reason", "unit"],
 )
+# Merge protection (SPEC): identifiers left out of requests, and answers about customers
+# past the limit (each one a customer an operator should split: docs/merge-protection.md).
+IGNORED_IDENTIFIERS = prometheus_client.Counter(
+    "fluxkart_ignored_identifiers", "request identifiers left out by merge protection", ["field", "reason"]
+)
+PAST_LIMIT_ANSWERS = prometheus_client.Counter(
+    "fluxkart_past_limit_answers", "answers about a customer past the identifier limit (partial)"
+)
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
 

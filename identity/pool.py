@@ -61,14 +61,16 @@ class DatabasePool:
 @dataclass
 class AppState:
     """What the app holds besides its config: the dialect's statements and schema, the
-    worker's pool, each command thread's own Database, and the blueprints that check their
-    own sign-in instead of the API's bearer token."""
+    worker's pool, each command thread's own Database, the blueprints that check their
+    own sign-in instead of the API's bearer token, and the merge protection last read."""
 
     queries: dict[str, str]
     schema: list[str]
     pool: DatabasePool
     local: threading.local = field(default_factory=threading.local)
     own_sign_in: set[str] = field(default_factory=set)
+    # (monotonic time read, Protection): identity/blocks.py's cache of the list in force.
+    protection: tuple[float, Any] | None = None
 
 
 def app_state(app: Flask | None = None) -> AppState:

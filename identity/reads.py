@@ -5,21 +5,27 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from identity.component import Component, connected_rows, oldest_first
 from identity.database import Database, Row
 from identity.errors import ApiError
-from identity.merge import connected_rows, oldest_first
 from identity.normalize import MAX_CONTACT_ID
+from identity.protection import UNPROTECTED, Protection
 
 
-def customer_answer(rows: list[Row]) -> dict[str, Any]:
+def customer_answer(
+    rows: list[Row], ignored: list[tuple[str, str]] | None = None, partial: bool = False
+) -> dict[str, Any]:
     """The identify answer for one customer's live rows, in any order (SPEC, "POST /identify" 4).
 
     The oldest row is the primary: identify makes it so, and the read-only
     lookup answers data it has not repaired yet as identify would leave it.
+    Merge protection adds, only when they apply, "ignored" (the request fields left out,
+    with the reason: "blocked" or "limit") and "partial" (a customer past the limit,
+    answered as far as it was read).
     """
     ordered = oldest_first(rows)
     primary = ordered[0]
-    return {
+    answer: dict[str, Any] = {
         "contact": {
             "primaryContactId": primary["id"],
             # The original Bitespeed specification's spelling, kept for its clients.
@@ -31,22 +37,30 @@ def customer_answer(rows: list[Row]) -> dict[str, Any]:
             "secondaryContactIds": [row["id"] for row in ordered[1:]],
         }
     }
+    if ignored:
+        answer["ignored"] = [{"field": name, "reason": reason} for name, reason in ignored]
+    if partial:
+        answer["partial"] = True
+    return answer
 
 
-def lookup_customer(db: Database, email: str | None, phone: str | None) -> list[Row]:
+def lookup_customer(
+    db: Database, email: str | None, phone: str | None, protection: Protection = UNPROTECTED
+) -> Component:
     """The live rows of the customer owning this email and/or phone, writing nothing (SPEC, "Reads").
 
     The whole connected component, as identify would see it (data the service
-    did not write is answered as identify would repair it). Raises ApiError
-    404 when no customer has either identifier, 409 when the two belong to
-    different customers (identify would merge them; a read-only lookup must not
-    pretend it did).
+    did not write is answered as identify would repair it); for a customer past the limit,
+    the bounded part read (Component.past_limit). The identifiers must not be blocked
+    (screen_blocked first). Raises ApiError 404 when no customer has either identifier,
+    409 when the two belong to different customers (identify would merge them; a
+    read-only lookup must not pretend it did).
     """
-    by_email = connected_rows(db, {email}, set()) if email is not None else {}
+    by_email = connected_rows(db, {email}, set(), protection=protection) if email is not None else Component()
     if phone is None or any(row["phoneNumber"] == phone for row in by_email.values()):
         rows = by_email
     else:
-        by_phone = connected_rows(db, set(), {phone})
+        by_phone = connected_rows(db, set(), {phone}, protection=protection)
         if by_email and by_phone:
             ids = ", ".join(
                 str(oldest_first(rows)[0]["id"]) for rows in (by_email.values(), by_phone.values())
@@ -60,7 +74,15 @@ def lookup_customer(db: Database, email: str | None, phone: str | None) -> list[
         rows = by_email or by_phone
     if not rows:
         raise ApiError(404, "not_found", "no customer has this email or phone number")
-    return list(rows.values())
+    return rows
+
+
+def answer_rows(rows: Component, protection: Protection) -> list[Row]:
+    """The rows an answer lists: all of a complete customer; of a customer past the limit, the
+    oldest read, as many as the limit (its answer is bounded and says it is partial)."""
+    if rows.complete:
+        return list(rows.values())
+    return oldest_first(rows.values())[: protection.max_identifiers]
 
 
 def list_contact_rows(

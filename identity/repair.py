@@ -70,7 +70,7 @@ def repair_customer(db: Database, seed: tuple[str, Any], dry_run: bool) -> Ident
     emails = {value} if kind == "email" else set()
     phones = {value} if kind == "phone" else set()
     ids = [value] if kind == "id" else []
-    rows = lock_customer(db, emails, phones, ids)
+    rows = list(lock_customer(db, emails, phones, ids).values())
     now = utcnow()
     plan = plan_identify(rows, None, None, now) if rows else IdentifyPlan(rows=[], outcome="unchanged")
     if not dry_run and rows:

@@ -20,6 +20,7 @@ SETTINGS = (
     "FLUXKART_WSREP_SYNC_WAIT",
     "FLUXKART_SECRET_KEY",
     "FLUXKART_DB_POOL_SIZE",
+    "FLUXKART_MAX_CUSTOMER_IDENTIFIERS",
 )
 
 # Every default in one place. An empty value (in the environment, .env or the
@@ -44,7 +45,12 @@ DEFAULTS: dict[str, Any] = {
     # wait for one (docs/performance.md). Far below MariaDB's default
     # max_connections (151) for a few workers.
     "FLUXKART_DB_POOL_SIZE": "10",
+    # Merge protection: the most identifiers (emails and phones together) one customer may
+    # hold; Adobe Experience Platform caps an identity graph at 50 (docs/merge-protection.md).
+    "FLUXKART_MAX_CUSTOMER_IDENTIFIERS": "50",
 }
+# The limit's range: a new customer holds two identifiers; above this, "bounded" means little.
+MAX_IDENTIFIERS_RANGE = (2, 10_000)
 
 
 def load_settings(overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -61,7 +67,22 @@ def load_settings(overrides: dict[str, Any] | None) -> dict[str, Any]:
     settings.update({name: value for name, value in chosen.items() if value != ""})
     settings["FLUXKART_DIALECT"] = "mysql" if any(chosen.get(name) for name in MYSQL_SETTINGS) else "sqlite"
     settings["FLUXKART_PHONE_REGION"] = check_region(settings["FLUXKART_PHONE_REGION"])
+    limit = str(settings["FLUXKART_MAX_CUSTOMER_IDENTIFIERS"])
+    settings["FLUXKART_MAX_CUSTOMER_IDENTIFIERS"] = check_limit(limit)
     return settings
+
+
+def check_limit(value: str) -> int:
+    """FLUXKART_MAX_CUSTOMER_IDENTIFIERS as a whole number in MAX_IDENTIFIERS_RANGE; else
+    ConfigurationError naming the setting (SPEC, "Merge protection")."""
+    low, high = MAX_IDENTIFIERS_RANGE
+    text = value.strip()
+    if not (text.isascii() and text.isdigit() and low <= int(text) <= high):
+        raise ConfigurationError(
+            f"FLUXKART_MAX_CUSTOMER_IDENTIFIERS={value!r} is not a whole number from {low} to {high} "
+            "(the most emails and phone numbers one customer may hold; default 50)"
+        )
+    return int(text)
 
 
 def check_region(region: str) -> str:

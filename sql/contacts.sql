@@ -11,7 +11,8 @@
 -- statement, so one consistent snapshot: a repeat customer is answered from it
 -- without a transaction or a lock. The subqueries are not correlated, so each
 -- runs once, through the email and phoneNumber indexes. A NULL parameter
--- matches nothing (`email = NULL` is never true).
+-- matches nothing (`email = NULL` is never true). At most `limit` rows: a
+-- customer with more is past the limit and takes the bounded path.
 SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt,
     (
         SELECT MAX(COALESCE(linkedId, id))
@@ -35,6 +36,7 @@ WHERE deletedAt IS NULL
           AND deletedAt IS NULL
     )
   )
+LIMIT %(limit)s
 
 -- name: select_connected
 -- One step of following a customer's connections (SPEC, "POST /identify": a
@@ -50,7 +52,9 @@ WHERE deletedAt IS NULL
 -- names its index: for lists of a thousand values MariaDB's cost model also
 -- prefers a full scan of a table of under a million rows, a scan that grows
 -- with the table (rewritten to INDEXED BY for SQLite). A row found by two of
--- them comes twice (the caller keys rows by id).
+-- them comes twice (the caller keys rows by id). At most `limit` rows: a value
+-- that thousands of rows share (a customer past the limit) is read no further
+-- than merge protection needs to know it (SPEC, "Merge protection").
 SELECT id, email, phoneNumber, linkedId, linkPrecedence, createdAt
 FROM Contact FORCE INDEX (Contact_email)
 WHERE email IN %(emails)s
@@ -74,6 +78,7 @@ FROM Contact FORCE INDEX (Contact_linkedId)
 WHERE linkedId IN %(children)s
   AND deletedAt IS NULL
   AND (id IN %(known)s) IS NOT TRUE
+LIMIT %(limit)s
 
 -- name: lock_contacts
 -- Locks these rows, in id order (so two requests never wait for each other
@@ -221,8 +226,8 @@ LIMIT %(limit)s
 
 -- name: insert_history_event
 -- Appends one event, in the transaction of the change it records. Ids only.
-INSERT INTO CustomerHistory (kind, createdAt, requestId, customerId, formerCustomerId, contactIds)
-VALUES (%(kind)s, %(created_at)s, %(request_id)s, %(customer_id)s, %(former_customer_id)s, %(contact_ids)s)
+INSERT INTO CustomerHistory (kind, createdAt, requestId, customerId, formerCustomerId, contactIds, detail)
+VALUES (%(kind)s, %(created_at)s, %(request_id)s, %(customer_id)s, %(former_customer_id)s, %(contact_ids)s, %(detail)s)
 
 -- name: select_history_page
 -- One page of a customer's events, oldest first by (createdAt, id), after the
@@ -240,7 +245,7 @@ WITH RECURSIVE members (id) AS (
     JOIN members AS m ON h.customerId = m.id
     WHERE h.formerCustomerId IS NOT NULL
 )
-SELECT h.id, h.kind, h.createdAt, h.requestId, h.customerId, h.formerCustomerId, h.contactIds
+SELECT h.id, h.kind, h.createdAt, h.requestId, h.customerId, h.formerCustomerId, h.contactIds, h.detail
 FROM CustomerHistory AS h
 WHERE h.customerId IN (SELECT id FROM members)
   AND (h.createdAt > %(after_at)s OR (h.createdAt = %(after_at)s AND h.id > %(after)s))
@@ -255,10 +260,12 @@ WHERE id = %(id)s
 
 -- name: select_absorbing_event
 -- The latest event that moved this former customer's rows into another
--- customer: how a demoted (or deleted) primary's id leads to its survivor.
+-- customer: how a demoted (or deleted) primary's id leads to its survivor. (A
+-- split names the customer a part left in formerCustomerId: it absorbs nothing.)
 SELECT customerId
 FROM CustomerHistory
 WHERE formerCustomerId = %(former_customer_id)s
+  AND kind IN ('merged', 'repaired')
 ORDER BY createdAt DESC, id DESC
 LIMIT 1
 
@@ -386,3 +393,17 @@ FROM Contact
 WHERE id > %(after)s
   AND linkedId IS NOT NULL
   AND deletedAt IS NULL
+
+-- name: select_blocked_values
+-- The blocked values and patterns (SPEC, "Merge protection"), read by every
+-- worker every few seconds.
+SELECT kind, form, text
+FROM BlockedValue
+ORDER BY kind, form, text
+
+-- name: delete_blocked_value
+-- `block remove`: one value or pattern.
+DELETE FROM BlockedValue
+WHERE kind = %(kind)s
+  AND form = %(form)s
+  AND text = %(text)s

@@ -31,12 +31,12 @@ from flask import (
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from identity.component import connected_rows, oldest_first
 from identity.console.graph import link_graph, mask_email, mask_phone
 from identity.database import Database, Row
 from identity.erasure import erase_customer
 from identity.errors import ApiError, DatabaseUnavailable
 from identity.history import customer_history, resolve_customer
-from identity.merge import connected_rows, oldest_first
 from identity.normalize import MAX_CONTACT_ID, normalize_email, normalize_phone
 from identity.pool import app_state
 from identity.reads import lookup_customer
@@ -292,7 +292,7 @@ def find_primary_id(db: Database, kind: str, value: str) -> int:
     phone = normalize_phone(value, region, "the phone number") if kind == "phone" else None
     if email is None and phone is None:
         raise ApiError(400, "missing_identifier", f"Type the {SEARCH_KINDS[kind].lower()} to look for.")
-    return int(oldest_first(lookup_customer(db, email, phone))[0]["id"])
+    return int(oldest_first(lookup_customer(db, email, phone).values())[0]["id"])
 
 
 def customer_rows(db: Database, customer_id: int) -> list[Row]:

@@ -8,8 +8,9 @@ from typing import Any
 
 import phonenumbers
 
+from identity.component import oldest_first
 from identity.database import Row
-from identity.merge import oldest_first, primaries_of
+from identity.merge import primaries_of
 
 
 def mask_email(email: str) -> str:

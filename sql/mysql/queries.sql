@@ -100,3 +100,17 @@ ON DUPLICATE KEY UPDATE
     linkedId = VALUES(linkedId),
     linkPrecedence = VALUES(linkPrecedence),
     updatedAt = VALUES(updatedAt)
+
+-- name: insert_blocked_value
+-- `block add` and the shipped defaults: one value or pattern; adding it again changes nothing.
+INSERT IGNORE INTO BlockedValue (kind, form, text, createdAt)
+VALUES (%(kind)s, %(form)s, %(text)s, %(created_at)s)
+
+-- name: touch_customer_locks
+-- Bumps the growth lock of each customer an identify grows or merges (one
+-- multi-row statement, ids sorted by the caller), after their rows are locked:
+-- on a multi-primary cluster two requests growing one customer on two nodes
+-- then write the same row, and one is retried (schema.sql, CustomerLock).
+INSERT INTO CustomerLock (customerId, version)
+VALUES (%(customer_id)s, 1)
+ON DUPLICATE KEY UPDATE version = version + 1

@@ -49,14 +49,19 @@ CREATE TABLE IF NOT EXISTS ContactIdentifier (
 -- primary whose rows a `merged` or `repaired` event moved into customerId, so
 -- a customer's history is the events of its id and, transitively, of every
 -- former customer merged into it. contactIds is a JSON array of row ids.
+-- detail is a JSON object of ids and kinds, never a value: a merge's evidence
+-- (the row the request matched by email, the row it matched by phone), what a
+-- `refused` event left out and why, what a `split` separated (SPEC, "Merge
+-- protection").
 CREATE TABLE IF NOT EXISTS CustomerHistory (
     id BIGINT NOT NULL AUTO_INCREMENT,
-    kind ENUM('created', 'linked', 'merged', 'repaired', 'imported') NOT NULL,
+    kind ENUM('created', 'linked', 'merged', 'repaired', 'imported', 'refused', 'split') NOT NULL,
     createdAt DATETIME(6) NOT NULL,
     requestId VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     customerId INT NOT NULL,
     formerCustomerId INT NULL,
     contactIds TEXT CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    detail TEXT CHARACTER SET ascii COLLATE ascii_bin NULL,
     PRIMARY KEY (id),
     KEY CustomerHistory_customerId (customerId, createdAt, id),
     KEY CustomerHistory_formerCustomerId (formerCustomerId)
@@ -72,4 +77,29 @@ CREATE TABLE IF NOT EXISTS CustomerErasure (
     identifiers INT NOT NULL,
     historyEvents INT NOT NULL,
     PRIMARY KEY (id)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- The blocked values (SPEC, "Merge protection"): identifiers that identify
+-- nobody. form 'value' is one canonical value; 'pattern' a regular expression
+-- (Python's re, matched against the whole canonical value). Shipped defaults
+-- are written once, when the table is made; operators add and remove rows with
+-- `flask --app fluxkart block`. Every worker re-reads the list every few seconds.
+CREATE TABLE IF NOT EXISTS BlockedValue (
+    kind ENUM('email', 'phone') NOT NULL,
+    form ENUM('value', 'pattern') NOT NULL,
+    text VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    createdAt DATETIME(6) NOT NULL,
+    PRIMARY KEY (kind, form, text)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- One row per customer that grew: every identify that links a new row to a
+-- customer or merges customers bumps the version of each customer it writes,
+-- after locking their rows. On a multi-primary cluster, where row locks are
+-- local to one node, two requests that grow the same customer on two nodes
+-- then write the same row and one is retried: so the identifier limit holds
+-- there too. Taken after the rows, so it adds no lock-order cycle.
+CREATE TABLE IF NOT EXISTS CustomerLock (
+    customerId INT NOT NULL,
+    version BIGINT UNSIGNED NOT NULL DEFAULT 0,
+    PRIMARY KEY (customerId)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;

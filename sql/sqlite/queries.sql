@@ -86,3 +86,12 @@ SET phoneNumber = %(phone)s,
     linkPrecedence = %(link_precedence)s,
     updatedAt = %(updated_at)s
 WHERE id = %(id)s
+
+-- name: insert_blocked_value
+INSERT OR IGNORE INTO BlockedValue (kind, form, text, createdAt)
+VALUES (%(kind)s, %(form)s, %(text)s, %(created_at)s)
+
+-- name: touch_customer_locks
+INSERT INTO CustomerLock (customerId, version)
+VALUES (%(customer_id)s, 1)
+ON CONFLICT (customerId) DO UPDATE SET version = version + 1

@@ -37,12 +37,13 @@ CREATE TABLE IF NOT EXISTS ContactIdentifier (
 -- The append-only history (sql/mysql/schema.sql says why each column exists).
 CREATE TABLE IF NOT EXISTS CustomerHistory (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL CHECK (kind IN ('created', 'linked', 'merged', 'repaired', 'imported')),
+    kind TEXT NOT NULL CHECK (kind IN ('created', 'linked', 'merged', 'repaired', 'imported', 'refused', 'split')),
     createdAt DATETIME NOT NULL,
     requestId TEXT NOT NULL,
     customerId INTEGER NOT NULL,
     formerCustomerId INTEGER,
-    contactIds TEXT NOT NULL
+    contactIds TEXT NOT NULL,
+    detail TEXT
 );
 
 CREATE INDEX IF NOT EXISTS CustomerHistory_customerId ON CustomerHistory (customerId, createdAt, id);
@@ -56,4 +57,18 @@ CREATE TABLE IF NOT EXISTS CustomerErasure (
     contacts INTEGER NOT NULL,
     identifiers INTEGER NOT NULL,
     historyEvents INTEGER NOT NULL
+);
+
+-- The blocked values and the customers' growth locks (sql/mysql/schema.sql says why).
+CREATE TABLE IF NOT EXISTS BlockedValue (
+    kind TEXT NOT NULL CHECK (kind IN ('email', 'phone')),
+    form TEXT NOT NULL CHECK (form IN ('value', 'pattern')),
+    text TEXT NOT NULL,
+    createdAt DATETIME NOT NULL,
+    PRIMARY KEY (kind, form, text)
+);
+
+CREATE TABLE IF NOT EXISTS CustomerLock (
+    customerId INTEGER PRIMARY KEY,
+    version INTEGER NOT NULL DEFAULT 0
 );
