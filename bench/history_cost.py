@@ -30,9 +30,9 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.mariadb import MariaDBServer  # noqa: E402
-from tests.service import Gunicorn  # noqa: E402
-from tests.unlocked import copy_service  # noqa: E402
+from tests.harness.mariadb import MariaDBServer  # noqa: E402
+from tests.harness.service import Gunicorn  # noqa: E402
+from tests.harness.unlocked import copy_service  # noqa: E402
 
 HOOK = re.compile(r'(def record_identify_events\(.*?\n    """.*?"""\n)', re.S)
 

@@ -3,7 +3,7 @@
     .venv/bin/python bench/import_bench.py                      # 1,000,000 orders, 2 runs (~6 minutes)
     .venv/bin/python bench/import_bench.py --orders 100000 --preload 100000 --replay-seconds 10
 
-On a throwaway mariadbd (tests/mariadb.py; never the machine's server), with the
+On a throwaway mariadbd (tests/harness/mariadb.py; never the machine's server), with the
 benchmark's shop workload (bench/workload.py: repeat customers, new customers, new
 emails or phones, ~2% bridges that merge two customers) written as a CSV export:
 
@@ -16,7 +16,7 @@ emails or phones, ~2% bridges that merge two customers) written as a CSV export:
    memory does not grow with the file.
 4. import of the whole file into a database preloaded with --preload contacts (bulk SQL,
    bench/database.py): wall time.
-5. the invariant checker (tests/checker.py) on the table of step 2.
+5. the invariant checker (tests/harness/checker.py) on the table of step 2.
 
 Prints a markdown report and writes it to bench/results/import.md (--out). Every process it
 starts is stopped at the end, also on errors and Ctrl-C.
@@ -49,8 +49,8 @@ from bench import database  # noqa: E402
 from bench.loadgen import run_wrk  # noqa: E402
 from bench.procs import Gunicorn  # noqa: E402
 from bench.workload import CustomerModel, Identifiers, Pair, ShopMix, commit, shop_batch  # noqa: E402
-from tests.checker import check_invariants, violation_kinds  # noqa: E402
-from tests.mariadb import MariaDBServer, free_port  # noqa: E402
+from tests.harness.checker import check_invariants, violation_kinds  # noqa: E402
+from tests.harness.mariadb import MariaDBServer, free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CHUNK = 10_000  # orders drawn from the model at a time (the model then learns what they did)
@@ -201,7 +201,7 @@ def report(options: argparse.Namespace, figures: dict[str, Any], command: str) -
             f"{max(e['reader_rss'] for e in empties):.0f} MiB / {tenth['reader_rss']:.0f} MiB",
             "bounded (not growing with the file)",
         ),
-        ("invariant violations after the import (tests/checker.py)", str(figures["violations"]), "0"),
+        ("invariant violations after the import (tests/harness/checker.py)", str(figures["violations"]), "0"),
     ]
     outcome = (
         f"Outcomes of the import into the empty database: customers created {first['created']:,.0f}, "
@@ -216,7 +216,7 @@ def report(options: argparse.Namespace, figures: dict[str, Any], command: str) -
         "# Import benchmark",
         "",
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores (load average at the "
-        f"end {figures['load']}), MariaDB {figures['mariadb']} (throwaway server, tests/mariadb.py). "
+        f"end {figures['load']}), MariaDB {figures['mariadb']} (throwaway server, tests/harness/mariadb.py). "
         f"{len(empties)} runs of the API replay and of the import into an empty database, A B B A; "
         "medians, min-max in brackets; the ratio pairs each import with the replay next to it. "
         "The preloaded import and the first tenth: one run each.",

@@ -4,9 +4,9 @@
     .venv/bin/python bench/legacy.py --rows 100000        # smaller, for development
     .venv/bin/python bench/legacy.py --indexes            # the table as `run.sh --indexes` leaves it
 
-Starts a throwaway mariadbd (tests/mariadb.py: its own data directory and port, never
+Starts a throwaway mariadbd (tests/harness/mariadb.py: its own data directory and port, never
 the machine's server), builds the reference implementation's Contact table
-(tests/legacy.py) with N rows carrying the defects that implementation and the tools
+(tests/harness/legacy.py) with N rows carrying the defects that implementation and the tools
 around it leave (identifiers stored as sent, chains, several primaries per customer,
 NULL precedence and timestamps, deleted rows, rows without identifiers, secondaries
 pointing at missing rows), and keeps it as a template. Then, A B B A: A rewrites a fresh
@@ -43,8 +43,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import database  # noqa: E402
-from tests.legacy import INSERT_CONTACT, LEGACY_INDEXES, MYSQL_CONTACT  # noqa: E402
-from tests.mariadb import MariaDBServer  # noqa: E402
+from tests.harness.legacy import INSERT_CONTACT, LEGACY_INDEXES, MYSQL_CONTACT  # noqa: E402
+from tests.harness.mariadb import MariaDBServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = "legacy_template"

@@ -4,7 +4,7 @@ CPU comes from /proc/<pid>/stat (utime + stime) read before and after a measured
 so it costs nothing while the run is going; the load generator's CPU comes from
 getrusage(RUSAGE_CHILDREN) around its wait (it has exited by then, so /proc has
 nothing left to read). gunicorn is started by the tests' own launcher
-(tests/processes.py): in its own process group, stopped by its own pid, politely first,
+(tests/harness/processes.py): in its own process group, stopped by its own pid, politely first,
 then by force.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests import processes
+from tests.harness import processes
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -126,7 +126,7 @@ class GunicornConfig:
 
 
 class Gunicorn(processes.Gunicorn):
-    """The tests' launcher (tests/processes.py), with the benchmark's argument order.
+    """The tests' launcher (tests/harness/processes.py), with the benchmark's argument order.
 
     gunicorn started exactly as the Procfile does, on 127.0.0.1, logging to `log_path`,
     ready once GET /health/live answers 200; stop() reaches every worker.

@@ -5,7 +5,7 @@
     .venv/bin/python bench/run.py --growth          # also p50 at 10,000 vs 1,000,000 contacts
     .venv/bin/python bench/run.py --gunicorn 2:8:gthread --gunicorn 4:1:sync   # compare configs
 
-Starts a throwaway mariadbd (tests/mariadb.py) and the service under gunicorn exactly as
+Starts a throwaway mariadbd (tests/harness/mariadb.py) and the service under gunicorn exactly as
 the Procfile does, preloads contacts with bulk SQL, drives closed-loop load with wrk,
 measures the database-bound and HTTP-bound ceilings in the same run, times merges, checks
 the final table's invariants, and writes bench/results/latest.md and throughput.png.
@@ -61,7 +61,7 @@ from bench.workload import (  # noqa: E402
     new_identifier_pair,
     shop_batch,
 )
-from tests.mariadb import MariaDBServer, free_port  # noqa: E402
+from tests.harness.mariadb import MariaDBServer, free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
@@ -163,7 +163,7 @@ def parse_options(argv: list[str]) -> Options:
         type=int,
         choices=(0, 1, 2),
         default=1,
-        help="innodb_flush_log_at_trx_commit (default 1, durable as in production; tests/mariadb.py uses 2)",
+        help="innodb_flush_log_at_trx_commit (default 1, durable as in production; tests/harness/mariadb.py uses 2)",
     )
     parser.add_argument(
         "--compare",
@@ -734,7 +734,7 @@ class Bench:
         verdict["non_2xx_total"] = tenant.non_2xx
         self.results.setdefault("invariants", []).append(verdict)
         log(
-            f"  invariants on {len(rows):,} rows: tests/checker.py {verdict['project']}, "
+            f"  invariants on {len(rows):,} rows: tests/harness/checker.py {verdict['project']}, "
             f"linkage {verdict['linkage'] or 'clean'}"
         )
 

@@ -8,17 +8,17 @@ binaries (or on the server named by FLUXKART_TEST_MYSQL_HOST/PORT/USER/
 PASSWORD, in databases the tests create and drop). Without MariaDB installed
 the MySQL tests skip locally and fail in CI (CI=true or FLUXKART_REQUIRE_MYSQL=1).
 
-`galera` is a three-node Galera cluster (tests/galera.py), one per test module that
+`galera` is a three-node Galera cluster (tests/harness/galera.py), one per test module that
 uses it; without galera-4 and the rest it skips locally and fails in CI, likewise.
 
 Ports: every server the suite starts listens on 127.0.0.1, on a port from
-FLUXKART_TEST_PORTS=start-end when that is set (tests/processes.py), so the
+FLUXKART_TEST_PORTS=start-end when that is set (tests/harness/processes.py), so the
 suite can run beside other services on a shared host.
 
 `gunicorn(settings, ...)` starts the service under gunicorn as the Procfile does
-(tests/processes.py's Gunicorn); every one a test starts is stopped after it.
+(tests/harness/processes.py's Gunicorn); every one a test starts is stopped after it.
 With FLUXKART_TEST_APP_DIR set it serves the copy of the service in that folder
-(tests/mutants.py uses this to show that the fault tests kill a mutant).
+(tests/harness/mutants.py uses this to show that the fault tests kill a mutant).
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ import requests
 from werkzeug.serving import make_server
 
 from fluxkart import SETTINGS, JsonFormatter, create_app
-from tests.galera import GaleraCluster, galera_missing
-from tests.mariadb import ExistingServer, MariaDBServer, server_binaries
-from tests.openapi_check import check_app_answer
-from tests.processes import SERVICE_DIR, Gunicorn, free_port, port_range
+from tests.harness.galera import GaleraCluster, galera_missing
+from tests.harness.mariadb import ExistingServer, MariaDBServer, server_binaries
+from tests.harness.openapi_check import check_app_answer
+from tests.harness.processes import SERVICE_DIR, Gunicorn, free_port, port_range
 
 MYSQL_REQUIRED = bool(os.environ.get("CI") or os.environ.get("FLUXKART_REQUIRE_MYSQL"))
 database_numbers = itertools.count(1)
@@ -278,7 +278,7 @@ def gunicorn(tmp_path: Path) -> Iterator[Any]:
         app_dir: Path | None = None,
         ready_path: str = "/health/live",
     ) -> Gunicorn:
-        # FLUXKART_TEST_APP_DIR serves a copy of the service instead (tests/mutants.py's mutants).
+        # FLUXKART_TEST_APP_DIR serves a copy of the service instead (tests/harness/mutants.py's mutants).
         app_dir = app_dir or Path(os.environ.get("FLUXKART_TEST_APP_DIR") or SERVICE_DIR)
         failures = []
         for _ in range(3):

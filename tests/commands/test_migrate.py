@@ -1,6 +1,6 @@
 """`flask --app fluxkart migrate` on a legacy Contact table, on both backends (SPEC, "Commands").
 
-Each test builds the replaced implementation's table itself (tests/legacy.py),
+Each test builds the replaced implementation's table itself (tests/harness/legacy.py),
 runs the real command (Flask's CLI runner, and once as a subprocess), and reads
 the result straight from the database: column types, collations and indexes as
 a table the schema file created has them, every row kept with its id and its
@@ -23,7 +23,7 @@ import pytest
 
 import fluxkart
 from tests.conftest import blank_settings, run_sql
-from tests.legacy import (
+from tests.harness.legacy import (
     DELETED_TOP_ID,
     INSERT_CONTACT,
     LEGACY_INDEXES,
@@ -32,9 +32,9 @@ from tests.legacy import (
     SQLITE_CONTACT,
     filled,
 )
-from tests.processes import free_port
+from tests.harness.processes import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # The oldest createdAt among LEGACY_ROWS: what a row without any timestamp gets.
 EARLIEST = "2022-12-31 23:59:59"
 COLUMNS = "id, phoneNumber, email, linkedId, linkPrecedence, createdAt, updatedAt, deletedAt"

@@ -3,7 +3,7 @@
 The service runs under gunicorn with real workers (three gthread workers of eight
 threads, and the production default: two gevent workers), against a throwaway
 MariaDB server at REPEATABLE READ, one at READ COMMITTED, and SQLite. A bounded
-burst of identify requests (tests/bursts.py) over tiny alphabets of emails and
+burst of identify requests (tests/harness/bursts.py) over tiny alphabets of emails and
 phones makes creations and merges collide constantly:
 
 - "barrier" rounds: every client thread waits at a threading.Barrier, then all
@@ -14,10 +14,10 @@ phones makes creations and merges collide constantly:
   other requests read and link to them.
 
 Afterwards the stored rows must be what some sequential order of the answered
-requests produces (tests/checker.py), every answer must name the customer its
+requests produces (tests/harness/checker.py), every answer must name the customer its
 request belongs to, every answer must match openapi.json, and no request may
 get a 5xx. Bursts of the same plan against a copy of the service with the
-locking taken out (tests/unlocked.py) must find the damage the locks prevent:
+locking taken out (tests/harness/unlocked.py) must find the damage the locks prevent:
 duplicate rows and customers with several primaries (the control; runs by
 default, in CI, one to four bursts; select it alone with `-m unlocked`).
 
@@ -30,8 +30,8 @@ logs "retrying identify transaction" at WARNING; the lines are counted in
 gunicorn's output (stdout and stderr, kept per run under the test's tmp_path)
 and the reasons read from /metrics. Run with -s to see each burst's figures:
 
-    .venv/bin/pytest -s -m stress tests/test_concurrency.py
-    .venv/bin/pytest -s -m unlocked tests/test_concurrency.py
+    .venv/bin/pytest -s -m stress tests/merge/test_concurrency.py
+    .venv/bin/pytest -s -m unlocked tests/merge/test_concurrency.py
 """
 
 from __future__ import annotations
@@ -48,12 +48,12 @@ from typing import Any
 
 import pytest
 
-from tests.bursts import Burst, Exchange, Pair, Round, post_identify, run_burst
-from tests.checker import check_answers, check_invariants, violation_kinds
+from tests.harness.bursts import Burst, Exchange, Pair, Round, post_identify, run_burst
+from tests.harness.checker import check_answers, check_invariants, violation_kinds
 from tests.conftest import read_contacts, require_mariadb
-from tests.mariadb import MariaDBServer
-from tests.processes import Gunicorn
-from tests.unlocked import SERVICE_DIR, build_unlocked_copy
+from tests.harness.mariadb import MariaDBServer
+from tests.harness.processes import Gunicorn
+from tests.harness.unlocked import SERVICE_DIR, build_unlocked_copy
 
 # Load shape: 3 workers x 8 threads = 24 requests in the service at once, 32 clients
 # so the service always has a queue. Sized for a 2-core machine: each burst takes a
@@ -77,7 +77,7 @@ CONFIGS = {
 
 
 # --------------------------------------------------------------------------
-# The burst: a deterministic plan, sent by tests/bursts.py's client threads
+# The burst: a deterministic plan, sent by tests/harness/bursts.py's client threads
 # --------------------------------------------------------------------------
 
 

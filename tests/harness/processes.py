@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-SERVICE_DIR = Path(__file__).resolve().parent.parent
+SERVICE_DIR = Path(__file__).resolve().parents[2]
 PORTS_SETTING = "FLUXKART_TEST_PORTS"
 handed_out: set[int] = set()  # ports this process gave a server already (tried last next time)
 

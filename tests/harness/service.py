@@ -16,8 +16,8 @@ from pathlib import Path
 import requests
 
 from fluxkart import SETTINGS
-from tests.mariadb import free_port
-from tests.processes import stop_process
+from tests.harness.mariadb import free_port
+from tests.harness.processes import stop_process
 
 # As in production (Procfile), plus --no-control-socket: gunicorn 27 otherwise opens
 # ~/.gunicorn/gunicorn.ctl, one path shared by every instance on the host.

@@ -1,6 +1,6 @@
 """Idle and slow HTTP clients held open against a server on 127.0.0.1.
 
-Used by tests/test_slow_clients.py (the service still answers others while they are
+Used by tests/merge/test_slow_clients.py (the service still answers others while they are
 held) and by the benchmark (how long a fast client waits meanwhile). Three kinds of
 connection, in turn: idle (connected, nothing sent: a browser's pre-opened or a
 client's idle keep-alive connection), slow headers (a request line and a few headers,

@@ -30,9 +30,9 @@ import pytest
 import requests
 
 from tests.conftest import read_contacts
-from tests.service import Gunicorn
+from tests.harness.service import Gunicorn
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 TOKEN = "console-test-token_5b7Q2x"

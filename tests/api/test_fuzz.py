@@ -41,7 +41,7 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.conftest import Api
-from tests.openapi_check import OPENAPI_PATH, check_answer
+from tests.harness.openapi_check import OPENAPI_PATH, check_answer
 
 TOKEN = "fuzz-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -27,7 +27,7 @@ from fluxkart import (
     schema_statements,
 )
 from tests.conftest import Api, LiveServer, blank_settings
-from tests.mariadb import ExistingServer, MariaDBServer
+from tests.harness.mariadb import ExistingServer, MariaDBServer
 
 SQLITE_PARAM = re.compile(r"(?<!:):([A-Za-z_]\w*)")
 MYSQL_PARAM = re.compile(r"%\((\w+)\)s")

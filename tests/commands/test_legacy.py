@@ -17,9 +17,9 @@ import pytest
 import requests
 
 from fluxkart import create_app
-from tests.checker import check_invariants
+from tests.harness.checker import check_invariants
 from tests.conftest import Api, read_contacts, run_sql
-from tests.legacy import Seed, seed_rows
+from tests.harness.legacy import Seed, seed_rows
 
 
 def seed(settings: dict[str, Any], api: Api, rows: list[Seed]) -> None:
@@ -288,7 +288,7 @@ def test_the_reference_table_after_migrate_serves_every_kind_without_repair(
     """The reference's own table and rows, `migrate`, then identify straight away: rows stored as sent
     are found by their canonical form, and the chain and the several primaries are healed on touch."""
     from tests.conftest import LiveServer
-    from tests.legacy import MYSQL_CONTACT, SQLITE_CONTACT
+    from tests.harness.legacy import MYSQL_CONTACT, SQLITE_CONTACT
 
     run_sql(settings, MYSQL_CONTACT if settings.get("MYSQL_HOST") else SQLITE_CONTACT)
     t = "2023-01-01 10:00:0{}"
@@ -334,7 +334,7 @@ def test_repair_racing_live_identify_traffic(settings: dict[str, Any], tmp_path:
     import sys
     import threading
 
-    from tests.processes import SERVICE_DIR, Gunicorn
+    from tests.harness.processes import SERVICE_DIR, Gunicorn
 
     app = create_app(settings)
     assert app.test_client().get("/health/ready").status_code == 200  # the schema

@@ -25,11 +25,11 @@ from typing import Any
 import pytest
 import requests
 
-from tests.checker import check_answers, check_invariants
+from tests.harness.checker import check_answers, check_invariants
 from tests.conftest import Api, read_contacts, run_sql
-from tests.galera import GaleraCluster
-from tests.service import Gunicorn
-from tests.unlocked import SERVICE_DIR, copy_service
+from tests.harness.galera import GaleraCluster
+from tests.harness.service import Gunicorn
+from tests.harness.unlocked import SERVICE_DIR, copy_service
 
 TOKEN = "erasure-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -459,7 +459,7 @@ def test_erasure_racing_identify(settings: dict[str, Any], tmp_path: Path, backe
 
     Afterwards: no row of an erased customer remains and none points at one (no half-erased
     customer); the surviving orders (those whose answer names no erased row) explain the
-    table as some sequential order would (tests/checker.py), and their answers still hold;
+    table as some sequential order would (tests/harness/checker.py), and their answers still hold;
     identifier rows are exactly the identifiers stored; every row has exactly one history
     event that inserted it and no event names a row that is gone; one erasure record per
     erasure. No 5xx, no transport error.
@@ -518,7 +518,7 @@ def test_the_race_catches_an_erasure_without_identify_locks(
 ) -> None:
     """The same race against a copy whose erasure takes no identifier or row locks finds damage.
 
-    `pytest -m unlocked tests/test_erasure.py` (excluded by default, like the stress test's own
+    `pytest -m unlocked tests/api/test_erasure.py` (excluded by default, like the stress test's own
     unlocked run). On SQLite the copy is still correct: BEGIN IMMEDIATE serializes every writer.
     """
     app_dir = build_copy_without_erasure_locks(tmp_path / "copy")

@@ -29,7 +29,7 @@ merged) from its contents. Around each fault the test asserts:
   answers' rows exist;
 - after every request that got no 200 is sent again until it does (as a client
   honouring Retry-After would), the final table is what some sequential order of
-  all the requests produces (tests/checker.py) and every answer names its
+  all the requests produces (tests/harness/checker.py) and every answer names its
   customer's rows.
 
 (a) database stop (SIGTERM) or crash (kill -9 of the test's own mariadbd), down
@@ -64,11 +64,11 @@ import pymysql
 import pytest
 import requests
 
-from tests.checker import check_answers, check_invariants
+from tests.harness.checker import check_answers, check_invariants
 from tests.conftest import read_contacts, require_mariadb, run_sql
-from tests.mariadb import MariaDBServer
-from tests.openapi_check import check_answer
-from tests.processes import Gunicorn
+from tests.harness.mariadb import MariaDBServer
+from tests.harness.openapi_check import check_answer
+from tests.harness.processes import Gunicorn
 
 pytestmark = pytest.mark.fault
 

@@ -11,7 +11,7 @@ Two kinds of test:
   JSON body validates against the response schema (jsonschema, draft 2020-12,
   $refs resolved inside openapi.json).
 
-`tests/openapi_check.py` holds the check, `check_answer(response)`; the `Api`
+`tests/harness/openapi_check.py` holds the check, `check_answer(response)`; the `Api`
 client of conftest.py runs it on every answer the app gives any test, and the
 `answers_match_openapi` fixture here also records which responses were seen.
 """
@@ -30,8 +30,8 @@ import requests
 from openapi_spec_validator import validate as validate_openapi
 
 from tests.conftest import Api
-from tests.openapi_check import SPEC, AnswerLog, check_answer, resolve
-from tests.processes import free_port
+from tests.harness.openapi_check import SPEC, AnswerLog, check_answer, resolve
+from tests.harness.processes import free_port
 
 TOKEN = "s3cret-token"
 

@@ -17,7 +17,7 @@ import pytest
 
 from fluxkart import create_app
 from tests.conftest import Api, LiveServer, blank_settings, require_mariadb
-from tests.mariadb import MariaDBServer
+from tests.harness.mariadb import MariaDBServer
 
 
 @pytest.fixture(scope="module")

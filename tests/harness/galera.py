@@ -1,6 +1,6 @@
 """A throwaway three-node MariaDB Galera cluster on 127.0.0.1, for tests and by hand.
 
-    python3 -m tests.galera          # starts one, prints the three SQL ports; Ctrl-C stops it
+    python3 -m tests.harness.galera          # starts one, prints the three SQL ports; Ctrl-C stops it
 
 Each node is a tests.mariadb.MariaDBServer (its own data directory under a
 temporary folder, its own SQL port) started with the wsrep options of a
@@ -30,8 +30,8 @@ from typing import Any
 
 import pymysql
 
-from tests.mariadb import MariaDBServer, server_binaries
-from tests.processes import free_port
+from tests.harness.mariadb import MariaDBServer, server_binaries
+from tests.harness.processes import free_port
 
 PROVIDER_PATHS = (
     "/usr/lib/galera/libgalera_smm.so",

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pymysql
 
-from tests.processes import free_port, stop_process
+from tests.harness.processes import free_port, stop_process
 
 SERVER_NAMES = ("mariadbd", "mysqld")
 INSTALL_NAMES = ("mariadb-install-db", "mysql_install_db")

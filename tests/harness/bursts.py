@@ -10,7 +10,7 @@ starts `clients` threads that go through the rounds together:
 `send(session, request) -> Exchange` sends one request (usually through
 `post_identify`) and says where it goes, so a request may be a bare (email, phone)
 pair or carry a node to send it to. The Burst returned holds every Exchange, each
-with its answer checked against openapi.json (tests/openapi_check.py).
+with its answer checked against openapi.json (tests/harness/openapi_check.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, Generic, TypeVar
 
 import requests
 
-from tests.openapi_check import check_answer
+from tests.harness.openapi_check import check_answer
 
 REQUEST_TIMEOUT = (5, 65)  # connect, read: above the service's worst case of bounded retries
 

@@ -1,6 +1,6 @@
 """identify on a real three-node Galera cluster, writes to every node (SPEC, "Concurrency").
 
-A cluster of three mariadbd nodes (tests/galera.py) with one gunicorn instance of the
+A cluster of three mariadbd nodes (tests/harness/galera.py) with one gunicorn instance of the
 service on each node, as a multi-primary deployment runs it. Row locks are local to a
 node on Galera; only overlapping writes conflict, at commit (certification) or at any
 statement (brute-force abort), surfacing as deadlock errors the service retries.
@@ -13,11 +13,11 @@ statement (brute-force abort), surfacing as deadlock errors the service retries.
     bridge two customers, round-robin over the nodes.
   Each runs multi-writer (each instance writes to its own node) and single-writer (all
   three instances on node 1, as behind a proxy with one active backend), and must leave
-  0 invariant violations (tests/checker.py), no 5xx, every answer as openapi.json
+  0 invariant violations (tests/harness/checker.py), no 5xx, every answer as openapi.json
   describes it, every node's Contact and ContactIdentifier tables identical; the
-  retries each cost are printed. The clients are tests/bursts.py's. The copy of
-  the service without its locking (tests/unlocked.py) must fail on them:
-  `pytest -m unlocked tests/test_galera.py`.
+  retries each cost are printed. The clients are tests/harness/bursts.py's. The copy of
+  the service without its locking (tests/harness/unlocked.py) must fail on them:
+  `pytest -m unlocked tests/cluster/test_galera.py`.
 - Read-your-writes: a write answered by node 1, then at once a lookup and an identify on
   node 2, thousands of times: 0 stale answers with the service's causal reads
   (wsrep_sync_wait=1). With FLUXKART_WSREP_SYNC_WAIT=0 the same check finds stale answers
@@ -28,8 +28,8 @@ statement (brute-force abort), surfacing as deadlock errors the service retries.
 
 Figures (requests, retries by reason, stale answers, latencies) are printed: run with -s.
 
-    .venv/bin/pytest -s tests/test_galera.py
-    .venv/bin/pytest -s -m unlocked tests/test_galera.py
+    .venv/bin/pytest -s tests/cluster/test_galera.py
+    .venv/bin/pytest -s -m unlocked tests/cluster/test_galera.py
 """
 
 from __future__ import annotations
@@ -50,11 +50,11 @@ import pymysql.cursors
 import pytest
 import requests
 
-from tests.bursts import REQUEST_TIMEOUT, Burst, Exchange, Pair, Round, post_identify, run_burst
-from tests.checker import check_answers, check_invariants, violation_kinds
-from tests.galera import GaleraCluster, GaleraNode
-from tests.processes import Gunicorn
-from tests.unlocked import SERVICE_DIR, build_unlocked_copy
+from tests.harness.bursts import REQUEST_TIMEOUT, Burst, Exchange, Pair, Round, post_identify, run_burst
+from tests.harness.checker import check_answers, check_invariants, violation_kinds
+from tests.harness.galera import GaleraCluster, GaleraNode
+from tests.harness.processes import Gunicorn
+from tests.harness.unlocked import SERVICE_DIR, build_unlocked_copy
 
 pytestmark = pytest.mark.galera
 
@@ -155,7 +155,7 @@ def differing_nodes(tables: list[Tables]) -> list[str]:
 
 
 # --------------------------------------------------------------------------
-# Workloads: deterministic plans, sent by tests/bursts.py's client threads
+# Workloads: deterministic plans, sent by tests/harness/bursts.py's client threads
 # --------------------------------------------------------------------------
 
 

@@ -1,15 +1,15 @@
 """Mutants that the tests must kill: proof that a green run means something.
 
-    .venv/bin/python -m tests.mutants checker              # each check of tests/checker.py removed
-    .venv/bin/python -m tests.mutants dropped-connection   # the service answers 500 on a dropped connection
+    .venv/bin/python -m tests.harness.mutants checker             # each check of the checker removed
+    .venv/bin/python -m tests.harness.mutants dropped-connection  # the service answers 500 on a dropped connection
 
-`checker`: for every `violations.append(...)` in tests/checker.py (each is one
-check: one kind of damage it names), a copy of checker.py without that call is
-run against tests/test_checker.py. A mutant is killed when a test fails.
+`checker`: for every `violations.append(...)` in tests/harness/checker.py (each is
+one check: one kind of damage it names), a copy of checker.py without that call is
+run against tests/merge/test_checker.py. A mutant is killed when a test fails.
 
 `dropped-connection`: a copy of the service whose transaction helper answers 500
 ("internal_error") when the database connection drops inside an identify
-transaction, instead of retrying and answering 503. tests/test_faults.py runs
+transaction, instead of retrying and answering 503. tests/merge/test_faults.py runs
 against the copy (conftest's gunicorn fixture serves FLUXKART_TEST_APP_DIR when
 set) and must fail. The audit of issue 15 found that this mutant survived the
 whole suite before the fault tests kept writing.
@@ -30,10 +30,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.processes import SERVICE_DIR
-from tests.unlocked import copy_service
+from tests.harness.processes import SERVICE_DIR
+from tests.harness.unlocked import copy_service
 
-CHECKER = SERVICE_DIR / "tests" / "checker.py"
+CHECKER = SERVICE_DIR / "tests" / "harness" / "checker.py"
+CHECKER_TEST = "tests/merge/test_checker.py"
+FAULT_TESTS = "tests/merge/test_faults.py"
 
 
 def checker_mutants(source: str) -> list[tuple[str, str]]:
@@ -60,21 +62,22 @@ def checker_mutants(source: str) -> list[tuple[str, str]]:
 
 
 def run_checker_mutants(workdir: Path) -> bool:
-    """Each checker mutant against tests/test_checker.py; True when all are killed."""
+    """Each checker mutant against tests/merge/test_checker.py; True when all are killed."""
     source = CHECKER.read_text()
     survivors = []
     mutants = checker_mutants(source)
-    print(f"{len(mutants)} checks in tests/checker.py, each removed in turn:")
+    print(f"{len(mutants)} checks in tests/harness/checker.py, each removed in turn:")
     for number, (name, mutated) in enumerate(mutants, 1):
         copy = workdir / f"checker-{number}"
-        (copy / "tests").mkdir(parents=True)
-        for name_ in ("__init__.py", "test_checker.py"):
-            shutil.copy2(SERVICE_DIR / "tests" / name_, copy / "tests" / name_)
-        (copy / "tests" / "checker.py").write_text(mutated)
+        # The test and the packages it imports through, with the mutated checker in place.
+        for name_ in ("tests/__init__.py", "tests/harness/__init__.py", "tests/merge/__init__.py", CHECKER_TEST):
+            (copy / name_).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(SERVICE_DIR / name_, copy / name_)
+        (copy / "tests" / "harness" / "checker.py").write_text(mutated)
         shutil.copy2(SERVICE_DIR / "pyproject.toml", copy / "pyproject.toml")
         started = time.monotonic()
         result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "tests/test_checker.py"],
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", CHECKER_TEST],
             cwd=copy,
             env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
             capture_output=True,
@@ -101,14 +104,14 @@ DROPPED_CONNECTION_500 = (
 
 
 def run_dropped_connection_mutant(workdir: Path) -> bool:
-    """tests/test_faults.py against the mutant; True when it fails (the mutant is killed)."""
+    """tests/merge/test_faults.py against the mutant; True when it fails (the mutant is killed)."""
     copy = workdir / "dropped-connection"
     copy_service(copy)
     source = (copy / "fluxkart.py").read_text()
     if source.count(RETRY_BRANCH) != 1:
-        raise SystemExit("fluxkart.py changed: update RETRY_BRANCH in tests/mutants.py to its retry branch")
+        raise SystemExit("fluxkart.py changed: update RETRY_BRANCH in tests/harness/mutants.py to its retry branch")
     (copy / "fluxkart.py").write_text(source.replace(RETRY_BRANCH, DROPPED_CONNECTION_500))
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_faults.py"]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", FAULT_TESTS]
     print(f"FLUXKART_TEST_APP_DIR={copy} {' '.join(command[1:])}")
     started = time.monotonic()
     result = subprocess.run(

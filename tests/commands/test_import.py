@@ -13,7 +13,7 @@ import racing gunicorn workers that serve live identify traffic.
 - refused files write nothing; empty and header-only files import nothing;
 - importing the same file twice creates nothing the second time; an import killed half way
   and run again equals one full import;
-- an import racing live identify traffic leaves a table that satisfies tests/checker.py.
+- an import racing live identify traffic leaves a table that satisfies tests/harness/checker.py.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from hypothesis import strategies as st
 
 import fluxkart
 from fluxkart import SETTINGS, create_app
-from tests.checker import check_invariants
+from tests.harness.checker import check_invariants
 from tests.conftest import Api, LiveServer, blank_settings, read_contacts, run_sql
-from tests.processes import Gunicorn, child_pids
+from tests.harness.processes import Gunicorn, child_pids
 
 REPO = Path(fluxkart.__file__).resolve().parent
 database_numbers = itertools.count(1)

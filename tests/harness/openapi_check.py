@@ -19,7 +19,7 @@ import requests
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
+OPENAPI_PATH = Path(__file__).resolve().parents[2] / "openapi.json"
 SPEC: dict[str, Any] = json.loads(OPENAPI_PATH.read_text())
 SPEC_URI = "urn:fluxkart:openapi"
 REGISTRY: Registry[Any] = Registry().with_resource(

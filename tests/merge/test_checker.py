@@ -1,4 +1,4 @@
-"""The invariant checker (tests/checker.py) on hand-made states and on a sequential model.
+"""The invariant checker (tests/harness/checker.py) on hand-made states and on a sequential model.
 
 It must pass every state a sequential order of requests produces, and name
 each kind of damage a race can do.
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.checker import check_answers, check_invariants, violation_kinds
+from tests.harness.checker import check_answers, check_invariants, violation_kinds
 
 T0 = datetime(2024, 1, 1)
 Pair = tuple[str | None, str | None]
