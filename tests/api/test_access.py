@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Api
+from tests.harness.servers import Api
 
 TOKEN = "k7Q-access-token_0123456789"
 WITH_TOKEN = pytest.mark.parametrize("settings", [{"FLUXKART_API_TOKEN": TOKEN}], indirect=True)

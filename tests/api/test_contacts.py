@@ -10,7 +10,8 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 import requests
 
-from tests.conftest import Api, run_sql
+from tests.harness.database import run_sql
+from tests.harness.servers import Api
 
 LORRAINE = "lorraine@hillvalley.edu"
 MCFLY = "mcfly@hillvalley.edu"

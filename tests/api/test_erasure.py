@@ -26,10 +26,12 @@ import pytest
 import requests
 
 from tests.harness.checker import check_answers, check_invariants
-from tests.conftest import Api, read_contacts, run_sql
+from tests.harness.database import read_contacts, run_sql
 from tests.harness.galera import GaleraCluster
-from tests.harness.service import Gunicorn
-from tests.harness.unlocked import SERVICE_DIR, copy_service
+from tests.harness.gunicorn import Gunicorn, gunicorn_env
+from tests.harness.processes import SERVICE_DIR
+from tests.harness.servers import Api
+from tests.harness.unlocked import copy_service
 
 TOKEN = "erasure-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -464,9 +466,9 @@ def test_erasure_racing_identify(settings: dict[str, Any], tmp_path: Path, backe
     event that inserted it and no event names a row that is gone; one erasure record per
     erasure. No 5xx, no transport error.
     """
-    server = Gunicorn(SERVICE_DIR, {k: str(v) for k, v in settings.items()}, tmp_path, RACE_WORKERS)
+    server = Gunicorn(gunicorn_env(settings, *RACE_WORKERS), tmp_path, app_dir=SERVICE_DIR)
     try:
-        server.start()
+        server.start(ready_path="/health/ready")
         sent, timed_out = run_race([server.url], race_plan(seed=len(backend)))
     finally:
         server.stop()
@@ -522,9 +524,9 @@ def test_the_race_catches_an_erasure_without_identify_locks(
     unlocked run). On SQLite the copy is still correct: BEGIN IMMEDIATE serializes every writer.
     """
     app_dir = build_copy_without_erasure_locks(tmp_path / "copy")
-    server = Gunicorn(app_dir, {k: str(v) for k, v in settings.items()}, tmp_path, RACE_WORKERS)
+    server = Gunicorn(gunicorn_env(settings, *RACE_WORKERS), tmp_path, app_dir=app_dir)
     try:
-        server.start()
+        server.start(ready_path="/health/ready")
         sent, timed_out = run_race([server.url], race_plan(seed=7))
     finally:
         server.stop()
@@ -544,10 +546,10 @@ def test_erasure_racing_identify_on_galera(galera: GaleraCluster, tmp_path: Path
     """
     galera.create_database("fluxkart_erasure_race")
     node_settings = [{**s, "FLUXKART_API_TOKEN": TOKEN} for s in galera.settings("fluxkart_erasure_race")]
-    servers = [Gunicorn(SERVICE_DIR, settings, tmp_path, (2, 2, "gthread")) for settings in node_settings]
+    servers = [Gunicorn(gunicorn_env(settings, 2, 2, "gthread"), tmp_path) for settings in node_settings]
     try:
         for server in servers:
-            server.start()
+            server.start(ready_path="/health/ready")
         sent, timed_out = run_race([server.url for server in servers], race_plan(seed=3))
     finally:
         for server in servers:

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from fluxkart import create_app
-from tests.conftest import Api, LiveServer
+from tests.harness.servers import Api, LiveServer
 
 SEED = {"email": "seed@hillvalley.edu", "phoneNumber": "555"}
 CODE = re.compile(r"^[a-z][a-z0-9_]*$")

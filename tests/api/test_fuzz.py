@@ -40,8 +40,8 @@ from hypothesis import settings as hypothesis_settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.conftest import Api
 from tests.harness.openapi_check import OPENAPI_PATH, check_answer
+from tests.harness.servers import Api
 
 TOKEN = "fuzz-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

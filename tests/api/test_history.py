@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 
 from fluxkart import create_app, get_db, in_transaction, record_imported, start_command_run, utcnow
-from tests.conftest import Api, read_contacts, run_sql
+from tests.harness.database import read_contacts, run_sql
 from tests.harness.legacy import Seed, seed_rows
+from tests.harness.servers import Api
 
 TOKEN = "history-token-0123456789"
 WITH_TOKEN = pytest.mark.parametrize("settings", [{"FLUXKART_API_TOKEN": TOKEN}], indirect=True)

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Api, run_sql
+from tests.harness.database import run_sql
+from tests.harness.servers import Api
 
 Request = tuple[str | int | None, str | int | None]  # (email, phoneNumber) as sent
 Row = tuple[int, str | None, str | None, int | None, str]  # id, email, phone, linkedId, precedence

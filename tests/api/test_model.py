@@ -23,7 +23,8 @@ from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
 from fluxkart import create_app
-from tests.conftest import Api, LiveServer, blank_settings, read_contacts
+from tests.harness.database import blank_settings, read_contacts
+from tests.harness.servers import Api, LiveServer
 
 # --------------------------------------------------------------------------
 # The reference model: the SPEC's rules over a list of rows, nothing else

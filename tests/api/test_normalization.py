@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Api
+from tests.harness.servers import Api
 
 IN_REGION = pytest.mark.parametrize("settings", [{"FLUXKART_PHONE_REGION": "IN"}], indirect=True)
 

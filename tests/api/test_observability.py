@@ -28,8 +28,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Api, LogLines
-from tests.harness.processes import Gunicorn
+from tests.harness.gunicorn import Gunicorn
+from tests.harness.servers import Api, LogLines
 
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
 ACCESS_FIELDS = {"method", "path", "status", "duration_ms", "request_id"}

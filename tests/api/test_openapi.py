@@ -29,9 +29,9 @@ import pytest
 import requests
 from openapi_spec_validator import validate as validate_openapi
 
-from tests.conftest import Api
 from tests.harness.openapi_check import SPEC, AnswerLog, check_answer, resolve
 from tests.harness.processes import free_port
+from tests.harness.servers import Api
 
 TOKEN = "s3cret-token"
 
@@ -339,7 +339,7 @@ def unreachable(backend: str, tmp_path: Path) -> dict[str, Any]:
 def down_api(settings: dict[str, Any], unreachable: dict[str, Any]) -> Iterator[Api]:
     """The app over HTTP with its database unreachable from the start."""
     from fluxkart import create_app
-    from tests.conftest import LiveServer
+    from tests.harness.servers import LiveServer
 
     live = LiveServer(create_app({**settings, **unreachable}))
     client = Api(live.url)

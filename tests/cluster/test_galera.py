@@ -53,8 +53,9 @@ import requests
 from tests.harness.bursts import REQUEST_TIMEOUT, Burst, Exchange, Pair, Round, post_identify, run_burst
 from tests.harness.checker import check_answers, check_invariants, violation_kinds
 from tests.harness.galera import GaleraCluster, GaleraNode
-from tests.harness.processes import Gunicorn
-from tests.harness.unlocked import SERVICE_DIR, build_unlocked_copy
+from tests.harness.gunicorn import Gunicorn
+from tests.harness.processes import SERVICE_DIR
+from tests.harness.unlocked import build_unlocked_copy
 
 pytestmark = pytest.mark.galera
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fluxkart import create_app
-from tests.conftest import run_sql
+from tests.harness.database import run_sql
 
 
 def table_names(settings: dict[str, Any]) -> set[str]:

@@ -40,8 +40,10 @@ from hypothesis import strategies as st
 import fluxkart
 from fluxkart import SETTINGS, create_app
 from tests.harness.checker import check_invariants
-from tests.conftest import Api, LiveServer, blank_settings, read_contacts, run_sql
-from tests.harness.processes import Gunicorn, child_pids
+from tests.harness.database import blank_settings, read_contacts, run_sql
+from tests.harness.gunicorn import Gunicorn
+from tests.harness.processes import child_pids
+from tests.harness.servers import Api, LiveServer
 
 REPO = Path(fluxkart.__file__).resolve().parent
 database_numbers = itertools.count(1)

@@ -18,8 +18,9 @@ import requests
 
 from fluxkart import create_app
 from tests.harness.checker import check_invariants
-from tests.conftest import Api, read_contacts, run_sql
+from tests.harness.database import read_contacts, run_sql
 from tests.harness.legacy import Seed, seed_rows
+from tests.harness.servers import Api
 
 
 def seed(settings: dict[str, Any], api: Api, rows: list[Seed]) -> None:
@@ -287,8 +288,8 @@ def test_the_reference_table_after_migrate_serves_every_kind_without_repair(
 ) -> None:
     """The reference's own table and rows, `migrate`, then identify straight away: rows stored as sent
     are found by their canonical form, and the chain and the several primaries are healed on touch."""
-    from tests.conftest import LiveServer
     from tests.harness.legacy import MYSQL_CONTACT, SQLITE_CONTACT
+    from tests.harness.servers import LiveServer
 
     run_sql(settings, MYSQL_CONTACT if settings.get("MYSQL_HOST") else SQLITE_CONTACT)
     t = "2023-01-01 10:00:0{}"
@@ -334,7 +335,8 @@ def test_repair_racing_live_identify_traffic(settings: dict[str, Any], tmp_path:
     import sys
     import threading
 
-    from tests.harness.processes import SERVICE_DIR, Gunicorn
+    from tests.harness.gunicorn import Gunicorn
+    from tests.harness.processes import SERVICE_DIR
 
     app = create_app(settings)
     assert app.test_client().get("/health/ready").status_code == 200  # the schema

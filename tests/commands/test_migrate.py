@@ -22,7 +22,7 @@ from unittest.mock import ANY
 import pytest
 
 import fluxkart
-from tests.conftest import blank_settings, run_sql
+from tests.harness.database import blank_settings, run_sql
 from tests.harness.legacy import (
     DELETED_TOP_ID,
     INSERT_CONTACT,

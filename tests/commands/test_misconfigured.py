@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 
 from fluxkart import create_app
-from tests.conftest import Api, LiveServer, blank_settings, require_mariadb
+from tests.harness.database import blank_settings
 from tests.harness.mariadb import MariaDBServer
+from tests.harness.required import require_mariadb
+from tests.harness.servers import Api, LiveServer
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,9 @@ from fluxkart import (
     parse_queries,
     schema_statements,
 )
-from tests.conftest import Api, LiveServer, blank_settings
+from tests.harness.database import blank_settings, mysql_connect
 from tests.harness.mariadb import ExistingServer, MariaDBServer
+from tests.harness.servers import Api, LiveServer
 
 SQLITE_PARAM = re.compile(r"(?<!:):([A-Za-z_]\w*)")
 MYSQL_PARAM = re.compile(r"%\((\w+)\)s")
@@ -132,8 +133,8 @@ def mysql_conn(
     mysql_server: MariaDBServer | ExistingServer, mysql_database: str
 ) -> Iterator[pymysql.connections.Connection]:
     """A connection to a fresh database with the MySQL schema applied twice (idempotent)."""
-    conn = pymysql.connect(
-        **connect_args(mysql_server.settings(mysql_database)), cursorclass=pymysql.cursors.DictCursor
+    conn = mysql_connect(
+        mysql_server.settings(mysql_database), autocommit=True, cursorclass=pymysql.cursors.DictCursor
     )
     with conn.cursor() as cur:
         for _ in range(2):
@@ -141,18 +142,6 @@ def mysql_conn(
                 cur.execute(statement)
     yield conn
     conn.close()
-
-
-def connect_args(settings: dict[str, str]) -> dict[str, Any]:
-    """PyMySQL arguments for the app settings of a test database."""
-    return {
-        "host": settings["MYSQL_HOST"],
-        "port": int(settings["MYSQL_PORT"]),
-        "user": settings["MYSQL_USER"],
-        "password": settings["MYSQL_PASSWORD"],
-        "database": settings["MYSQL_DATABASE"],
-        "autocommit": True,
-    }
 
 
 def explain(conn: pymysql.connections.Connection, name: str, **values: Any) -> list[dict[str, Any]]:

@@ -17,7 +17,8 @@ import pytest
 import requests
 
 from fluxkart import JsonFormatter, create_app, link_edges, link_graph, mask_email, mask_phone
-from tests.conftest import LiveServer, read_contacts, run_sql
+from tests.harness.database import read_contacts, run_sql
+from tests.harness.servers import LiveServer
 
 TOKEN = "console-token_Zx81"
 SECRET_KEY = "console-signing-key-for-tests-0123456789"

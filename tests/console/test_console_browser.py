@@ -29,8 +29,9 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import read_contacts
-from tests.harness.service import Gunicorn
+from tests.harness.database import read_contacts
+from tests.harness.gunicorn import Gunicorn, gunicorn_env
+from tests.harness.required import skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -70,9 +71,7 @@ def require_browser() -> None:
             f"{', '.join(missing)} missing (apt-get install chromium chromium-driver); "
             "the console's browser tests need it"
         )
-        if BROWSER_REQUIRED:
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(message, BROWSER_REQUIRED)
 
 
 # --------------------------------------------------------------------------
@@ -82,10 +81,8 @@ def require_browser() -> None:
 
 def start_service(settings: dict[str, Any], workdir: Path, **extra: str) -> Gunicorn:
     """The service under gunicorn with 2 sync workers: a session signed by one must hold on the other."""
-    service = Gunicorn(
-        ROOT, {k: str(v or "") for k, v in {**settings, **extra}.items()}, workdir, (2, 1, "sync")
-    )
-    service.start()
+    service = Gunicorn(gunicorn_env({**settings, **extra}, 2, 1, "sync"), workdir, app_dir=ROOT)
+    service.start(ready_path="/health/ready")
     return service
 
 

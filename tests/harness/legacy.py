@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.harness.database import run_sql
+
 MYSQL_CONTACT = """
 CREATE TABLE IF NOT EXISTS Contact (
   id INT NOT NULL AUTO_INCREMENT,
@@ -112,8 +114,6 @@ def seed_rows(settings: dict[str, Any], rows: list[Seed]) -> None:
     """Write rows into the service's own Contact table behind its back, and mark the table as
     `migrate` leaves an adopted one (not known to be consistent). createdAt is 2024-01-01
     00:00:<second>; a deleted row gets a deletedAt."""
-    from tests.conftest import run_sql  # the tests' helper; bench/ imports this module without pytest
-
     run_sql(
         settings,
         "INSERT INTO Contact (id, email, phoneNumber, linkedId, linkPrecedence, createdAt, updatedAt,"

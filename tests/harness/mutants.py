@@ -1,7 +1,7 @@
 """Mutants that the tests must kill: proof that a green run means something.
 
     .venv/bin/python -m tests.harness.mutants checker             # each check of the checker removed
-    .venv/bin/python -m tests.harness.mutants dropped-connection  # the service answers 500 on a dropped connection
+    .venv/bin/python -m tests.harness.mutants dropped-connection  # a 500 on a dropped connection
 
 `checker`: for every `violations.append(...)` in tests/harness/checker.py (each is
 one check: one kind of damage it names), a copy of checker.py without that call is
@@ -70,7 +70,8 @@ def run_checker_mutants(workdir: Path) -> bool:
     for number, (name, mutated) in enumerate(mutants, 1):
         copy = workdir / f"checker-{number}"
         # The test and the packages it imports through, with the mutated checker in place.
-        for name_ in ("tests/__init__.py", "tests/harness/__init__.py", "tests/merge/__init__.py", CHECKER_TEST):
+        packages = ("tests/__init__.py", "tests/harness/__init__.py", "tests/merge/__init__.py")
+        for name_ in (*packages, CHECKER_TEST):
             (copy / name_).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(SERVICE_DIR / name_, copy / name_)
         (copy / "tests" / "harness" / "checker.py").write_text(mutated)
@@ -109,7 +110,9 @@ def run_dropped_connection_mutant(workdir: Path) -> bool:
     copy_service(copy)
     source = (copy / "fluxkart.py").read_text()
     if source.count(RETRY_BRANCH) != 1:
-        raise SystemExit("fluxkart.py changed: update RETRY_BRANCH in tests/harness/mutants.py to its retry branch")
+        raise SystemExit(
+            "fluxkart.py changed: update RETRY_BRANCH in tests/harness/mutants.py to its retry branch"
+        )
     (copy / "fluxkart.py").write_text(source.replace(RETRY_BRANCH, DROPPED_CONNECTION_500))
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", FAULT_TESTS]
     print(f"FLUXKART_TEST_APP_DIR={copy} {' '.join(command[1:])}")

@@ -27,7 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-SERVICE_DIR = Path(__file__).resolve().parents[2]
+from tests.harness.processes import SERVICE_DIR
+
 UNLOCKED_STATEMENTS = ("touch_identifiers", "touch_contact_identifiers")
 BLOCK = re.compile(r"(^-- name: (\w+)\s*\n)(.*?)(?=^-- name: |\Z)", re.MULTILINE | re.DOTALL)
 FOR_UPDATE = re.compile(r"^[ \t]*FOR UPDATE[ \t]*$\n?", re.MULTILINE | re.IGNORECASE)

@@ -50,10 +50,12 @@ import pytest
 
 from tests.harness.bursts import Burst, Exchange, Pair, Round, post_identify, run_burst
 from tests.harness.checker import check_answers, check_invariants, violation_kinds
-from tests.conftest import read_contacts, require_mariadb
+from tests.harness.database import read_contacts
+from tests.harness.gunicorn import Gunicorn
 from tests.harness.mariadb import MariaDBServer
-from tests.harness.processes import Gunicorn
-from tests.harness.unlocked import SERVICE_DIR, build_unlocked_copy
+from tests.harness.processes import SERVICE_DIR
+from tests.harness.required import require_mariadb
+from tests.harness.unlocked import build_unlocked_copy
 
 # Load shape: 3 workers x 8 threads = 24 requests in the service at once, 32 clients
 # so the service always has a queue. Sized for a 2-core machine: each burst takes a

@@ -51,7 +51,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import threading
 import time
 from collections import Counter
@@ -60,15 +59,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pymysql
 import pytest
 import requests
 
 from tests.harness.checker import check_answers, check_invariants
-from tests.conftest import read_contacts, require_mariadb, run_sql
+from tests.harness.database import lock_customer, read_contacts, run_sql
+from tests.harness.gunicorn import Gunicorn
 from tests.harness.mariadb import MariaDBServer
 from tests.harness.openapi_check import check_answer
-from tests.harness.processes import Gunicorn
+from tests.harness.required import require_mariadb
 
 pytestmark = pytest.mark.fault
 
@@ -412,21 +411,7 @@ class HeldRequest:
 
     def hold(self) -> None:
         """Take the lock, send the request, and return once it waits (bounded)."""
-        if self.settings.get("MYSQL_HOST"):
-            s = self.settings
-            self.lock_conn = pymysql.connect(
-                host=s["MYSQL_HOST"],
-                port=int(s["MYSQL_PORT"]),
-                user=s["MYSQL_USER"],
-                password=s["MYSQL_PASSWORD"],
-                database=s["MYSQL_DATABASE"],
-                autocommit=False,
-            )
-            with self.lock_conn.cursor() as cur:
-                cur.execute("SELECT id FROM Contact WHERE id = %s FOR UPDATE", (self.primary_id,))
-        else:
-            self.lock_conn = sqlite3.connect(self.settings["FLUXKART_SQLITE_PATH"], isolation_level=None)
-            self.lock_conn.execute("BEGIN IMMEDIATE")
+        self.lock_conn = lock_customer(self.settings, self.primary_id)
         self.thread.start()
         assert self.connected.wait(5), "the held request did not connect"
         if self.settings.get("MYSQL_HOST"):

@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 
-from tests.harness.processes import Gunicorn
+from tests.harness.gunicorn import Gunicorn
 from tests.harness.slow_clients import SlowClients, raise_open_files_limit
 
 HELD = 1000  # connections held open while other clients are served (fewer if the open-files limit is low)

@@ -19,17 +19,16 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
-import pymysql
 import pytest
 import requests
 
-from tests.conftest import Api, LiveServer, run_sql
+from tests.harness.database import lock_customer, run_sql
+from tests.harness.servers import Api, LiveServer
 
 CLIENT_TIMEOUT_S = 60  # far above the service's retry budget: the service must answer first
 
@@ -87,20 +86,7 @@ class HeldLock:
 
     def __init__(self, settings: dict[str, Any], primary_id: int):
         self.mysql = bool(settings.get("MYSQL_HOST"))
-        if self.mysql:
-            self.conn: Any = pymysql.connect(
-                host=settings["MYSQL_HOST"],
-                port=int(settings["MYSQL_PORT"]),
-                user=settings["MYSQL_USER"],
-                password=settings["MYSQL_PASSWORD"],
-                database=settings["MYSQL_DATABASE"],
-                autocommit=False,
-            )
-            with self.conn.cursor() as cur:
-                cur.execute("SELECT id FROM Contact WHERE id = %s FOR UPDATE", (primary_id,))
-        else:
-            self.conn = sqlite3.connect(settings["FLUXKART_SQLITE_PATH"], isolation_level=None)
-            self.conn.execute("BEGIN IMMEDIATE")
+        self.conn: Any = lock_customer(settings, primary_id)
 
     def waiters(self) -> int:
         """How many transactions wait for a lock this connection holds (MySQL)."""
