@@ -42,9 +42,10 @@ from typing import Any
 
 from bench import database
 from bench.loadgen import percentiles_ms, run_wrk, timed_posts
-from bench.procs import Gunicorn, descendant_pids, rss_mib
-from bench.run import Bench, CpuSnapshot, Options, Tenant, log, run_record, scrape_metrics
+from bench.measure import Bench, CpuSnapshot, Options, Tenant, log, run_record, scrape_metrics
+from bench.procs import descendant_pids, rss_mib
 from bench.workload import Batch, commit
+from tests.harness.gunicorn import Gunicorn
 from tests.harness.processes import stop_process
 from tests.harness.slow_clients import SlowClients, raise_open_files_limit
 

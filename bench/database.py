@@ -214,7 +214,8 @@ def table_sizes_mib(port: int, database: str) -> dict[str, float]:
 
 def set_flush_at_commit(port: int, value: int) -> None:
     """innodb_flush_log_at_trx_commit: 1 writes and syncs the redo log at every commit (durable,
-    MariaDB's default and production's); tests/harness/mariadb.py starts the server with 2 (sync once a second)."""
+    MariaDB's default and production's); tests/harness/mariadb.py starts the server with 2 (sync once
+    a second)."""
     conn = connect(port)
     with conn, conn.cursor() as cur:
         cur.execute("SET GLOBAL innodb_flush_log_at_trx_commit = %s", (value,))

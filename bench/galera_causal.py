@@ -31,7 +31,7 @@ import requests
 
 from fluxkart import SETTINGS
 from tests.harness.galera import GaleraCluster, galera_missing
-from tests.harness.processes import Gunicorn
+from tests.harness.gunicorn import Gunicorn
 
 CLIENTS = 12
 CUSTOMERS = 200

@@ -1,7 +1,7 @@
 """What the history costs identify's write path: p50 of new-customer and merge requests, with and without.
 
-    .venv/bin/python bench/history_cost.py                       # MariaDB, ~3 minutes
-    .venv/bin/python bench/history_cost.py --backend sqlite
+    .venv/bin/python -m bench.history_cost                       # MariaDB, ~3 minutes
+    .venv/bin/python -m bench.history_cost --backend sqlite
 
 A is a copy of the service whose record_identify_events returns at once (history off: the
 same code otherwise), B is the service itself. Both are served at the same time (gunicorn,
@@ -27,12 +27,11 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from tests.harness.gunicorn import Gunicorn, gunicorn_env
+from tests.harness.mariadb import MariaDBServer
+from tests.harness.unlocked import copy_service
 
-from tests.harness.mariadb import MariaDBServer  # noqa: E402
-from tests.harness.service import Gunicorn  # noqa: E402
-from tests.harness.unlocked import copy_service  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 HOOK = re.compile(r'(def record_identify_events\(.*?\n    """.*?"""\n)', re.S)
 
@@ -137,8 +136,8 @@ def main() -> int:
                     with mariadb.connect() as conn, conn.cursor() as cur:
                         cur.execute(f"CREATE DATABASE `history_cost_{side}`")
                     settings = mariadb.settings(f"history_cost_{side}")
-                servers[side] = Gunicorn(app_dir, settings, work, (1, 1, "sync"))
-                servers[side].start()
+                servers[side] = Gunicorn(gunicorn_env(settings, 1, 1, "sync"), work, app_dir=app_dir)
+                servers[side].start(ready_path="/health/ready")
             results = measure(servers, args.requests)
         finally:
             for server in servers.values():

@@ -1,7 +1,7 @@
 """Benchmark of `flask --app fluxkart import`: import against API replay, in one run.
 
-    .venv/bin/python bench/import_bench.py                      # 1,000,000 orders, 2 runs (~6 minutes)
-    .venv/bin/python bench/import_bench.py --orders 100000 --preload 100000 --replay-seconds 10
+    .venv/bin/python -m bench.import_bench                      # 1,000,000 orders, 2 runs (~6 minutes)
+    .venv/bin/python -m bench.import_bench --orders 100000 --preload 100000 --replay-seconds 10
 
 On a throwaway mariadbd (tests/harness/mariadb.py; never the machine's server), with the
 benchmark's shop workload (bench/workload.py: repeat customers, new customers, new
@@ -41,16 +41,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import fluxkart  # noqa: E402
-from bench import database  # noqa: E402
-from bench.loadgen import run_wrk  # noqa: E402
-from bench.procs import Gunicorn  # noqa: E402
-from bench.workload import CustomerModel, Identifiers, Pair, ShopMix, commit, shop_batch  # noqa: E402
-from tests.harness.checker import check_invariants, violation_kinds  # noqa: E402
-from tests.harness.mariadb import MariaDBServer, free_port  # noqa: E402
+import fluxkart
+from bench import database
+from bench.loadgen import run_wrk
+from bench.workload import CustomerModel, Identifiers, Pair, ShopMix, commit, shop_batch
+from tests.harness.checker import check_invariants, violation_kinds
+from tests.harness.gunicorn import Gunicorn
+from tests.harness.mariadb import MariaDBServer
 
 REPO = Path(__file__).resolve().parents[1]
 CHUNK = 10_000  # orders drawn from the model at a time (the model then learns what they did)
@@ -147,7 +144,7 @@ def replay(port: int, database_name: str, bodies: list[str], seconds: float, scr
         "FLUXKART_API_TOKEN": "",
         "FLUXKART_PHONE_REGION": "",
     }
-    server = Gunicorn(REPO, "fluxkart:create_app()", free_port(), settings, scratch / "gunicorn.log")
+    server = Gunicorn(settings, scratch, app_dir=REPO, log_path=scratch / "gunicorn.log")
     try:
         server.start()
         result = run_wrk(server.port, bodies, 32, seconds, scratch)
@@ -244,7 +241,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--buffer-pool-mib", type=int, default=1024)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "import.md")
     options = parser.parse_args(argv)
-    command = "python3 bench/import_bench.py " + " ".join(argv)
+    command = "python3 -m bench.import_bench " + " ".join(argv)
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="fluxkart-import-bench-") as scratch_name:
         scratch = Path(scratch_name)
