@@ -3,8 +3,9 @@
 `blank_settings()` is every setting explicitly empty; `run_sql(settings, sql)` runs one
 statement on the database those settings name (MySQL or the SQLite file);
 `read_contacts(settings)` is the Contact table as it is now; `mysql_connect(settings)`
-is a PyMySQL connection to the settings' MySQL database, and `lock_customer(settings, id)`
-holds a customer's lock the way identify takes it. No pytest here: bench/ imports this
+is a PyMySQL connection to the settings' MySQL database, `lock_customer(settings, id)`
+holds a customer's lock the way identify takes it, and `lock_waiters(conn)` counts who waits
+for it. No pytest here: bench/ imports this
 module too.
 """
 
@@ -83,3 +84,15 @@ def lock_customer(settings: dict[str, Any], primary_id: int) -> Any:
     conn = sqlite3.connect(settings["FLUXKART_SQLITE_PATH"], isolation_level=None)
     conn.execute("BEGIN IMMEDIATE")
     return conn
+
+
+def lock_waiters(conn: Any) -> int:
+    """How many transactions wait for a lock this MySQL connection holds (InnoDB's own view)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT COUNT(*) FROM information_schema.INNODB_LOCK_WAITS AS w "
+            "JOIN information_schema.INNODB_TRX AS t ON t.trx_id = w.blocking_trx_id "
+            "WHERE t.trx_mysql_thread_id = CONNECTION_ID()"
+        )
+        (count,) = cur.fetchone()
+    return int(count)

@@ -63,7 +63,7 @@ import pytest
 import requests
 
 from tests.harness.checker import check_answers, check_invariants
-from tests.harness.database import lock_customer, read_contacts, run_sql
+from tests.harness.database import lock_customer, lock_waiters, read_contacts, run_sql
 from tests.harness.gunicorn import Gunicorn
 from tests.harness.mariadb import MariaDBServer
 from tests.harness.openapi_check import check_answer
@@ -421,14 +421,7 @@ class HeldRequest:
         """Until a transaction waits for the lock we hold (the request, inside identify's transaction)."""
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
-            with self.lock_conn.cursor() as cur:
-                cur.execute(
-                    "SELECT COUNT(*) FROM information_schema.INNODB_LOCK_WAITS AS w "
-                    "JOIN information_schema.INNODB_TRX AS t ON t.trx_id = w.blocking_trx_id "
-                    "WHERE t.trx_mysql_thread_id = CONNECTION_ID()"
-                )
-                (waiting,) = cur.fetchone()
-            if waiting:
+            if lock_waiters(self.lock_conn):
                 return
             time.sleep(0.15)  # InnoDB refreshes its information_schema snapshot only when unread for 0.1 s
         raise AssertionError("the held request never waited inside a transaction")

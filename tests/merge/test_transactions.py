@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.harness.database import lock_customer, run_sql
+from tests.harness.database import lock_customer, lock_waiters, run_sql
 from tests.harness.servers import Api, LiveServer
 
 CLIENT_TIMEOUT_S = 60  # far above the service's retry budget: the service must answer first
@@ -90,14 +90,7 @@ class HeldLock:
 
     def waiters(self) -> int:
         """How many transactions wait for a lock this connection holds (MySQL)."""
-        with self.conn.cursor() as cur:
-            cur.execute(
-                "SELECT COUNT(*) FROM information_schema.INNODB_LOCK_WAITS AS w "
-                "JOIN information_schema.INNODB_TRX AS t ON t.trx_id = w.blocking_trx_id "
-                "WHERE t.trx_mysql_thread_id = CONNECTION_ID()"
-            )
-            (count,) = cur.fetchone()
-        return int(count)
+        return lock_waiters(self.conn)
 
     def wait_for_a_waiter(self, limit: float = 10) -> None:
         deadline = time.monotonic() + limit
