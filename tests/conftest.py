@@ -19,7 +19,7 @@ FLUXKART_TEST_PORTS=start-end when that is set (tests/harness/processes.py), so 
 suite can run beside other services on a shared host.
 
 `gunicorn(settings, ...)` starts the service under gunicorn as the Procfile does
-(tests/harness/processes.py's Gunicorn); every one a test starts is stopped after it.
+(tests/harness/gunicorn.py); every one a test starts is stopped after it.
 With FLUXKART_TEST_APP_DIR set it serves the copy of the service in that folder
 (tests/harness/mutants.py uses this to show that the fault tests kill a mutant).
 """

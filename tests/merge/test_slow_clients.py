@@ -1,7 +1,7 @@
 """Idle and slow clients do not stop the service from answering others (issue 12).
 
 The service is started as the Procfile starts it (`gunicorn -c gunicorn.conf.py
-'fluxkart:create_app()'`, tests/harness/processes.py), with gunicorn.conf.py's defaults
+'fluxkart:create_app()'`, tests/harness/gunicorn.py), with gunicorn.conf.py's defaults
 (no WEB_CONCURRENCY or GUNICORN_* from the environment), on 127.0.0.1. A thousand
 connections are opened and held: idle ones, ones that send their headers a line at
 a time, ones that send part of a body. While they are held, a fresh client's health
