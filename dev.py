@@ -81,7 +81,7 @@ def main(args: list[str]) -> int:
         if not shutil.which("wrk"):
             sys.exit("the benchmark drives load with wrk: apt-get install -y wrk mariadb-server")
         ensure_venv("bench/requirements.txt")
-        return run([str(BIN / "python"), "bench/run.py", *rest])
+        return run([str(BIN / "python"), "-m", "bench.run", *rest])
     print(__doc__)
     return 0 if command in ("help", "-h", "--help") else 2
 

@@ -42,11 +42,12 @@ from typing import Any
 
 from bench import database
 from bench.loadgen import percentiles_ms, run_wrk, timed_posts
-from bench.procs import Gunicorn, descendant_pids, rss_mib
-from bench.run import Bench, CpuSnapshot, Options, Tenant, log, run_record, scrape_metrics
+from bench.measure import Bench, CpuSnapshot, Options, Tenant, log, run_record, scrape_metrics
+from bench.procs import descendant_pids, rss_mib
 from bench.workload import Batch, commit
-from tests.processes import stop_process
-from tests.slow_clients import SlowClients, raise_open_files_limit
+from tests.harness.gunicorn import Gunicorn
+from tests.harness.processes import stop_process
+from tests.harness.slow_clients import SlowClients, raise_open_files_limit
 
 
 @dataclass
@@ -467,7 +468,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         found = {**(verdict.get("project") or {}), **verdict["linkage"]}
         lines.append(
             f"Invariants on the service's final table ({verdict['rows']:,} rows, {verdict['requests']:,} "
-            f"requests): tests/checker.py {verdict['project'] or 'clean'}, bench/invariants.py "
+            f"requests): tests/harness/checker.py {verdict['project'] or 'clean'}, bench/invariants.py "
             f"{verdict['linkage'] or 'clean'}{' (VIOLATIONS)' if any(found.values()) else ''}. "
             "The other service's table is not judged."
         )

@@ -1,6 +1,6 @@
 """Straight-to-the-database work: schema, bulk preload, ceiling copy, merge fixtures, final table.
 
-All of it runs on the throwaway mariadbd the benchmark started (tests/mariadb.py),
+All of it runs on the throwaway mariadbd the benchmark started (tests/harness/mariadb.py),
 never on a server of the machine. Values are always bound as parameters: PyMySQL's
 executemany turns `INSERT ... VALUES (%s, ...)` into multi-row INSERTs of up to ~1 MB,
 the fastest load that stays plain SQL.
@@ -215,7 +215,8 @@ def table_sizes_mib(port: int, database: str) -> dict[str, float]:
 
 def set_flush_at_commit(port: int, value: int) -> None:
     """innodb_flush_log_at_trx_commit: 1 writes and syncs the redo log at every commit (durable,
-    MariaDB's default and production's); tests/mariadb.py starts the server with 2 (sync once a second)."""
+    MariaDB's default and production's); tests/harness/mariadb.py starts the server with 2 (sync once
+    a second)."""
     conn = connect(port)
     with conn, conn.cursor() as cur:
         cur.execute("SET GLOBAL innodb_flush_log_at_trx_commit = %s", (value,))

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.galera_causal            # about 3 minutes on 2 cores
     .venv/bin/python -m bench.galera_causal --rounds 2 --requests 2000
 
-Starts a throwaway three-node Galera cluster (tests/galera.py) and, for every run, one
+Starts a throwaway three-node Galera cluster (tests/harness/galera.py) and, for every run, one
 gunicorn instance of the service per node with FLUXKART_WSREP_SYNC_WAIT set to 1 (A,
 causal reads) or 0 (B), in the order A B B A per round, each on a fresh database
 preloaded with the same customers. Each run sends the same requests from 12 client
@@ -30,12 +30,12 @@ from pathlib import Path
 import requests
 
 from identity.settings import SETTINGS
-from tests.galera import GaleraCluster, galera_missing
-from tests.processes import Gunicorn
+from tests.harness.galera import GaleraCluster, galera_missing
+from tests.harness.gunicorn import Gunicorn
 
 CLIENTS = 12
 CUSTOMERS = 200
-WORKERS = (2, 4, "gthread")  # per instance, as tests/test_galera.py runs them
+WORKERS = (2, 4, "gthread")  # per instance, as tests/cluster/test_galera.py runs them
 
 
 def plan(requests_per_run: int, seed: int = 1) -> list[tuple[str, dict[str, str]]]:

@@ -1,9 +1,9 @@
 """What the history costs identify's write path: p50 of new-customer and merge requests, with and without.
 
-    .venv/bin/python bench/history_cost.py                       # MariaDB, ~3 minutes
-    .venv/bin/python bench/history_cost.py --backend sqlite
+    .venv/bin/python -m bench.history_cost                       # MariaDB, ~3 minutes
+    .venv/bin/python -m bench.history_cost --backend sqlite
 
-A is a copy of the service whose record_identify_events returns at once (history off: the
+A is the service with record_identify_events replaced by a no-op (history off: the
 same code otherwise), B is the service itself. Both are served at the same time (gunicorn,
 one sync worker each, a database each on the same server) and requests alternate between
 them A B B A, one at a time from one client: on a shared machine whose load changes from
@@ -18,7 +18,6 @@ requests per side; talks only to 127.0.0.1.
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import sys
 import tempfile
@@ -27,25 +26,14 @@ from pathlib import Path
 
 import requests
 
+from tests.harness.gunicorn import Gunicorn, gunicorn_env
+from tests.harness.mariadb import MariaDBServer
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from tests.mariadb import MariaDBServer  # noqa: E402
-from tests.service import Gunicorn  # noqa: E402
-from tests.unlocked import copy_service  # noqa: E402
-
-HOOK = re.compile(r'(def record_identify_events\(.*?\n    """.*?"""\n)', re.S)
-
-
-def copy_without_history(target: Path) -> Path:
-    """The service's files, with record_identify_events turned into a no-op (history off)."""
-    copy_service(target, ROOT)
-    source = (target / "fluxkart.py").read_text()
-    patched, count = HOOK.subn(r"\1    return  # benchmark copy: history off\n", source)
-    if count != 1:
-        raise SystemExit("bench/history_cost.py: record_identify_events not found in fluxkart.py")
-    (target / "fluxkart.py").write_text(patched)
-    return target
+# The two sides: A the service with history off (identify records nothing: its patch point
+# record_identify_events replaced by name), B the service itself.
+APPS = {"A": "tests.harness.patched:without_history()", "B": "fluxkart:create_app()"}
 
 
 def timed(session: requests.Session, url: str, email: str, phone: str) -> float:
@@ -122,7 +110,6 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="fluxkart-history-cost-") as tmp:
         work = Path(tmp)
-        app_dirs = {"A": copy_without_history(work / "off"), "B": ROOT}
         mariadb = None
         if args.backend == "mysql":
             mariadb = MariaDBServer(work / "mariadb")
@@ -131,14 +118,14 @@ def main() -> int:
                 cur.execute("SET GLOBAL innodb_flush_log_at_trx_commit = %s", (args.flush_at_commit,))
         servers: dict[str, Gunicorn] = {}
         try:
-            for side, app_dir in app_dirs.items():
+            for side, app in APPS.items():
                 settings = {"FLUXKART_SQLITE_PATH": str(work / f"{side}.db")}
                 if mariadb is not None:
                     with mariadb.connect() as conn, conn.cursor() as cur:
                         cur.execute(f"CREATE DATABASE `history_cost_{side}`")
                     settings = mariadb.settings(f"history_cost_{side}")
-                servers[side] = Gunicorn(app_dir, settings, work, (1, 1, "sync"))
-                servers[side].start()
+                servers[side] = Gunicorn(gunicorn_env(settings, 1, 1, "sync"), work, app=app)
+                servers[side].start(ready_path="/health/ready")
             results = measure(servers, args.requests)
         finally:
             for server in servers.values():

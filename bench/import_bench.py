@@ -1,9 +1,9 @@
 """Benchmark of `flask --app fluxkart import`: import against API replay, in one run.
 
-    .venv/bin/python bench/import_bench.py                      # 1,000,000 orders, 2 runs (~6 minutes)
-    .venv/bin/python bench/import_bench.py --orders 100000 --preload 100000 --replay-seconds 10
+    .venv/bin/python -m bench.import_bench                      # 1,000,000 orders, 2 runs (~6 minutes)
+    .venv/bin/python -m bench.import_bench --orders 100000 --preload 100000 --replay-seconds 10
 
-On a throwaway mariadbd (tests/mariadb.py; never the machine's server), with the
+On a throwaway mariadbd (tests/harness/mariadb.py; never the machine's server), with the
 benchmark's shop workload (bench/workload.py: repeat customers, new customers, new
 emails or phones, ~2% bridges that merge two customers) written as a CSV export:
 
@@ -16,7 +16,7 @@ emails or phones, ~2% bridges that merge two customers) written as a CSV export:
    memory does not grow with the file.
 4. import of the whole file into a database preloaded with --preload contacts (bulk SQL,
    bench/database.py): wall time.
-5. the invariant checker (tests/checker.py) on the table of step 2.
+5. the invariant checker (tests/harness/checker.py) on the table of step 2.
 
 Prints a markdown report and writes it to bench/results/import.md (--out). Every process it
 starts is stopped at the end, also on errors and Ctrl-C.
@@ -41,18 +41,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import fluxkart  # noqa: E402
-from bench import database  # noqa: E402
-from bench.loadgen import run_wrk  # noqa: E402
-from bench.procs import Gunicorn  # noqa: E402
-from bench.workload import CustomerModel, Identifiers, Pair, ShopMix, commit, shop_batch  # noqa: E402
-from identity.pool import get_db  # noqa: E402
-from identity.settings import SETTINGS  # noqa: E402
-from tests.checker import check_invariants, violation_kinds  # noqa: E402
-from tests.mariadb import MariaDBServer, free_port  # noqa: E402
+import fluxkart
+from bench import database
+from bench.loadgen import run_wrk
+from bench.workload import CustomerModel, Identifiers, Pair, ShopMix, commit, shop_batch
+from identity.pool import get_db
+from identity.settings import SETTINGS
+from tests.harness.checker import check_invariants, violation_kinds
+from tests.harness.gunicorn import Gunicorn
+from tests.harness.mariadb import MariaDBServer
 
 REPO = Path(__file__).resolve().parents[1]
 CHUNK = 10_000  # orders drawn from the model at a time (the model then learns what they did)
@@ -149,7 +146,7 @@ def replay(port: int, database_name: str, bodies: list[str], seconds: float, scr
         "FLUXKART_API_TOKEN": "",
         "FLUXKART_PHONE_REGION": "",
     }
-    server = Gunicorn(REPO, "fluxkart:create_app()", free_port(), settings, scratch / "gunicorn.log")
+    server = Gunicorn(settings, scratch, app_dir=REPO, log_path=scratch / "gunicorn.log")
     try:
         server.start()
         result = run_wrk(server.port, bodies, 32, seconds, scratch)
@@ -203,7 +200,7 @@ def report(options: argparse.Namespace, figures: dict[str, Any], command: str) -
             f"{max(e['reader_rss'] for e in empties):.0f} MiB / {tenth['reader_rss']:.0f} MiB",
             "bounded (not growing with the file)",
         ),
-        ("invariant violations after the import (tests/checker.py)", str(figures["violations"]), "0"),
+        ("invariant violations after the import (tests/harness/checker.py)", str(figures["violations"]), "0"),
     ]
     outcome = (
         f"Outcomes of the import into the empty database: customers created {first['created']:,.0f}, "
@@ -218,7 +215,7 @@ def report(options: argparse.Namespace, figures: dict[str, Any], command: str) -
         "# Import benchmark",
         "",
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores (load average at the "
-        f"end {figures['load']}), MariaDB {figures['mariadb']} (throwaway server, tests/mariadb.py). "
+        f"end {figures['load']}), MariaDB {figures['mariadb']} (throwaway server, tests/harness/mariadb.py). "
         f"{len(empties)} runs of the API replay and of the import into an empty database, A B B A; "
         "medians, min-max in brackets; the ratio pairs each import with the replay next to it. "
         "The preloaded import and the first tenth: one run each.",
@@ -246,7 +243,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--buffer-pool-mib", type=int, default=1024)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "import.md")
     options = parser.parse_args(argv)
-    command = "python3 bench/import_bench.py " + " ".join(argv)
+    command = "python3 -m bench.import_bench " + " ".join(argv)
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="fluxkart-import-bench-") as scratch_name:
         scratch = Path(scratch_name)

@@ -1,9 +1,9 @@
-"""Judging the benchmark's final table with the project's checker (tests/checker.py).
+"""Judging the benchmark's final table with the project's checker (tests/harness/checker.py).
 
-`judge(rows, requests)` runs `tests/checker.py:check_invariants` with every request the
+`judge(rows, requests)` runs `tests/harness/checker.py:check_invariants` with every request the
 benchmark sent (seed rows count as requests) and counts its findings by kind. The tests
 and the benchmark judge a table with the same code: one checker, whose own tests and
-mutants (tests/test_checker.py, tests/mutants.py) show it misses nothing it claims.
+mutants (tests/merge/test_checker.py, tests/harness/mutants.py) show it misses nothing it claims.
 (Until issue 8 this file carried a second, smaller union-find and checker; it is gone.)
 
 Requests that failed (non-2xx) were rolled back, but the benchmark cannot tell which
@@ -19,11 +19,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bench.workload import Pair
-from tests.checker import check_invariants, violation_kinds
+from tests.harness.checker import check_invariants, violation_kinds
 
 
 def judge(rows: Sequence[Mapping[str, Any]], requests: list[Pair]) -> dict[str, Any]:
-    """tests/checker.py's verdict on the table: {"rows", "requests", "project": kind -> count, ...}.
+    """tests/harness/checker.py's verdict on the table: {"rows", "requests", "project": kind -> count, ...}.
 
     "linkage" repeats "project" and "examples" is empty: bench/run.py and bench/report.py
     still read the keys of the retired second judge (their "linkage" column can go).

@@ -1,12 +1,12 @@
 """Switching from the reference implementation at scale: `migrate` on a legacy table of N rows.
 
-    .venv/bin/python bench/legacy.py                      # 1,000,000 rows, 2 runs of each (~5 min)
-    .venv/bin/python bench/legacy.py --rows 100000        # smaller, for development
-    .venv/bin/python bench/legacy.py --indexes            # the table as `run.sh --indexes` leaves it
+    .venv/bin/python -m bench.legacy                      # 1,000,000 rows, 2 runs of each (~5 min)
+    .venv/bin/python -m bench.legacy --rows 100000        # smaller, for development
+    .venv/bin/python -m bench.legacy --indexes            # the table as `run.sh --indexes` leaves it
 
-Starts a throwaway mariadbd (tests/mariadb.py: its own data directory and port, never
+Starts a throwaway mariadbd (tests/harness/mariadb.py: its own data directory and port, never
 the machine's server), builds the reference implementation's Contact table
-(tests/legacy.py) with N rows carrying the defects that implementation and the tools
+(tests/harness/legacy.py) with N rows carrying the defects that implementation and the tools
 around it leave (identifiers stored as sent, chains, several primaries per customer,
 NULL precedence and timestamps, deleted rows, rows without identifiers, secondaries
 pointing at missing rows), and keeps it as a template. Then, A B B A: A rewrites a fresh
@@ -39,12 +39,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench import database  # noqa: E402
-from tests.legacy import INSERT_CONTACT, LEGACY_INDEXES, MYSQL_CONTACT  # noqa: E402
-from tests.mariadb import MariaDBServer  # noqa: E402
+from bench import database
+from tests.harness.legacy import INSERT_CONTACT, LEGACY_INDEXES, MYSQL_CONTACT
+from tests.harness.mariadb import MariaDBServer
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = "legacy_template"
@@ -309,7 +306,7 @@ def report(options: argparse.Namespace, facts: dict[str, Any], results: dict[str
     lines = [
         "# migrate on a legacy table",
         "",
-        f"Command: `.venv/bin/python bench/legacy.py --rows {options.rows}"
+        f"Command: `.venv/bin/python -m bench.legacy --rows {options.rows}"
         + (" --indexes" if options.indexes else "")
         + f" --runs {options.runs}` ({facts['when']}, {facts['cpus']} cores, MariaDB {facts['server']}, "
         f"buffer pool {options.buffer_pool_mib} MiB, innodb_flush_log_at_trx_commit=1).",

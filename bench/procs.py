@@ -1,11 +1,12 @@
-"""Processes the benchmark starts and watches: gunicorn, and CPU/memory read from /proc.
+"""What the benchmark watches in the processes it starts: CPU and memory from /proc, and
+gunicorn's three concurrency settings (`GunicornConfig`).
 
 CPU comes from /proc/<pid>/stat (utime + stime) read before and after a measured run,
 so it costs nothing while the run is going; the load generator's CPU comes from
 getrusage(RUSAGE_CHILDREN) around its wait (it has exited by then, so /proc has
 nothing left to read). gunicorn is started by the tests' own launcher
-(tests/processes.py): in its own process group, stopped by its own pid, politely first,
-then by force.
+(tests/harness/gunicorn.py): in its own process group, stopped by its own pid, politely
+first, then by force.
 """
 
 from __future__ import annotations
@@ -16,19 +17,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests import processes
+from tests.harness.processes import child_pids, stat_fields
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_times(pid: int) -> tuple[float, float]:
     """(user, system) CPU seconds a live process has used so far; zeros when it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
+    fields = stat_fields(pid)
+    if fields is None:
         return 0.0, 0.0
-    # The command name (field 2) may contain spaces: fields are counted after its ')'.
-    fields = text[text.rindex(")") + 2 :].split()
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
@@ -63,32 +61,31 @@ def descendant_pids(root: int) -> list[int]:
     """Every process below `root` (a shell script's children and theirs)."""
     found, frontier = [], [root]
     while frontier:
-        children = [pid for parent in frontier for pid in processes.child_pids(parent)]
+        children = [pid for parent in frontier for pid in child_pids(parent)]
         found += children
         frontier = children
     return found
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory (VmRSS) of a live process now, in MiB; 0 when it is gone."""
+def status_mib(pid: int, field: str) -> float:
+    """A memory figure (kB) from /proc/<pid>/status, in MiB; 0 when the process is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return 0.0
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory (VmRSS) of a live process now, in MiB; 0 when it is gone."""
+    return status_mib(pid, "VmRSS")
 
 
 def peak_rss_mib(pid: int) -> float:
     """Peak resident memory (VmHWM) of a live process, in MiB; 0 when it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    return status_mib(pid, "VmHWM")
 
 
 @dataclass
@@ -123,14 +120,3 @@ class GunicornConfig:
         return f"{workers} {worker_class} workers" + (
             f" x {threads} threads" if worker_class == "gthread" else ""
         )
-
-
-class Gunicorn(processes.Gunicorn):
-    """The tests' launcher (tests/processes.py), with the benchmark's argument order.
-
-    gunicorn started exactly as the Procfile does, on 127.0.0.1, logging to `log_path`,
-    ready once GET /health/live answers 200; stop() reaches every worker.
-    """
-
-    def __init__(self, repo: Path, app: str, port: int, env: dict[str, str], log_path: Path):
-        super().__init__(env, log_path.parent, app_dir=repo, app=app, port=port, log_path=log_path)

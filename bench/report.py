@@ -88,11 +88,12 @@ def header(results: dict[str, Any]) -> list[str]:
         "# FluxKart Identity: benchmark results",
         "",
         f"Measured {m['date']} on {m['nproc']} cores ({m['cpu_model']}, {m['memory_gib']} GiB, {m['os']}); "
-        f"MariaDB {m['mariadb']} on 127.0.0.1 (throwaway server, tests/mariadb.py); Python {m['python']}; "
+        f"MariaDB {m['mariadb']} on 127.0.0.1 (throwaway server, tests/harness/mariadb.py); "
+        f"Python {m['python']}; "
         f"{m['gunicorn']}; {m['wrk']}; commit {m['commit']}; InnoDB buffer pool {o['buffer_pool_mib']} MiB, "
         f"innodb_flush_log_at_trx_commit={o.get('flush_at_commit', 2)}.",
         "",
-        f"Command: `.venv/bin/python bench/run.py {' '.join(o.get('argv', []))}`".replace(" `", " `").rstrip()
+        f"Command: `.venv/bin/python -m bench.run {' '.join(o.get('argv', []))}`".replace(" `", " `").rstrip()
         + f" - {o['contacts']:,} contacts preloaded; {runs} per configuration, interleaved; "
         "figures are medians [min-max]. Closed loop, keep-alive, wrk with one thread on the same machine. "
         "`others` is CPU (in cores) used during the run by processes outside the benchmark: "
@@ -320,11 +321,12 @@ def invariant_table(results: dict[str, Any]) -> list[str]:
     lines = [
         "## Invariants of the final table",
         "",
-        "`tests/checker.py`: the project's checker. `linkage`: the benchmark's own, independent "
+        "`tests/harness/checker.py`: the project's checker. `linkage`: the benchmark's own, independent "
         "implementation of the same invariants (bench/invariants.py); a disagreement means a bug in one "
         "of the two judges. Both are given every request sent, seed rows included.",
         "",
-        "| after | rows | requests sent | non-2xx | tests/checker.py violations | linkage violations |",
+        "| after | rows | requests sent | non-2xx | tests/harness/checker.py violations "
+        "| linkage violations |",
         "|---|---|---|---|---|---|",
     ]
 

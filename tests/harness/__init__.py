@@ -1,0 +1,1 @@
+"""The test harness: everything test files (and bench/) import; conftest.py holds only fixtures."""
