@@ -61,6 +61,8 @@ def lookup_customer(
         rows = by_email
     else:
         by_phone = connected_rows(db, set(), {phone}, protection=protection)
+        if by_email.keys() & by_phone.keys():  # one customer past the limit, read from two ends
+            return Component({**by_email, **by_phone}, by_email.past_limit | by_phone.past_limit)
         if by_email and by_phone:
             ids = ", ".join(
                 str(oldest_first(rows)[0]["id"]) for rows in (by_email.values(), by_phone.values())
