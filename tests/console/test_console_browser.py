@@ -359,12 +359,13 @@ def test_console_journey(
     assert re.search(r'"request_id": "[0-9a-f]{32}"', reveal_lines[0])
     assert '"customerId": 1' in reveal_lines[0]
 
-    # Erasure: the preview (the dry run's counts and ids), then the confirmation.
+    # Erasure: the preview (the customer and the dry run's counts), then the confirmation.
     browser.get("/console/customers/1")
     browser.find("#erase-preview").click()
     assert browser.path() == "/console/customers/1/erase"
     assert browser.find("#preview-contacts").text == "4"
-    assert browser.find("#preview-ids").text == "1, 2, 3, 4"
+    assert browser.find("#preview-primary").text == "1"  # the customer, by name and counts ...
+    assert browser.find_all("#preview-ids") == []  # ... not a list of its ids
     assert browser.find("#preview-history").text == str(len(HISTORY_KINDS))
     browser.shoot("08-erasure-preview")
     if os.environ.get("FLUXKART_DOCS_SCREENSHOTS") and backend == "sqlite":
