@@ -407,3 +407,63 @@ DELETE FROM BlockedValue
 WHERE kind = %(kind)s
   AND form = %(form)s
   AND text = %(text)s
+
+-- --------------------------------------------------------------------------
+-- The console's merge protection pages (docs/merge-protection.md)
+-- --------------------------------------------------------------------------
+
+-- name: select_refused_events
+-- The latest `refused` history events (the identifier limit kept an identifier
+-- out of a request) with an id below the cursor, newest first: one page of the
+-- console's "Refused links". Walks the primary key backwards, so a page reads
+-- no further back than its last event.
+SELECT id, createdAt, requestId, customerId, contactIds, detail
+FROM CustomerHistory
+WHERE kind = 'refused'
+  AND id < %(before)s
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- name: select_customers_past_limit
+-- Customers as stored (grouped by primary: COALESCE(linkedId, id)) holding
+-- more distinct identifiers than the limit (emails and phone numbers together,
+-- blocked values included: SQL cannot apply a pattern) or more rows than
+-- max_rows, by primary id after the cursor: one page of the console's
+-- "Customers past the limit". Scans the live rows from the cursor on: an
+-- operator's page, never a request's.
+SELECT COALESCE(linkedId, id) AS customerId,
+    COUNT(*) AS rowCount,
+    COUNT(DISTINCT email) AS emails,
+    COUNT(DISTINCT phoneNumber) AS phones
+FROM Contact
+WHERE deletedAt IS NULL
+  AND COALESCE(linkedId, id) > %(after)s
+GROUP BY COALESCE(linkedId, id)
+HAVING COUNT(DISTINCT email) + COUNT(DISTINCT phoneNumber) > %(max_identifiers)s
+    OR COUNT(*) > %(max_rows)s
+ORDER BY customerId
+LIMIT %(limit)s
+
+-- name: select_customers_sharing_email
+-- What blocking this email would split: the customers as stored (primary ids)
+-- in which more than one live row carries it, most such rows first. Reads the
+-- rows carrying the value through its index.
+SELECT COALESCE(linkedId, id) AS customerId, COUNT(*) AS rowCount
+FROM Contact
+WHERE email = %(value)s
+  AND deletedAt IS NULL
+GROUP BY COALESCE(linkedId, id)
+HAVING COUNT(*) > 1
+ORDER BY rowCount DESC, customerId
+LIMIT %(limit)s
+
+-- name: select_customers_sharing_phone
+-- The same for a phone number.
+SELECT COALESCE(linkedId, id) AS customerId, COUNT(*) AS rowCount
+FROM Contact
+WHERE phoneNumber = %(value)s
+  AND deletedAt IS NULL
+GROUP BY COALESCE(linkedId, id)
+HAVING COUNT(*) > 1
+ORDER BY rowCount DESC, customerId
+LIMIT %(limit)s

@@ -3,11 +3,14 @@
 A blueprint that guards itself: a signed session cookie instead of the API's bearer header
 (a browser cannot send one from a form), a CSRF token on every form, strict headers on every
 answer. Sign in with the API token; search; a customer's masked rows, link graph and
-history; reveal; erasure with a preview.
+history (paged, bounded by the merge protection's limit whatever the table holds); reveal;
+erasure with a preview; merge protection's pages (refused links, customers past the limit,
+blocked values).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import secrets
@@ -31,14 +34,29 @@ from flask import (
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from identity.component import connected_rows, oldest_first
+from identity.blocks import current_protection
+from identity.component import Component, connected_rows, oldest_first
 from identity.console.graph import link_graph, mask_email, mask_phone
+from identity.console.operator import (
+    OPERATOR_PAGE,
+    BlockRule,
+    add_blocked,
+    block_rule,
+    blocked_rules,
+    customers_past_limit,
+    is_blocked,
+    joined_customers,
+    listed_rule,
+    refused_events,
+    remove_blocked,
+)
 from identity.database import Database, Row
 from identity.erasure import erase_customer
 from identity.errors import ApiError, DatabaseUnavailable
 from identity.history import customer_history, resolve_customer
 from identity.normalize import MAX_CONTACT_ID, normalize_email, normalize_phone
 from identity.pool import app_state
+from identity.protection import screen_blocked
 from identity.reads import lookup_customer
 from identity.transactions import reconnect_once
 
@@ -69,6 +87,9 @@ CONSOLE_SESSION_HOURS = 8
 CONSOLE_OPEN_ENDPOINTS = {"console.sign_in_form", "console.sign_in", "console.static"}
 SEARCH_KINDS = {"email": "Email", "phone": "Phone number", "id": "Contact id"}
 HISTORY_PAGE = 50
+# Rows per page of a customer's rows table and graph (a customer within the limit has up to
+# Protection.max_rows rows; one past it, as many as were read, a bounded number).
+ROWS_PAGE = 50
 
 
 class ConsoleSessionInterface(SecureCookieSessionInterface):
@@ -268,10 +289,14 @@ def customer_id_of(db: Database, contact_id: int) -> int:
     the SPEC's rules, and the row identify or repair would make primary when
     they do not (data the service did not write). A demoted primary that was
     since deleted or erased leads, through the history, to the survivor.
+    A customer past the limit is read only in part, so its oldest row is not known: its page
+    is addressed by the id asked for (no redirect, which could otherwise go round).
     """
     if contact_id > MAX_CONTACT_ID:  # beyond BIGINT (SQLite cannot even bind it)
         raise ApiError(404, "not_found", f"no customer with id {contact_id}")
-    rows = connected_rows(db, set(), set(), ids=[contact_id])
+    rows = connected_rows(db, set(), set(), ids=[contact_id], protection=current_protection(db))
+    if rows and not rows.complete:
+        return contact_id
     if rows:
         return int(oldest_first(rows.values())[0]["id"])
     return resolve_customer(db, contact_id)
@@ -280,7 +305,8 @@ def customer_id_of(db: Database, contact_id: int) -> int:
 def find_primary_id(db: Database, kind: str, value: str) -> int:
     """The page id (customer_id_of) of the customer with this email, phone number or contact id.
 
-    ApiError 400 for a value that is not one, 404 when no customer has it.
+    ApiError 400 for a value that is not one, 422 for a blocked value (it identifies
+    nobody), 404 when no customer has it.
     """
     if kind == "id":
         text = value.strip().lstrip("#")
@@ -292,23 +318,30 @@ def find_primary_id(db: Database, kind: str, value: str) -> int:
     phone = normalize_phone(value, region, "the phone number") if kind == "phone" else None
     if email is None and phone is None:
         raise ApiError(400, "missing_identifier", f"Type the {SEARCH_KINDS[kind].lower()} to look for.")
-    return int(oldest_first(lookup_customer(db, email, phone).values())[0]["id"])
+    protection = current_protection(db)
+    email, phone, _ = screen_blocked(protection, email, phone)
+    # Past the limit: the oldest row read, whose page shows the part read from it.
+    return int(oldest_first(lookup_customer(db, email, phone, protection).values())[0]["id"])
 
 
-def customer_rows(db: Database, customer_id: int) -> list[Row]:
-    """Every live row of the customer whose page id is customer_id, oldest first; ApiError 404/409."""
+def customer_rows(db: Database, customer_id: int) -> tuple[list[Row], bool]:
+    """The live rows of the customer whose page id is customer_id, oldest first, and whether
+    it is past the limit (then only the bounded part read from customer_id: connected_rows
+    with the protection in force, so the work is bounded whatever the table holds);
+    ApiError 404/409."""
     if customer_id > MAX_CONTACT_ID:
         raise ApiError(404, "not_found", f"no customer with id {customer_id}")
-    rows = oldest_first(connected_rows(db, set(), set(), ids=[customer_id]).values())
+    found: Component = connected_rows(db, set(), set(), ids=[customer_id], protection=current_protection(db))
+    rows = oldest_first(found.values())
     if not rows:
         raise ApiError(404, "not_found", f"no customer with id {customer_id}")
-    if rows[0]["id"] != customer_id:
+    if found.complete and rows[0]["id"] != customer_id:
         raise ApiError(
             409,
             "customer_moved",
             f"contact {customer_id} is now part of customer {rows[0]['id']}: open that one",
         )
-    return rows
+    return rows, not found.complete
 
 
 def keeps_the_rules(rows: list[Row]) -> bool:
@@ -319,11 +352,27 @@ def keeps_the_rules(rows: list[Row]) -> bool:
     )
 
 
+def number_arg(name: str, default: int = 0) -> int:
+    """A whole-number query parameter (a page number, a cursor), else `default`."""
+    text = request.args.get(name, "")
+    if text.isascii() and text.isdigit() and int(text) <= MAX_CONTACT_ID:
+        return int(text)
+    return default
+
+
 def show_customer(customer_id: int, reveal: bool) -> Response:
-    """The customer page: rows, link graph, history; identifiers masked unless revealed."""
-    after = request.args.get("after", "")
-    after_id = int(after) if after.isascii() and after.isdigit() and int(after) <= MAX_CONTACT_ID else 0
-    rows = reconnect_once(lambda db: customer_rows(db, customer_id))
+    """The customer page: rows, link graph, history; identifiers masked unless revealed.
+
+    Paged so it stays bounded for any customer: ROWS_PAGE rows per page (`?page=`), the graph
+    of that page's rows (and the customer's oldest row, which the links point at), the
+    history HISTORY_PAGE events at a time (`?after=`)."""
+    after_id = number_arg("after")
+    rows, partial = reconnect_once(lambda db: customer_rows(db, customer_id))
+    protection = reconnect_once(current_protection)
+    pages = -(-len(rows) // ROWS_PAGE)
+    page = min(max(number_arg("page", 1), 1), pages)
+    page_rows = rows[(page - 1) * ROWS_PAGE : page * ROWS_PAGE]
+    graph_rows = page_rows if page_rows[0] is rows[0] else [rows[0], *page_rows]
     try:
         history = reconnect_once(lambda db: customer_history(db, customer_id, after_id, HISTORY_PAGE))
         history_error = None
@@ -337,14 +386,21 @@ def show_customer(customer_id: int, reveal: bool) -> Response:
             "email": None if row["email"] is None else email_of(row["email"]),
             "phoneNumber": None if row["phoneNumber"] is None else phone_of(row["phoneNumber"]),
         }
-        for row in rows
+        for row in page_rows
     ]
     return console_page(
         "customer.html",
         primary_id=customer_id,
         rows=shown,
-        graph=link_graph(rows),
-        consistent=keeps_the_rules(rows),
+        row_count=len(rows),
+        page=page,
+        pages=pages,
+        first_row=(page - 1) * ROWS_PAGE + 1,
+        after=after_id,
+        partial=partial,
+        protection=protection,
+        graph=link_graph(graph_rows, protection),
+        consistent=partial or keeps_the_rules(rows),
         revealed=reveal,
         events=history["events"],
         next_after=history["nextAfter"],
@@ -369,20 +425,43 @@ def reveal(primary_id: int) -> Response:
 
 
 def erasure_of(db: Database, primary_id: int, dry_run: bool) -> dict[str, Any]:
-    """erase_customer for the customer with this primary, named by one of its identifiers."""
-    rows = customer_rows(db, primary_id)
-    # One identifier is enough to name the customer; erase_customer takes identify's locks on it.
-    email = next((row["email"] for row in rows if row["email"] is not None), None)
-    phone = None if email else next(row["phoneNumber"] for row in rows if row["phoneNumber"] is not None)
+    """erase_customer for the customer with this primary, named by one of its identifiers.
+
+    One unblocked identifier is enough to name the customer (a blocked one identifies
+    nobody); erase_customer takes identify's locks on it, and refuses a customer past the
+    limit with its own 409 (customer_past_limit)."""
+    rows, _ = customer_rows(db, primary_id)
+    protection = current_protection(db)
+    identifier = next((found for row in rows for found in protection.identifiers(row)), None)
+    if identifier is None:
+        raise ApiError(
+            422,
+            "blocked_identifier",
+            f"every email and phone number of customer {primary_id} is a blocked value, which identifies "
+            "nobody, so an erasure cannot name this customer (docs/merge-protection.md)",
+        )
+    kind, value = identifier
+    email, phone = (value, None) if kind == "email" else (None, value)
     result: dict[str, Any] = erase_customer(db, email, phone, dry_run)
     return result
+
+
+def erasure_fingerprint(preview: dict[str, Any]) -> str:
+    """What the confirmation form carries instead of every contact id (a large customer's ids
+    overran the 64 KiB body limit): a digest of the previewed customer, its primary, its
+    count and its sorted contact ids. Any change to the customer changes it."""
+    ids = ",".join(str(i) for i in sorted(preview["contactIds"]))
+    text = f"{preview['primaryContactId']}:{preview['contacts']}:{ids}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 @console.get("/customers/<int:primary_id>/erase")
 def erase_preview(primary_id: int) -> Response:
     """What erasing this customer would remove (the dry run), and the form that confirms it."""
     preview = reconnect_once(lambda db: erasure_of(db, primary_id, True))
-    return console_page("erase.html", primary_id=primary_id, preview=preview)
+    return console_page(
+        "erase.html", primary_id=primary_id, preview=preview, fingerprint=erasure_fingerprint(preview)
+    )
 
 
 @console.post("/customers/<int:primary_id>/erase")
@@ -392,11 +471,122 @@ def erase(primary_id: int) -> Response:
     A merge between preview and confirmation would otherwise erase rows the
     support agent never saw: then the new preview is shown instead.
     """
-    seen = request.form.get("contact_ids", "")
+    seen = request.form.get("fingerprint", "")
     preview = reconnect_once(lambda db: erasure_of(db, primary_id, True))
-    if seen != ",".join(str(i) for i in preview["contactIds"]):
+    fingerprint = erasure_fingerprint(preview)
+    if not hmac.compare_digest(seen.encode(), fingerprint.encode()):
         notice = "This customer changed since the preview (an order merged rows into it). Check again."
-        return console_page("erase.html", 409, primary_id=primary_id, preview=preview, notice=notice)
+        return console_page(
+            "erase.html", 409, primary_id=primary_id, preview=preview, fingerprint=fingerprint, notice=notice
+        )
     result = reconnect_once(lambda db: erasure_of(db, primary_id, False))
     log.info("console erasure", extra={"fields": {"event": "console_erasure", "customerId": primary_id}})
     return console_page("erased.html", result=result)
+
+
+# --------------------------------------------------------------------------
+# Merge protection (docs/merge-protection.md): refused links, customers past
+# the limit, blocked values
+# --------------------------------------------------------------------------
+
+
+@console.get("/refused")
+def refused_page() -> Response:
+    """The latest `refused` history events, newest first, OPERATOR_PAGE a page (`?before=`)."""
+    before = number_arg("before")
+    events, next_before = reconnect_once(lambda db: refused_events(db, before, OPERATOR_PAGE))
+    return console_page("refused.html", events=events, next_before=next_before, before=before)
+
+
+@console.get("/past-limit")
+def past_limit_page() -> Response:
+    """Customers holding more identifiers (or rows) than the limit, by primary id (`?after=`)."""
+    after = number_arg("after")
+    customers, next_after, protection = reconnect_once(
+        lambda db: customers_past_limit(db, after, OPERATOR_PAGE)
+    )
+    return console_page(
+        "past_limit.html",
+        customers=customers,
+        next_after=next_after,
+        after=after,
+        protection=protection,
+        page_size=OPERATOR_PAGE,
+    )
+
+
+def blocked_page(status: int = 200, **context: Any) -> Response:
+    """The blocked values in force, the preview and block form, and whatever `context` adds."""
+    rules = reconnect_once(blocked_rules)
+    context.setdefault("kind", "phone")
+    context.setdefault("form", "value")
+    return console_page("blocked.html", status, rules=rules, **context)
+
+
+def rule_from_form() -> BlockRule:
+    """The rule the posted form names (kind, form, text), checked; ApiError 400."""
+    region = current_app.config["FLUXKART_PHONE_REGION"]
+    return block_rule(
+        request.form.get("kind", ""), request.form.get("form", ""), request.form.get("text", ""), region
+    )
+
+
+@console.get("/blocked")
+def blocked_values() -> Response:
+    """The list in force, defaults included; the form to preview and block a value."""
+    return blocked_page()
+
+
+@console.post("/blocked/preview")
+def block_preview() -> Response:
+    """Which customers a value joins (customers with more than one row carrying it): what
+    blocking it, then `repair`, would split. Changes nothing."""
+    fields = {key: request.form.get(key, "") for key in ("kind", "form", "text")}
+    try:
+        rule = rule_from_form()
+    except ApiError as exc:
+        return blocked_page(exc.status, error=exc.message, **fields)
+    customers, more = reconnect_once(lambda db: joined_customers(db, rule))
+    blocked = reconnect_once(lambda db: is_blocked(db, rule))
+    return blocked_page(
+        preview=rule,
+        customers=customers,
+        more=more,
+        already=blocked,
+        kind=rule.kind,
+        form=rule.form,
+        text=rule.text,
+    )
+
+
+@console.post("/blocked/add")
+def block_add() -> Response:
+    """Block the value or pattern (insert_blocked_value): this worker applies it at once, every
+    worker and host within seconds. The customers it joins stay joined until `repair`."""
+    try:
+        rule = rule_from_form()
+    except ApiError as exc:
+        return blocked_page(exc.status, error=exc.message)
+    customers, more = reconnect_once(lambda db: joined_customers(db, rule))
+    reconnect_once(lambda db: add_blocked(db, rule))
+    log.info(
+        "console block add",
+        extra={"fields": {"event": "console_block_add", "kind": rule.kind, "form": rule.form}},
+    )
+    return blocked_page(added=rule, customers=customers, more=more)
+
+
+@console.post("/blocked/remove")
+def block_remove() -> Response:
+    """Take a value or pattern off the list (delete_blocked_value), exactly as listed."""
+    try:
+        form = request.form
+        rule = listed_rule(form.get("kind", ""), form.get("form", ""), form.get("text", ""))
+    except ApiError as exc:
+        return blocked_page(exc.status, error=exc.message)
+    removed = reconnect_once(lambda db: remove_blocked(db, rule))
+    log.info(
+        "console block remove",
+        extra={"fields": {"event": "console_block_remove", "kind": rule.kind, "form": rule.form}},
+    )
+    return blocked_page(removed=rule, was_listed=bool(removed))

@@ -11,6 +11,7 @@ import phonenumbers
 from identity.component import oldest_first
 from identity.database import Row
 from identity.merge import primaries_of
+from identity.protection import UNPROTECTED, Protection
 
 
 def mask_email(email: str) -> str:
@@ -48,11 +49,12 @@ GRAPH_MARGIN = 40
 EDGE_BEND = {"link": 0.0, "email": 0.22, "phone": -0.22}
 
 
-def link_edges(rows: list[Row]) -> list[dict[str, Any]]:
+def link_edges(rows: list[Row], protection: Protection = UNPROTECTED) -> list[dict[str, Any]]:
     """Why the rows are one customer: link (secondary -> the row it points at), shared email, shared phone.
 
     Rows sharing a value are chained oldest first (n rows, n - 1 edges), which
-    is enough to show they are connected without a clique of lines.
+    is enough to show they are connected without a clique of lines. A blocked value
+    connects nothing (SPEC, "Merge protection"), so it draws no edge.
     """
     rows = oldest_first(rows)
     ids = {row["id"] for row in rows}
@@ -61,20 +63,22 @@ def link_edges(rows: list[Row]) -> list[dict[str, Any]]:
         for row in rows
         if row["linkedId"] is not None and row["linkedId"] in ids
     ]
-    for kind, column in (("email", "email"), ("phone", "phoneNumber")):
-        last_with: dict[str, int] = {}
-        for row in rows:
-            value = row[column]
-            if value is None:
-                continue
-            if value in last_with:
-                edges.append({"kind": kind, "source": last_with[value], "target": row["id"]})
-            last_with[value] = row["id"]
-    return edges
+    last_with: dict[tuple[str, str], int] = {}
+    for row in rows:
+        for identifier in protection.identifiers(row):
+            if identifier in last_with:
+                edges.append({"kind": identifier[0], "source": last_with[identifier], "target": row["id"]})
+            last_with[identifier] = row["id"]
+    # Links first, then shared emails, then shared phones (the order the page lists them in).
+    order = {"link": 0, "email": 1, "phone": 2}
+    return sorted(edges, key=lambda edge: order[edge["kind"]])
 
 
-def link_graph(rows: list[Row]) -> dict[str, Any]:
-    """Positions (SVG user units) of every row and the path of every edge, for templates/console/graph.svg."""
+def link_graph(rows: list[Row], protection: Protection = UNPROTECTED) -> dict[str, Any]:
+    """Positions (SVG user units) of every row and the path of every edge, for templates/console/graph.svg.
+
+    Draws the rows it is given: a large customer's page passes one page of rows (and the
+    primary), so the picture stays bounded."""
     primary_ids = {row["id"] for row in primaries_of(rows)}
     ordered = sorted(oldest_first(rows), key=lambda row: row["id"] not in primary_ids)
     count = len(ordered)
@@ -91,7 +95,7 @@ def link_graph(rows: list[Row]) -> dict[str, Any]:
             {"id": row["id"], "x": round(x, 1), "y": round(y, 1), "primary": row["id"] in primary_ids}
         )
     edges = []
-    for edge in link_edges(rows):
+    for edge in link_edges(rows, protection):
         (x1, y1), (x2, y2) = where[edge["source"]], where[edge["target"]]
         bend = EDGE_BEND[edge["kind"]]
         # Control point: the midpoint pushed sideways by a share of the edge's length.

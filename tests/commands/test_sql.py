@@ -281,6 +281,10 @@ ACCEPTED_SCANS = {
         for dialect in ("sqlite", "mysql")
         for name in ("count_live_contacts", "select_shared_emails", "select_shared_phones")
     ),
+    # The console's "Customers past the limit": counts per stored customer, paged by primary
+    # id; an operator's page, never a request's (docs/console.md).
+    ("sqlite", "select_customers_past_limit"),
+    ("mysql", "select_customers_past_limit"),
 }
 FILTERS = [
     {"email": "p10@x.io", "phone": None},

@@ -19,6 +19,7 @@ import requests
 from fluxkart import create_app
 from identity.console.graph import link_edges, link_graph, mask_email, mask_phone
 from identity.observability import JsonFormatter
+from identity.protection import DEFAULT_BLOCKED, BlockList, Protection
 from tests.harness.database import read_contacts, run_sql
 from tests.harness.servers import LiveServer
 
@@ -44,6 +45,12 @@ ROUTES = [
     ("POST", "/console/customers/1/reveal"),
     ("GET", "/console/customers/1/erase"),
     ("POST", "/console/customers/1/erase"),
+    ("GET", "/console/refused"),
+    ("GET", "/console/past-limit"),
+    ("GET", "/console/blocked"),
+    ("POST", "/console/blocked/preview"),
+    ("POST", "/console/blocked/add"),
+    ("POST", "/console/blocked/remove"),
     ("GET", "/console/static/console.css"),
 ]
 CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -154,7 +161,7 @@ def test_every_console_route_sends_the_security_headers(console: Console, signed
     else:
         console.get("/console/sign-in")  # a CSRF token for the anonymous session
     for method, path in ROUTES:
-        data = {"kind": "email", "identifier": "dana@example.com", "contact_ids": ""}
+        data = {"kind": "email", "identifier": "dana@example.com", "fingerprint": ""}
         response = console.request(
             method, path, data={**data, "csrf_token": console.csrf}, allow_redirects=False
         )
@@ -260,7 +267,10 @@ def test_forms_without_this_sessions_csrf_token_are_refused(
         for path, data in [
             ("/console/search", {"kind": "email", "identifier": "dana@example.com"}),
             ("/console/customers/1/reveal", {}),
-            ("/console/customers/1/erase", {"contact_ids": "1,2"}),
+            ("/console/customers/1/erase", {"fingerprint": "x"}),
+            ("/console/blocked/add", {"kind": "email", "form": "value", "text": "dana@example.com"}),
+            ("/console/blocked/remove", {"kind": "phone", "form": "value", "text": "1234567890"}),
+            ("/console/blocked/preview", {"kind": "email", "form": "value", "text": "dana@example.com"}),
             ("/console/sign-out", {}),
         ]:
             form = dict(data) if csrf is None else {**data, "csrf_token": csrf}
@@ -269,6 +279,9 @@ def test_forms_without_this_sessions_csrf_token_are_refused(
             assert "This form has expired" in response.text
             assert "dana@example.com" not in response.text and "+919876543210" not in response.text
     assert len(read_contacts(settings)) == 2  # the erasure did not happen
+    blocked = run_sql(settings, "SELECT kind, form, text FROM BlockedValue")
+    assert ("email", "value", "dana@example.com") not in {tuple(row.values()) for row in blocked}
+    assert ("phone", "value", "1234567890") in {tuple(row.values()) for row in blocked}  # not removed
     assert console.get("/console", allow_redirects=False).status_code == 200  # still signed in
 
     # A sign-in form from another session is refused as well (login CSRF).
@@ -323,8 +336,9 @@ def test_erasure_is_refused_when_the_customer_changed_since_the_preview(
     console.sign_in()
     preview = console.get("/console/customers/1/erase")
     assert preview.status_code == 200
-    ids = re.search(r'name="contact_ids" value="([^"]*)"', preview.text)
-    assert ids is not None and ids.group(1) == "1,2"
+    assert 'name="contact_ids"' not in preview.text  # a digest of the customer, not its ids
+    seen = re.search(r'name="fingerprint" value="([0-9a-f]{32})"', preview.text)
+    assert seen is not None
     # An order merges a new row into the customer after the preview.
     response = console.session.post(
         console.base_url + "/identify",
@@ -333,13 +347,14 @@ def test_erasure_is_refused_when_the_customer_changed_since_the_preview(
         timeout=30,
     )
     assert response.status_code == 200
-    stale = console.post("/console/customers/1/erase", {"contact_ids": ids.group(1)})
+    stale = console.post("/console/customers/1/erase", {"fingerprint": seen.group(1)})
     assert stale.status_code == 409
     assert "changed since the preview" in stale.text
     assert len(read_contacts(settings)) == 3
-    fresh = re.search(r'name="contact_ids" value="([^"]*)"', stale.text)
-    assert fresh is not None and fresh.group(1) == "1,2,3"
-    done = console.post("/console/customers/1/erase", {"contact_ids": fresh.group(1)})
+    assert re.search(r'id="preview-contacts">3<', stale.text)
+    fresh = re.search(r'name="fingerprint" value="([0-9a-f]{32})"', stale.text)
+    assert fresh is not None and fresh.group(1) != seen.group(1)
+    done = console.post("/console/customers/1/erase", {"fingerprint": fresh.group(1)})
     assert done.status_code == 200
     assert "Customer 1 erased" in done.text
     assert read_contacts(settings) == []
@@ -358,7 +373,7 @@ def test_a_secondarys_id_leads_to_its_primary_and_unknown_ids_say_so(console: Co
     for path in [f"/console/customers/{huge}", f"/console/customers/{huge}/erase"]:
         assert console.get(path).status_code == 404
     assert console.post(f"/console/customers/{huge}/reveal").status_code == 404
-    assert console.post(f"/console/customers/{huge}/erase", {"contact_ids": ""}).status_code == 404
+    assert console.post(f"/console/customers/{huge}/erase", {"fingerprint": ""}).status_code == 404
 
 
 @CONSOLE
@@ -449,3 +464,20 @@ def test_graph_edges_and_layout() -> None:
     assert len(graph["edges"]) == 6
     single = link_graph([row(7, "a", None, None)])
     assert single["edges"] == [] and len(single["nodes"]) == 1
+
+
+def test_graph_draws_no_edge_through_a_blocked_value() -> None:
+    rows = [
+        {"id": 1, "email": "a@x.com", "phoneNumber": "0000000000", "linkedId": None},
+        {"id": 2, "email": "b@x.com", "phoneNumber": "0000000000", "linkedId": 1},
+        {"id": 3, "email": "test@test.com", "phoneNumber": "555", "linkedId": 1},
+        {"id": 4, "email": "test@test.com", "phoneNumber": "555", "linkedId": 1},
+    ]
+    for row in rows:
+        row.update(linkPrecedence="primary" if row["linkedId"] is None else "secondary", createdAt=row["id"])
+    blocked = Protection(50, BlockList(DEFAULT_BLOCKED))
+    edges = {(e["kind"], e["source"], e["target"]) for e in link_edges(rows, blocked)}
+    assert edges == {("link", 2, 1), ("link", 3, 1), ("link", 4, 1), ("phone", 3, 4)}
+    # Control: without the block list the placeholders draw edges.
+    unprotected = {(e["kind"], e["source"], e["target"]) for e in link_edges(rows)}
+    assert {("phone", 1, 2), ("email", 3, 4)} <= unprotected

@@ -359,12 +359,32 @@ def test_console_journey(
     assert re.search(r'"request_id": "[0-9a-f]{32}"', reveal_lines[0])
     assert '"customerId": 1' in reveal_lines[0]
 
-    # Erasure: the preview (the dry run's counts and ids), then the confirmation.
+    # Merge protection's pages, from the navigation bar (no script, no inline style either).
+    for path, heading in [
+        ("/console/refused", "Refused links"),
+        ("/console/past-limit", "Customers past the limit"),
+        ("/console/blocked", "Blocked values"),
+    ]:
+        browser.submit(f'nav a[href="{path}"]')
+        assert browser.path() == path
+        assert browser.find("h1").text == heading
+    assert len(browser.find_all("#blocked tbody tr")) == 6  # the shipped defaults
+    browser.shoot("07b-blocked-values")
+    # What blocking the customer's shared phone number would split: customer 1 (two rows carry it).
+    browser.find("#kind-phone").click()
+    browser.find("#form-value").click()
+    browser.find("#text").send_keys("+91 98765 43210")
+    browser.submit("#preview-block")
+    assert [row.get_attribute("data-id") for row in browser.find_all("#joined tbody tr")] == ["1"]
+    browser.shoot("07c-block-preview")
+
+    # Erasure: the preview (the customer and the dry run's counts), then the confirmation.
     browser.get("/console/customers/1")
     browser.find("#erase-preview").click()
     assert browser.path() == "/console/customers/1/erase"
     assert browser.find("#preview-contacts").text == "4"
-    assert browser.find("#preview-ids").text == "1, 2, 3, 4"
+    assert browser.find("#preview-primary").text == "1"  # the customer, by name and counts ...
+    assert browser.find_all("#preview-ids") == []  # ... not a list of its ids
     assert browser.find("#preview-history").text == str(len(HISTORY_KINDS))
     browser.shoot("08-erasure-preview")
     if os.environ.get("FLUXKART_DOCS_SCREENSHOTS") and backend == "sqlite":
