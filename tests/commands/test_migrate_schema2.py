@@ -154,8 +154,8 @@ def make_schema_2(settings: dict[str, Any]) -> None:
     )
     run_sql(
         settings,
-        "INSERT INTO CustomerHistory (id, kind, createdAt, requestId, customerId, formerCustomerId, contactIds)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        "INSERT INTO CustomerHistory (id, kind, createdAt, requestId, customerId, formerCustomerId,"
+        " contactIds) VALUES (%s, %s, %s, %s, %s, %s, %s)",
         EVENTS,
         many=True,
     )
