@@ -22,7 +22,7 @@ from identity.database import Database, Row, utcnow
 from identity.errors import DatabaseMisconfigured, DatabaseUnavailable, database_problem
 from identity.history import record_plan_events, start_command_run
 from identity.merge import IdentifyPlan, lock_customer, plan_identify, write_plan
-from identity.pool import get_db
+from identity.pool import app_state, get_db
 from identity.progress import Progress, peak_rss_mib
 from identity.protection import Protection
 from identity.settings import database_location
@@ -269,6 +269,7 @@ def repair_command(dry_run: bool) -> None:
     report = RepairReport()
     try:
         db.connect()
+        app_state().protection = None  # the list as it is now, not as this app last read it
         protection = current_protection(db)
         if not dry_run:
             # Until the pass is over, identify must not trust a lock-free read.
