@@ -16,7 +16,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from identity.blocks import current_protection
+from identity.blocks import BLOCKS_TTL_S, current_protection
 from identity.canonical import MAX_LISTED, REPAIR_PAGE, NormalizeReport, normalize_stored_identifiers
 from identity.database import Database, Row, utcnow
 from identity.errors import DatabaseMisconfigured, DatabaseUnavailable, database_problem
@@ -154,6 +154,19 @@ def carries_blocked(row: Row, protection: Protection) -> bool:
     return blocked.blocks("email", row["email"]) or blocked.blocks("phone", row["phoneNumber"])
 
 
+def wait_for_workers(db: Database) -> None:
+    """Wait until every worker applies the newest blocked value (BLOCKS_TTL_S after it was
+    added, and a second for clocks): a worker still matching it would join again what the
+    split separates."""
+    newest = db.one("select_newest_block")
+    if newest is None:
+        return
+    wait = (newest["createdAt"] - utcnow()).total_seconds() + BLOCKS_TTL_S + 1
+    if wait > 0:
+        click.echo(f"waiting {wait:.1f} s until every worker applies the newest blocked value", err=True)
+        time.sleep(min(wait, BLOCKS_TTL_S + 1))
+
+
 def split_customers(db: Database, report: RepairReport, dry_run: bool, protection: Protection) -> set[int]:
     """Repair's third step: every customer that carries a blocked value, recomputed from the
     evidence that remains (identity/split.py) and split, a batch of parts per transaction.
@@ -276,6 +289,8 @@ def repair_command(dry_run: bool) -> None:
             db.run("upsert_service_state", key="consistent", value="0")
         normalize_stored_identifiers(db, region, report, dry_run)
         repair_customers(db, report, dry_run, protection)
+        if not dry_run:
+            wait_for_workers(db)
         split = split_customers(db, report, dry_run, protection)
         if report.customers_split and not dry_run:
             # A part's own rows may break the rules left as they were (data from elsewhere).

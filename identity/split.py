@@ -244,6 +244,8 @@ def write_split(db: Database, plan: SplitPlan, parts: list[list[Row]], now: date
         primary_id, others = part[0]["id"], [row["id"] for row in part[1:]]
         if others:
             db.run("relink_contacts", ids=others, primary_id=primary_id, updated_at=now)
-        detail = {"reason": "blocked", "identifiers": plan.blocked_kinds.get(primary_id, [])}
+        # The kind of blocked value that joined the part (openapi.json's `identifier`), ids only.
+        kinds = plan.blocked_kinds.get(primary_id, [])
+        detail = {"identifier": sorted(kinds)[-1]} if kinds else None
         events.append(history_event("split", primary_id, [primary_id, *others], now, plan.primary_id, detail))
     db.run_many("insert_history_event", events)

@@ -448,3 +448,11 @@ HAVING COUNT(*) > %(max_rows)s
     OR COUNT(DISTINCT email) + COUNT(DISTINCT phoneNumber) > %(max_identifiers)s
 ORDER BY customerId
 LIMIT %(limit)s
+
+-- name: select_newest_block
+-- When the newest blocked value or pattern was added: repair splits only once
+-- every worker applies it (identity/blocks.py re-reads the list every few seconds).
+SELECT createdAt
+FROM BlockedValue
+ORDER BY createdAt DESC
+LIMIT 1
