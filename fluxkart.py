@@ -39,6 +39,7 @@ from flask.cli import with_appcontext
 from werkzeug.exceptions import HTTPException
 
 from identity import console, observability, pool
+from identity.block import block_command
 from identity.blocks import current_protection
 from identity.component import oldest_first
 from identity.database import Database, Row, utcnow
@@ -400,6 +401,6 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     app.register_blueprint(api)
     console.init_app(app)
-    for command in (init_db_command, migrate_command, repair_command, import_orders):
+    for command in (init_db_command, migrate_command, repair_command, import_orders, block_command):
         app.cli.add_command(command)
     return app

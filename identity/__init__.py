@@ -8,6 +8,6 @@ Imports run one way, from the ground up; nothing here imports fluxkart.py:
     normalize, merge, reads                identifiers; the merge protocol; read-only answers
     history, erasure                       what changed and why; erasing a customer
     console                                support staff's pages (a blueprint)
-    progress, canonical                    the commands' shared pieces
-    repair, migrate, order_file, import_batch, import_orders   the commands
+    progress, canonical, split             the commands' shared pieces (split: what a blocked value joined)
+    repair, migrate, block, order_file, import_batch, import_orders   the commands
 """

@@ -16,7 +16,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from identity.canonical import NormalizeReport, normalize_stored_identifiers
-from identity.database import Database, Row, utcnow
+from identity.database import SCHEMA_VERSION, Database, Row, utcnow
 from identity.errors import DatabaseMisconfigured, DatabaseUnavailable, RetryTransaction
 from identity.pool import new_database
 from identity.progress import peak_rss_mib
@@ -56,6 +56,12 @@ CONTACT_INDEXES = {
         "rename_legacy_linked_id_index",
     ),
 }
+# CustomerHistory's columns that schema version 3 changed (MySQL: information_schema's
+# COLUMN_TYPE): the kinds of merge protection's events, and the detail of ids and kinds.
+MYSQL_HISTORY_KIND = "enum('created','linked','merged','repaired','imported','refused','split')"
+# Schema versions this service wrote: a database at one of them holds the service's own data
+# (migrate upgrades its tables; repair is not needed for it). Version 2 is the previous release's.
+SERVICE_SCHEMAS = ("2", SCHEMA_VERSION)
 # How many of the rows that would lose data migrate names (it also says how many there are).
 MIGRATE_REFUSAL_LIST = 50
 # How long migrate's ALTERs wait for Contact's metadata lock before giving up.
@@ -122,7 +128,14 @@ def plan_migration(db: Database) -> MigrationPlan:
             plan_sqlite_contact(db, plan, "sqlite_sequence" in tables)
     # Rows that needed filling or converting were written by something else, whatever
     # ServiceState says (e.g. a dump of the old table restored over a migrated one).
-    adopting = "Contact" in tables and (state.get("schema") != "2" or any(s.rewrites for s in plan.steps))
+    adopting = "Contact" in tables and (
+        state.get("schema") not in SERVICE_SCHEMAS or any(s.rewrites for s in plan.steps)
+    )
+    if "CustomerHistory" in tables:
+        if db.dialect == "mysql":
+            plan_mysql_history(db, plan)
+        else:
+            plan_sqlite_history(db, plan)
     plan_schema(db, plan, tables)
     plan_service_state(plan, state, adopting)
     return plan
@@ -343,6 +356,70 @@ def plan_sqlite_contact(db: Database, plan: MigrationPlan, has_sequence: bool) -
     )
 
 
+def plan_mysql_history(db: Database, plan: MigrationPlan) -> None:
+    """Schema 2 to 3 on MySQL: CustomerHistory's kinds gain 'refused' and 'split' (merge
+    protection's events) and it gains the nullable `detail` column; both metadata only."""
+    columns = {str(row["name"]): str(row["type"]).lower() for row in db.all("select_history_columns")}
+    instant = (
+        "metadata only: ALGORITHM=INSTANT (no rewrite; only the brief metadata lock every ALTER "
+        f"takes, which waits for open transactions on CustomerHistory, at most {MIGRATE_LOCK_WAIT_S} s)"
+    )
+    if columns.get("kind") != MYSQL_HISTORY_KIND:
+        plan.steps.append(
+            MigrationStep(
+                "extend CustomerHistory's kinds with 'refused' and 'split' (merge protection's events)",
+                instant,
+                run_named("extend_history_kinds"),
+                [f"kind: {columns.get('kind')} -> {MYSQL_HISTORY_KIND}"],
+            )
+        )
+    if "detail" not in columns:
+        plan.steps.append(
+            MigrationStep(
+                "add CustomerHistory.detail (a merge's evidence, what a refusal or a split concerned: "
+                "ids and kinds), NULL for the events already recorded",
+                instant,
+                run_named("add_history_detail"),
+            )
+        )
+
+
+def plan_sqlite_history(db: Database, plan: MigrationPlan) -> None:
+    """Schema 2 to 3 on SQLite: CustomerHistory rebuilt with schema.sql's definition (a CHECK
+    constraint cannot be altered), every event kept with its id, its indexes made again."""
+    current = sqlite_definitions(str((db.one("select_history_definition") or {})["sql"]))
+    target = sqlite_definitions(db.queries["create_history_new"])
+    changes = [
+        f"{name}: {current.get(name, '(none)')} -> {target.get(name, '(none)')}"
+        for name in dict.fromkeys([*target, *current])
+        if current.get(name) != target.get(name)
+    ]
+    if not changes:
+        return
+    indexes = [s for s in db.schema if CREATE_INDEX_NAME.match(s) and " ON CustomerHistory " in s]
+
+    def rebuild(db: Database) -> None:
+        seq = int((db.one("select_history_sequence") or {}).get("seq") or 0)
+        for name in ("create_history_new", "copy_history_to_new", "drop_old_history", "rename_new_history"):
+            db.run(name)
+        db.run("forget_history_sequence")
+        db.run("set_history_sequence", seq=seq)
+        cur = db.connect().cursor()
+        for statement in indexes:  # the schema file's own CREATE INDEX IF NOT EXISTS
+            cur.execute(statement)
+
+    plan.steps.append(
+        MigrationStep(
+            "rebuild CustomerHistory with kinds 'refused' and 'split' and the `detail` column (new "
+            "table, copy every event with its id, drop the old one, rename, make its indexes again)",
+            "rewrites CustomerHistory inside the migrate transaction, which holds the database's write "
+            "lock until it commits (readers go on; writers wait)",
+            rebuild,
+            changes,
+        )
+    )
+
+
 def plan_schema(db: Database, plan: MigrationPlan, tables: set[str]) -> None:
     """The step creating the tables (SQLite: and indexes) the schema has and this database lacks."""
     changes = [
@@ -379,14 +456,14 @@ def create_schema(db: Database) -> None:
 def plan_service_state(plan: MigrationPlan, state: dict[str, str], adopting: bool) -> None:
     """The last step: ServiceState says the schema is the service's, and whether the data needs repair."""
     writes: dict[str, str] = {}
-    if state.get("schema") != "2":
-        writes["schema"] = "2"
+    if state.get("schema") != SCHEMA_VERSION:
+        writes["schema"] = SCHEMA_VERSION
     if adopting or "consistent" not in state:
         writes["consistent"] = "0" if plan.contact_rows else "1"
     if not writes:
         return
     meaning = {
-        ("schema", "2"): "the Contact table has the service's schema",
+        ("schema", SCHEMA_VERSION): "the database has the service's schema",
         ("consistent", "1"): "the table is empty, so every customer satisfies the rules",
         ("consistent", "0"): f"the {plan.contact_rows:,} rows were written by something else: "
         "run `flask --app fluxkart repair` next (the service may serve meanwhile)",
@@ -541,8 +618,9 @@ def migrate_command(dry_run: bool) -> None:
     """Bring an existing Contact table (e.g. the replaced implementation's) to this service's schema.
 
     Prints each change and what it rewrites or locks, refuses (changing
-    nothing) when a value would not fit its new column, and records
-    ServiceState schema=2 last. Idempotent. See docs/switching.md.
+    nothing) when a value would not fit its new column, upgrades a database
+    of the previous release (schema 2), and records ServiceState
+    schema=SCHEMA_VERSION last. Idempotent. See docs/switching.md.
     """
     db = migration_database(dry_run)
     started = time.perf_counter()

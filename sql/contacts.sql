@@ -467,3 +467,51 @@ GROUP BY COALESCE(linkedId, id)
 HAVING COUNT(*) > 1
 ORDER BY rowCount DESC, customerId
 LIMIT %(limit)s
+
+-- Splitting what a blocked value joined (repair, `block add`; identity/split.py)
+-- --------------------------------------------------------------------------
+
+-- name: select_merge_evidence
+-- The detail of every `merged` event recorded for these customers (ids of
+-- their rows): the rows each merge matched by email and by phone.
+SELECT detail
+FROM CustomerHistory
+WHERE kind = 'merged'
+  AND customerId IN %(ids)s
+  AND detail IS NOT NULL
+
+-- name: select_customer_lock_version
+-- The growth lock's version of one customer (no row: it never grew).
+SELECT version
+FROM CustomerLock
+WHERE customerId = %(customer_id)s
+
+-- name: promote_contacts
+-- Makes these rows primaries: each the oldest row of a part a split detaches.
+UPDATE Contact
+SET linkedId = NULL,
+    linkPrecedence = 'primary',
+    updatedAt = %(updated_at)s
+WHERE id IN %(ids)s
+
+-- name: select_large_customers
+-- Customers (by primary, on a table that follows the rules) with more rows or
+-- more distinct identifiers than merge protection allows, blocked values
+-- counted too (the caller counts again without them). One page, by id.
+SELECT COALESCE(linkedId, id) AS customerId,
+       COUNT(*) AS contacts
+FROM Contact
+WHERE deletedAt IS NULL
+GROUP BY COALESCE(linkedId, id)
+HAVING COUNT(*) > %(max_rows)s
+    OR COUNT(DISTINCT email) + COUNT(DISTINCT phoneNumber) > %(max_identifiers)s
+ORDER BY customerId
+LIMIT %(limit)s
+
+-- name: select_newest_block
+-- When the newest blocked value or pattern was added: repair splits only once
+-- every worker applies it (identity/blocks.py re-reads the list every few seconds).
+SELECT createdAt
+FROM BlockedValue
+ORDER BY createdAt DESC
+LIMIT 1

@@ -141,3 +141,32 @@ ORDER BY name
 -- name: select_server_version
 -- The server's name and version, for the first line of migrate's report.
 SELECT VERSION() AS version
+
+-- --------------------------------------------------------------------------
+-- Schema 2 (the previous release) to 3: CustomerHistory gains merge
+-- protection's kinds ('refused', 'split') and the `detail` column. Both are
+-- metadata changes InnoDB makes instantly (values appended to an ENUM whose
+-- storage size stays one byte; a nullable column added last): no rewrite,
+-- only the brief metadata lock every ALTER takes.
+-- --------------------------------------------------------------------------
+
+-- name: select_history_columns
+-- CustomerHistory's columns as the server describes them.
+SELECT COLUMN_NAME AS name,
+       COLUMN_TYPE AS type
+FROM information_schema.COLUMNS
+WHERE TABLE_SCHEMA = DATABASE()
+  AND TABLE_NAME = 'CustomerHistory'
+ORDER BY ORDINAL_POSITION
+
+-- name: extend_history_kinds
+-- Appends 'refused' and 'split' to the kinds (the existing values keep their numbers).
+ALTER TABLE CustomerHistory
+    MODIFY kind ENUM('created', 'linked', 'merged', 'repaired', 'imported', 'refused', 'split') NOT NULL,
+    ALGORITHM = INSTANT
+
+-- name: add_history_detail
+-- The JSON object of ids and kinds (schema.sql says what it holds), NULL for older events.
+ALTER TABLE CustomerHistory
+    ADD COLUMN detail TEXT CHARACTER SET ascii COLLATE ascii_bin NULL,
+    ALGORITHM = INSTANT

@@ -138,3 +138,65 @@ CREATE TABLE Contact_new (
 -- name: select_server_version
 -- The SQLite library's version, for the first line of migrate's report.
 SELECT sqlite_version() AS version
+
+-- --------------------------------------------------------------------------
+-- Schema 2 (the previous release) to 3: CustomerHistory gains merge
+-- protection's kinds ('refused', 'split') and the `detail` column. SQLite
+-- cannot alter a CHECK constraint, so the table is rebuilt as Contact is above,
+-- in the migrate transaction: every event keeps its id, the AUTOINCREMENT
+-- counter is kept, and its indexes are made again from the schema file.
+-- --------------------------------------------------------------------------
+
+-- name: select_history_definition
+-- The CREATE TABLE statement CustomerHistory was created with.
+SELECT sql
+FROM sqlite_master
+WHERE type = 'table'
+  AND name = 'CustomerHistory'
+
+-- name: select_history_sequence
+-- The largest event id handed out so far (kept across the rebuild).
+SELECT COALESCE(
+           (SELECT seq FROM sqlite_sequence WHERE name = 'CustomerHistory'),
+           (SELECT MAX(id) FROM CustomerHistory),
+           0
+       ) AS seq
+
+-- name: create_history_new
+-- The new table: sql/sqlite/schema.sql's CustomerHistory under another name
+-- (a test checks that the two agree, column for column).
+CREATE TABLE CustomerHistory_new (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL CHECK (kind IN ('created', 'linked', 'merged', 'repaired', 'imported', 'refused', 'split')),
+    createdAt DATETIME NOT NULL,
+    requestId TEXT NOT NULL,
+    customerId INTEGER NOT NULL,
+    formerCustomerId INTEGER,
+    contactIds TEXT NOT NULL,
+    detail TEXT
+)
+
+-- name: copy_history_to_new
+-- Every event of schema 2 into the new table with its id; detail stays NULL.
+INSERT INTO CustomerHistory_new (id, kind, createdAt, requestId, customerId, formerCustomerId, contactIds)
+SELECT id, kind, createdAt, requestId, customerId, formerCustomerId, contactIds
+FROM CustomerHistory
+ORDER BY id
+
+-- name: drop_old_history
+-- The old table (and its indexes), once every event is in the new one.
+DROP TABLE CustomerHistory
+
+-- name: rename_new_history
+-- The new table takes the name.
+ALTER TABLE CustomerHistory_new RENAME TO CustomerHistory
+
+-- name: forget_history_sequence
+-- Clears CustomerHistory's AUTOINCREMENT counter before it is set again below.
+DELETE FROM sqlite_sequence
+WHERE name = 'CustomerHistory'
+
+-- name: set_history_sequence
+-- Event ids already handed out (even of events erased since) are never handed out again.
+INSERT INTO sqlite_sequence (name, seq)
+VALUES ('CustomerHistory', %(seq)s)

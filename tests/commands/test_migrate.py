@@ -23,6 +23,7 @@ import pytest
 
 import fluxkart
 from identity import migrate as migrate_command
+from identity.database import SCHEMA_VERSION
 from identity.errors import ApiError
 from identity.normalize import normalize_email, normalize_phone
 from identity.sql import MIGRATE_SQL, load_queries, schema_statements
@@ -203,7 +204,7 @@ def test_migrate_brings_legacy_table_to_the_schema(
     server = request.getfixturevalue("mysql_server") if backend == "mysql" else None
     assert shape(settings) == fresh_schema_shape(settings, tmp_path, server)
     assert stored_rows(settings) == expected_rows(LEGACY_ROWS)
-    assert service_state(settings) == {"schema": "2", "consistent": "0"}
+    assert service_state(settings) == {"schema": SCHEMA_VERSION, "consistent": "0"}
     assert {"Contact", "ContactIdentifier", "ServiceState"} <= table_names(settings)
     # Byte-exact from now on: the accented and the plain email are two values.
     assert [
@@ -236,7 +237,7 @@ def test_second_run_changes_nothing_and_says_so(app: Any, settings: dict[str, An
     output = migrate(app)
     assert "nothing to change" in output
     assert fingerprint(settings) == before
-    assert service_state(settings) == {"schema": "2", "consistent": "0"}
+    assert service_state(settings) == {"schema": SCHEMA_VERSION, "consistent": "0"}
 
 
 def test_dry_run_prints_the_plan_and_changes_nothing(
@@ -250,7 +251,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(
     assert "dry run:" in output and "nothing changed" in output
     assert "linkPrecedence: 'secondary' where linkedId is set, else 'primary': 3 rows" in output
     assert "create table ServiceState" in output
-    assert "record in ServiceState: schema=2, consistent=0" in output
+    assert f"record in ServiceState: schema={SCHEMA_VERSION}, consistent=0" in output
     if backend == "mysql":
         # run.sh --indexes made idx_email: renamed, not built again.
         assert "rename index idx_email on email to Contact_email" in output
@@ -325,14 +326,14 @@ def test_refuses_values_that_do_not_fit_naming_the_rows(
         ("5550030", EARLIEST, "primary"),
     )
     migrate(app)
-    assert service_state(settings)["schema"] == "2"
+    assert service_state(settings)["schema"] == SCHEMA_VERSION
 
 
 def test_empty_legacy_table_is_consistent(app: Any, settings: dict[str, Any]) -> None:
     create_legacy(settings, [])
     output = migrate(app)
     assert "Contact holds 0 rows" in output
-    assert service_state(settings) == {"schema": "2", "consistent": "1"}
+    assert service_state(settings) == {"schema": SCHEMA_VERSION, "consistent": "1"}
     assert "next: flask --app fluxkart repair" not in output
 
 
@@ -343,7 +344,7 @@ def test_without_a_contact_table_creates_the_schema(
     assert "create table Contact (new and empty)" in output
     server = request.getfixturevalue("mysql_server") if backend == "mysql" else None
     assert shape(settings) == fresh_schema_shape(settings, tmp_path, server)
-    assert service_state(settings) == {"schema": "2", "consistent": "1"}
+    assert service_state(settings) == {"schema": SCHEMA_VERSION, "consistent": "1"}
     assert "nothing to change" in migrate(app)
 
 
@@ -384,7 +385,7 @@ def test_migrate_as_a_subprocess(settings: dict[str, Any], backend: str) -> None
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "migrated in" in done.stdout
-    assert service_state(settings) == {"schema": "2", "consistent": "0"}
+    assert service_state(settings) == {"schema": SCHEMA_VERSION, "consistent": "0"}
 
 
 @pytest.mark.parametrize("backend", ["mysql"])
@@ -436,7 +437,7 @@ def test_a_held_table_stops_migrate_with_what_to_do(
     assert "ServiceState" not in table_names(settings)
     # Once the table is free, migrate finishes the job.
     assert "migrated in" in migrate(app)
-    assert service_state(settings) == {"schema": "2", "consistent": "0"}
+    assert service_state(settings) == {"schema": SCHEMA_VERSION, "consistent": "0"}
 
 
 def test_old_table_restored_over_a_migrated_one_needs_repair_again(
@@ -451,7 +452,7 @@ def test_old_table_restored_over_a_migrated_one_needs_repair_again(
     create_legacy(settings, LEGACY_ROWS)
     output = migrate(app)
     assert "record in ServiceState: consistent=0" in output
-    assert service_state(settings) == {"schema": "2", "consistent": "0"}
+    assert service_state(settings) == {"schema": SCHEMA_VERSION, "consistent": "0"}
 
 
 def test_the_service_answers_on_the_migrated_table(app: Any, settings: dict[str, Any], api: Any) -> None:

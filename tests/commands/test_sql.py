@@ -274,12 +274,18 @@ ACCEPTED_SCANS = {
     # filtered page walks rows in id order from the cursor. The listing is an admin
     # tool, and SQLite the embedded default for local use and small tables (docs/testing.md).
     ("sqlite", "select_contacts"),
-    # repair's whole-table passes: its progress bar's count, and the walks of the email and
-    # phone indexes (paged by value) that find identifiers shared by several customers.
+    # repair's whole-table passes: its progress bar's count, the walks of the email and
+    # phone indexes (paged by value) that find identifiers shared by several customers, and
+    # the count of every customer's rows that finds those past the limit (for an operator).
     *(
         (dialect, name)
         for dialect in ("sqlite", "mysql")
-        for name in ("count_live_contacts", "select_shared_emails", "select_shared_phones")
+        for name in (
+            "count_live_contacts",
+            "select_shared_emails",
+            "select_shared_phones",
+            "select_large_customers",
+        )
     ),
     # The console's "Customers past the limit": counts per stored customer, paged by primary
     # id; an operator's page, never a request's (docs/console.md).
