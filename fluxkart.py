@@ -102,7 +102,7 @@ def identify(db: Database, email: str | None, phone: str | None) -> tuple[dict[s
     if trusts_fast_path(db):
         rows = db.all("select_customer", email=email, phone=phone, limit=protection.max_rows + 1)
         if protection.count(rows) <= protection.max_identifiers and is_settled(rows, email, phone):
-            return customer_answer(rows, ignored), "unchanged"
+            return customer_answer(rows, ignored, protection=protection), "unchanged"
     plan = in_transaction(db, lambda db: apply_identify(db, email, phone, protection), "identify")
     ignored += plan.ignored
     for name, reason in ignored:
@@ -110,8 +110,8 @@ def identify(db: Database, email: str | None, phone: str | None) -> tuple[dict[s
     if plan.partial:
         PAST_LIMIT_ANSWERS.inc()
         rows = oldest_first(plan.rows)[: protection.max_identifiers]
-        return customer_answer(rows, ignored, partial=True), plan.outcome
-    return customer_answer(plan.rows, ignored), plan.outcome
+        return customer_answer(rows, ignored, True, protection), plan.outcome
+    return customer_answer(plan.rows, ignored, protection=protection), plan.outcome
 
 
 def apply_identify(
@@ -279,7 +279,7 @@ def find_customer() -> Response:
         rows = lookup_customer(db, kept_email, kept_phone, protection)
         if not rows.complete:
             PAST_LIMIT_ANSWERS.inc()
-        return customer_answer(answer_rows(rows, protection), ignored, partial=not rows.complete)
+        return customer_answer(answer_rows(rows, protection), ignored, not rows.complete, protection)
 
     return jsonify(reconnect_once(lookup))
 

@@ -179,7 +179,7 @@ def event_to_json(row: Row) -> dict[str, Any]:
     }
     if row["kind"] == "merged":
         event["demotedPrimaryId"] = row["formerCustomerId"]
-    elif row["kind"] == "repaired":
+    elif row["kind"] in ("repaired", "split"):
         event["formerPrimaryId"] = row["formerCustomerId"]
     if row.get("detail"):
         event.update(json.loads(row["detail"]))  # ids and kinds: evidence, identifier, reason

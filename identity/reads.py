@@ -13,7 +13,10 @@ from identity.protection import UNPROTECTED, Protection
 
 
 def customer_answer(
-    rows: list[Row], ignored: list[tuple[str, str]] | None = None, partial: bool = False
+    rows: list[Row],
+    ignored: list[tuple[str, str]] | None = None,
+    partial: bool = False,
+    protection: Protection = UNPROTECTED,
 ) -> dict[str, Any]:
     """The identify answer for one customer's live rows, in any order (SPEC, "POST /identify" 4).
 
@@ -21,8 +24,10 @@ def customer_answer(
     lookup answers data it has not repaired yet as identify would leave it.
     Merge protection adds, only when they apply, "ignored" (the request fields left out,
     with the reason: "blocked" or "limit") and "partial" (a customer past the limit,
-    answered as far as it was read).
+    answered as far as it was read). A blocked value a row still carries (written before it
+    was blocked) identifies nobody, so the answer does not list it.
     """
+    blocks = protection.blocked.blocks
     ordered = oldest_first(rows)
     primary = ordered[0]
     answer: dict[str, Any] = {
@@ -30,9 +35,17 @@ def customer_answer(
             "primaryContactId": primary["id"],
             # The original Bitespeed specification's spelling, kept for its clients.
             "primaryContatctId": primary["id"],
-            "emails": list(dict.fromkeys(r["email"] for r in ordered if r["email"] is not None)),
+            "emails": list(
+                dict.fromkeys(
+                    r["email"] for r in ordered if r["email"] is not None and not blocks("email", r["email"])
+                )
+            ),
             "phoneNumbers": list(
-                dict.fromkeys(r["phoneNumber"] for r in ordered if r["phoneNumber"] is not None)
+                dict.fromkeys(
+                    r["phoneNumber"]
+                    for r in ordered
+                    if r["phoneNumber"] is not None and not blocks("phone", r["phoneNumber"])
+                )
             ),
             "secondaryContactIds": [row["id"] for row in ordered[1:]],
         }

@@ -21,7 +21,7 @@ from identity.canonical import MAX_LISTED, REPAIR_PAGE, NormalizeReport, normali
 from identity.database import Database, Row, utcnow
 from identity.errors import DatabaseMisconfigured, DatabaseUnavailable, database_problem
 from identity.history import record_plan_events, start_command_run
-from identity.merge import IdentifyPlan, lock_customer, plan_identify, write_plan
+from identity.merge import IdentifyPlan, first_carrying, lock_customer, plan_identify, write_plan
 from identity.pool import app_state, get_db
 from identity.progress import Progress, peak_rss_mib
 from identity.protection import Protection
@@ -104,6 +104,11 @@ def repair_customer(
     rows = list(found.values())
     now = utcnow()
     plan = plan_identify(rows, None, None, now) if rows else IdentifyPlan(rows=[], outcome="unchanged")
+    if plan.demoted and kind in ("email", "phone"):
+        # The evidence of a merge by a shared value: the oldest row carrying it (SPEC, "Merge
+        # protection": every merge, repair's too, records which row it matched by what).
+        column = "email" if kind == "email" else "phoneNumber"
+        plan.evidence = {kind: first_carrying(rows, column, value)}
     if not dry_run and rows:
         write_plan(db, plan)
         record_plan_events(db, rows, plan, now)

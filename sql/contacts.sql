@@ -234,6 +234,7 @@ VALUES (%(kind)s, %(created_at)s, %(request_id)s, %(customer_id)s, %(former_cust
 -- cursor event. The customer's history is the events keyed by any of its rows
 -- (live or deleted: every primary merged into it is now one of its rows) and,
 -- following formerCustomerId, by every customer merged or repaired into those.
+-- Never through a `split`: the customer a part left holds other people's events.
 WITH RECURSIVE members (id) AS (
     SELECT id
     FROM Contact
@@ -244,6 +245,7 @@ WITH RECURSIVE members (id) AS (
     FROM CustomerHistory AS h
     JOIN members AS m ON h.customerId = m.id
     WHERE h.formerCustomerId IS NOT NULL
+      AND h.kind IN ('merged', 'repaired')
 )
 SELECT h.id, h.kind, h.createdAt, h.requestId, h.customerId, h.formerCustomerId, h.contactIds, h.detail
 FROM CustomerHistory AS h
@@ -270,8 +272,10 @@ ORDER BY createdAt DESC, id DESC
 LIMIT 1
 
 -- name: select_history_by_customer
--- Every event keyed by this customer id, with the former customers it names.
-SELECT id, formerCustomerId
+-- Every event keyed by this customer id, with the former customers it names:
+-- erasure follows them to the customers merged into this one. A `split` names
+-- the customer a part left, other people: its formerCustomerId is not followed.
+SELECT id, CASE WHEN kind IN ('merged', 'repaired') THEN formerCustomerId END AS formerCustomerId
 FROM CustomerHistory
 WHERE customerId = %(customer_id)s
 
