@@ -195,6 +195,13 @@ def stored_row_params(row: Row) -> dict[str, Any]:
     }
 
 
+def touch_customer_locks(db: Database, customer_ids: Iterable[int]) -> None:
+    """Write the growth lock (CustomerLock) of each customer a plan grows or merges, ids sorted.
+    On a multi-primary cluster a concurrent growth of one of them on another node then writes
+    the same row and one of the two is retried: together they could pass the limit."""
+    db.run_many("touch_customer_locks", [{"customer_id": i} for i in sorted(set(customer_ids))])
+
+
 def write_plan(db: Database, plan: IdentifyPlan) -> None:
     """Apply an IdentifyPlan inside the caller's transaction; sets the inserted row's id.
 
@@ -217,10 +224,7 @@ def write_plan(db: Database, plan: IdentifyPlan) -> None:
         if plan.relinked:
             db.run("relink_contacts", ids=plan.relinked, primary_id=primary_id, updated_at=now)
     if plan.demoted or (plan.inserted is not None and plan.inserted["linkedId"] is not None):
-        # The customer grows: on a multi-primary cluster a concurrent growth of it elsewhere
-        # must conflict with this one, or together they could pass the limit.
-        customers = sorted({primary_id, *plan.demoted})
-        db.run_many("touch_customer_locks", [{"customer_id": i} for i in customers])
+        touch_customer_locks(db, [primary_id, *plan.demoted])
     new = plan.inserted
     if new is not None:
         new["id"] = db.run(
