@@ -53,6 +53,14 @@ class Exchange:
     contract: str = ""  # how the answer disagrees with openapi.json ("" when it agrees)
     seconds: float = 0.0
     sent_at: float = 0.0  # time.monotonic() when it was sent
+    # Merge protection: the answer's "ignored" ([{"field", "reason"}]) and "partial".
+    ignored: list[dict[str, str]] = field(default_factory=list)
+    partial: bool = False
+    size: int = 0  # the answer's body, in bytes
+
+    def sent(self) -> dict[str, Any]:
+        """The request with its answer's "ignored", as tests/harness/checker.py takes requests."""
+        return {"email": self.request[0], "phoneNumber": self.request[1], "ignored": self.ignored}
 
 
 def post_identify(session: requests.Session, url: str, pair: Pair, node: int = 0) -> Exchange:
@@ -73,8 +81,12 @@ def post_identify(session: requests.Session, url: str, pair: Pair, node: int = 0
             check_answer(response)
         except AssertionError as exc:
             exchange.contract = str(exc)
+        exchange.size = len(response.content)
         if response.status_code == 200:
-            exchange.contact = response.json()["contact"]
+            body = response.json()
+            exchange.contact = body["contact"]
+            exchange.ignored = list(body.get("ignored", []))
+            exchange.partial = bool(body.get("partial", False))
     except (requests.RequestException, ValueError, KeyError) as exc:
         exchange.error = f"{type(exc).__name__}: {exc}"
     exchange.seconds = time.perf_counter() - started
