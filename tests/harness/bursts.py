@@ -168,3 +168,25 @@ def run_burst(
     if any(thread.is_alive() for thread in threads):
         burst.timed_out = True
     return burst
+
+
+def limit_rounds(number: int, clients: int, limit: int) -> list[Round[Pair]]:
+    """Customer `number` seeded with limit - 2 identifiers (a stream round: emails e0.. and phones
+    p0.. linked in a chain), then a barrier round in which each client sends one request that
+    would grow it by one: a new phone with one of its emails, or a new email with one of its
+    phones. Each fits alone; together they would take it far past the limit. The requests
+    reach it through different identifiers, so only its rows and its growth lock (CustomerLock)
+    keep them apart (tests/merge/test_limit_concurrency.py, tests/cluster/test_galera.py)."""
+    seeded = (limit - 2) // 2
+    emails = [f"e{i}@lim{number}.test" for i in range(seeded)]
+    phones = [f"6{number:03d}5{i:03d}" for i in range(seeded)]
+    seed: list[Pair] = [(emails[0], phones[0])]
+    for i in range(1, seeded):
+        seed += [(emails[i - 1], phones[i]), (emails[i], phones[i])]
+    grow: list[Pair] = []
+    for client in range(clients):
+        if client % 2:
+            grow.append((emails[client % seeded], f"6{number:03d}7{client:03d}"))
+        else:
+            grow.append((f"new{client}@lim{number}.test", phones[client % seeded]))
+    return [Round(seed, barrier=False), Round(grow, barrier=True)]

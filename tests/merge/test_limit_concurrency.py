@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.bursts import Burst, Pair, Round, post_identify, run_burst
+from tests.harness.bursts import Burst, Pair, Round, limit_rounds, post_identify, run_burst
 from tests.harness.checker import check_answers, check_invariants, violation_kinds
 from tests.harness.database import read_contacts
 from tests.harness.gunicorn import Gunicorn
@@ -39,19 +39,8 @@ BURST_LIMIT_S = 120
 
 
 def customer_round(number: int, clients: int = CLIENTS) -> list[Round[Pair]]:
-    """Seed customer `number` (a stream round), then one barrier round that would grow it."""
-    emails = [f"e{i}@lim{number}.test" for i in range(SEEDED // 2)]
-    phones = [f"6{number:03d}5{i:03d}" for i in range(SEEDED // 2)]
-    seed: list[Pair] = [(emails[0], phones[0])]
-    for i in range(1, SEEDED // 2):
-        seed += [(emails[i - 1], phones[i]), (emails[i], phones[i])]
-    grow: list[Pair] = []
-    for client in range(clients):
-        if client % 2:
-            grow.append((emails[client % len(emails)], f"6{number:03d}7{client:03d}"))
-        else:
-            grow.append((f"new{client}@lim{number}.test", phones[client % len(phones)]))
-    return [Round(seed, barrier=False), Round(grow, barrier=True)]
+    """Seed customer `number`, then one barrier round that would grow it (bursts.limit_rounds)."""
+    return limit_rounds(number, clients, LIMIT)
 
 
 def plan(rounds: int = ROUNDS, first: int = 0) -> list[Round[Pair]]:
