@@ -202,8 +202,22 @@ def touch_customer_locks(db: Database, customer_ids: Iterable[int]) -> None:
     db.run_many("touch_customer_locks", [{"customer_id": i} for i in sorted(set(customer_ids))])
 
 
-def write_plan(db: Database, plan: IdentifyPlan) -> None:
+def check_not_grown(db: Database, plan: IdentifyPlan, protection: Protection) -> None:
+    """After the growth lock is written: the customers the plan grows hold no row it did not see,
+    else RetryTransaction("customer_moved"). On a multi-primary cluster row locks are node-local:
+    a growth committed on another node and applied here after this transaction read the customer
+    is seen now (READ COMMITTED), so the limit is planned again from the customer as it is; one
+    applied later conflicts with the growth lock this transaction now holds."""
+    seen = {row["id"] for row in plan.rows if row["id"] is not None}
+    now = connected_rows(db, set(), set(), ids=[plan.rows[0]["id"], *plan.demoted], protection=protection)
+    if now.keys() - seen or now.past_limit:
+        raise RetryTransaction("customer_moved")
+
+
+def write_plan(db: Database, plan: IdentifyPlan, protection: Protection = UNPROTECTED) -> None:
     """Apply an IdentifyPlan inside the caller's transaction; sets the inserted row's id.
+    When the customer grows, its growth lock is written and the customer re-read
+    (check_not_grown), under `protection`.
 
     Whenever existing rows change, the identifiers of every row whose link
     changes are touched first, so on a multi-primary cluster a concurrent
@@ -225,6 +239,7 @@ def write_plan(db: Database, plan: IdentifyPlan) -> None:
             db.run("relink_contacts", ids=plan.relinked, primary_id=primary_id, updated_at=now)
     if plan.demoted or (plan.inserted is not None and plan.inserted["linkedId"] is not None):
         touch_customer_locks(db, [primary_id, *plan.demoted])
+        check_not_grown(db, plan, protection)
     new = plan.inserted
     if new is not None:
         new["id"] = db.run(
