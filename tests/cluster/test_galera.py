@@ -381,7 +381,7 @@ def test_the_workloads_catch_races_without_the_locking(
 # --------------------------------------------------------------------------
 
 LIMIT = 10
-LIMIT_ROUNDS = 12
+LIMIT_ROUNDS = 30
 
 
 def limit_run(
