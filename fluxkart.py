@@ -128,7 +128,7 @@ def apply_identify(
     found = lock_customer(db, {email} - {None}, {phone} - {None}, protection=protection)  # type: ignore[arg-type]
     now = utcnow()
     plan = plan_within_limits(found, email, phone, now, protection)
-    write_plan(db, plan)
+    write_plan(db, plan, protection)
     record_plan_events(db, list(found.values()), plan, now)
     return plan
 

@@ -195,8 +195,29 @@ def stored_row_params(row: Row) -> dict[str, Any]:
     }
 
 
-def write_plan(db: Database, plan: IdentifyPlan) -> None:
+def touch_customer_locks(db: Database, customer_ids: Iterable[int]) -> None:
+    """Write the growth lock (CustomerLock) of each customer a plan grows or merges, ids sorted.
+    On a multi-primary cluster a concurrent growth of one of them on another node then writes
+    the same row and one of the two is retried: together they could pass the limit."""
+    db.run_many("touch_customer_locks", [{"customer_id": i} for i in sorted(set(customer_ids))])
+
+
+def check_not_grown(db: Database, plan: IdentifyPlan, protection: Protection) -> None:
+    """After the growth lock is written: the customers the plan grows hold no row it did not see,
+    else RetryTransaction("customer_moved"). On a multi-primary cluster row locks are node-local:
+    a growth committed on another node and applied here after this transaction read the customer
+    is seen now (READ COMMITTED), so the limit is planned again from the customer as it is; one
+    applied later conflicts with the growth lock this transaction now holds."""
+    seen = {row["id"] for row in plan.rows if row["id"] is not None}
+    now = connected_rows(db, set(), set(), ids=[plan.rows[0]["id"], *plan.demoted], protection=protection)
+    if now.keys() - seen or now.past_limit:
+        raise RetryTransaction("customer_moved")
+
+
+def write_plan(db: Database, plan: IdentifyPlan, protection: Protection = UNPROTECTED) -> None:
     """Apply an IdentifyPlan inside the caller's transaction; sets the inserted row's id.
+    When the customer grows, its growth lock is written and the customer re-read
+    (check_not_grown), under `protection`.
 
     Whenever existing rows change, the identifiers of every row whose link
     changes are touched first, so on a multi-primary cluster a concurrent
@@ -217,10 +238,8 @@ def write_plan(db: Database, plan: IdentifyPlan) -> None:
         if plan.relinked:
             db.run("relink_contacts", ids=plan.relinked, primary_id=primary_id, updated_at=now)
     if plan.demoted or (plan.inserted is not None and plan.inserted["linkedId"] is not None):
-        # The customer grows: on a multi-primary cluster a concurrent growth of it elsewhere
-        # must conflict with this one, or together they could pass the limit.
-        customers = sorted({primary_id, *plan.demoted})
-        db.run_many("touch_customer_locks", [{"customer_id": i} for i in customers])
+        touch_customer_locks(db, [primary_id, *plan.demoted])
+        check_not_grown(db, plan, protection)
     new = plan.inserted
     if new is not None:
         new["id"] = db.run(

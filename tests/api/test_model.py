@@ -57,11 +57,54 @@ def canonical_phone(value: str | int | None) -> str | None:
     return phone or None
 
 
-class Model:
-    """Rows in id order. Requests run one at a time, so the oldest row is the one with the smallest id."""
+# Merge protection in the model (SPEC, "Merge protection"): these canonical values are
+# blocked (each by the service's default list), and a customer holds at most LIMIT
+# identifiers (the service under test runs with FLUXKART_MAX_CUSTOMER_IDENTIFIERS = LIMIT).
+BLOCKED = {("email", "test@test.com"), ("phone", "0000000")}
+LIMIT = 3
 
-    def __init__(self) -> None:
+
+class Model:
+    """Rows in id order. Requests run one at a time, so the oldest row is the one with the smallest id.
+
+    With `limit`, blocked values are left out first (BLOCKED), then the phone and then the email
+    until the request's customer fits the limit; `last_ignored` is what the answer names."""
+
+    def __init__(self, limit: int | None = None) -> None:
         self.rows: list[ModelRow] = []
+        self.limit = limit
+        self.last_ignored: list[dict[str, str]] = []
+
+    def protected(self, email_sent: str | None, phone_sent: str | int | None) -> dict[str, Any] | int | None:
+        """The whole answer under merge protection; 422 when only blocked values are left;
+        None where the service must answer 400."""
+        email, phone = canonical_email(email_sent), canonical_phone(phone_sent)
+        if email is None and phone is None:
+            return None
+        ignored = []
+        if ("email", email) in BLOCKED:
+            email = None
+            ignored.append({"field": "email", "reason": "blocked"})
+        if ("phone", phone) in BLOCKED:
+            phone = None
+            ignored.append({"field": "phoneNumber", "reason": "blocked"})
+        if email is None and phone is None:
+            return 422
+        candidates = [(email, phone)] + ([(email, None)] if email is not None and phone is not None else [])
+        for kept_email, kept_phone in candidates:
+            trial = Model()
+            trial.rows = [ModelRow(r.id, r.email, r.phone, r.linked_id, r.precedence) for r in self.rows]
+            contact = trial.identify(kept_email, kept_phone)
+            assert contact is not None
+            if self.limit is None or len(contact["emails"]) + len(contact["phoneNumbers"]) <= self.limit:
+                self.rows = trial.rows
+                if phone is not None and kept_phone is None:
+                    ignored.append({"field": "phoneNumber", "reason": "limit"})
+                body: dict[str, Any] = {"contact": contact}
+                if ignored:
+                    body["ignored"] = ignored
+                return body
+        raise AssertionError("an email alone always fits: it is known, or a new customer")
 
     def insert(self, email: str | None, phone: str | None, linked_id: int | None) -> ModelRow:
         row = ModelRow(
@@ -131,9 +174,11 @@ class FreshService:
         return self.app(environ, start_response)
 
     @contextmanager
-    def fresh(self) -> Iterator[tuple[Api, Callable[[], list[dict[str, Any]]]]]:
+    def fresh(
+        self, overrides: dict[str, str] | None = None
+    ) -> Iterator[tuple[Api, Callable[[], list[dict[str, Any]]]]]:
         """(client, read the Contact table) for a new app on a new database, removed afterwards."""
-        config = blank_settings()
+        config = {**blank_settings(), **(overrides or {})}
         number = next(database_numbers)
         name = f"fluxkart_model_{os.getpid()}_{number}"
         if self.mysql_server is not None:
@@ -190,16 +235,32 @@ phones = st.one_of(
 request_sequences = st.lists(st.tuples(emails, phones), min_size=1, max_size=12)
 
 
-def replay(service: FreshService, sequence: list[tuple[Any, Any]]) -> None:
-    """Send the sequence to a fresh app and database; every answer and the final table match the model."""
-    model = Model()
-    with service.fresh() as (api, contacts):
+def replay(
+    service: FreshService,
+    sequence: list[tuple[Any, Any]],
+    limit: int | None = None,
+    app_limit: int | None = None,
+) -> None:
+    """Send the sequence to a fresh app and database; every answer and the final table match the model.
+
+    With `limit` the app runs with FLUXKART_MAX_CUSTOMER_IDENTIFIERS = limit and the whole body
+    (contact, ignored) is compared with the protected model's."""
+    model = Model(limit)
+    app_limit = app_limit or limit  # a different one only for the control below
+    overrides = {} if app_limit is None else {"FLUXKART_MAX_CUSTOMER_IDENTIFIERS": str(app_limit)}
+    with service.fresh(overrides) as (api, contacts):
         for number, (email, phone) in enumerate(sequence, start=1):
-            expected = model.identify(email, phone)
+            expected = model.identify(email, phone) if limit is None else model.protected(email, phone)
             response = api.post("/identify", json={"email": email, "phoneNumber": phone})
             if expected is None:
                 assert response.status_code == 400, (number, email, phone, response.text)
                 assert response.json()["error"]["code"] == "missing_identifier"
+            elif expected == 422:
+                assert response.status_code == 422, (number, email, phone, response.text)
+                assert response.json()["error"]["code"] == "blocked_identifier"
+            elif limit is not None:
+                assert response.status_code == 200, (number, email, phone, response.text)
+                assert response.json() == expected, (number, email, phone)
             else:
                 assert response.status_code == 200, (number, email, phone, response.text)
                 assert response.json()["contact"] == expected, (number, email, phone)
@@ -238,6 +299,63 @@ def test_service_matches_the_model_on_fresh_sequences(
         replay(service, sequence)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n(reproduce with FLUXKART_MODEL_SEED={FRESH_SEED})") from exc
+
+
+# Merge protection: the same tiny alphabet with a blocked email and a blocked phone (in
+# several spellings), against an app whose limit is LIMIT, so that refusals are frequent.
+protected_emails = st.one_of(emails, st.sampled_from(["test@test.com", " Test@Test.com"]))
+protected_phones = st.one_of(phones, st.sampled_from(["0000000", "000-0000", 0]))
+protected_sequences = st.lists(st.tuples(protected_emails, protected_phones), min_size=1, max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sequence=protected_sequences)
+def test_service_matches_the_protected_model(service: FreshService, sequence: list[tuple[Any, Any]]) -> None:
+    """Blocked values ignored (422 when nothing is left), the limit kept by priority: every body
+    (contact and ignored) and the final table match the model."""
+    replay(service, sequence, LIMIT)
+
+
+@pytest.mark.parametrize(
+    "sequence",
+    [
+        [("a@x.io", "111"), ("b@x.io", "111"), ("a@x.io", "222")],  # the limit refuses 222
+        [("a@x.io", "0000000"), ("b@x.io", "0000000")],  # a limit of 3 changes nothing here
+    ],
+)
+def test_control_the_replay_sees_another_limit(
+    service: FreshService, sequence: list[tuple[Any, Any]]
+) -> None:
+    """The property can fail: the app at a limit of LIMIT + 1 differs from the model at LIMIT
+    where the limit matters (and agrees where it does not: the second sequence)."""
+    if any(phone == "0000000" for _, phone in sequence):
+        replay(service, sequence, LIMIT, app_limit=LIMIT + 1)
+        return
+    with pytest.raises(AssertionError):
+        replay(service, sequence, LIMIT, app_limit=LIMIT + 1)
+
+
+def test_the_protected_model_blocks_and_refuses() -> None:
+    """The protected model is a fair judge: the SPEC's rules on a hand-made sequence."""
+    model = Model(LIMIT)
+    assert model.protected("test@test.com", "0000000") == 422
+    assert model.protected("a@x.io", "000-0000") == {
+        "contact": model.answer(1),
+        "ignored": [{"field": "phoneNumber", "reason": "blocked"}],
+    }
+    model.protected("a@x.io", "111")
+    model.protected("b@x.io", "111")  # a, b, 111: at the limit
+    body = model.protected("a@x.io", "222")
+    assert body == {"contact": model.answer(1), "ignored": [{"field": "phoneNumber", "reason": "limit"}]}
+    body = model.protected("c@x.io", "111")  # the phone goes, the email starts a new customer
+    assert isinstance(body, dict) and body["contact"]["primaryContactId"] == 4
+    assert body["ignored"] == [{"field": "phoneNumber", "reason": "limit"}]
+    assert model.table() == [
+        (1, "a@x.io", None, None, "primary"),
+        (2, "a@x.io", "111", 1, "secondary"),
+        (3, "b@x.io", "111", 1, "secondary"),
+        (4, "c@x.io", None, None, "primary"),
+    ]
 
 
 def test_model_reproduces_the_spec_examples() -> None:

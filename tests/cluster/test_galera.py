@@ -18,6 +18,11 @@ statement (brute-force abort), surfacing as deadlock errors the service retries.
   retries each cost are printed. The clients are tests/harness/bursts.py's. The copy of
   the service without its locking (tests/harness/unlocked.py) must fail on them:
   `pytest -m unlocked tests/cluster/test_galera.py`.
+- The identifier limit (SPEC, "Merge protection"): rounds that each seed a customer near the
+  limit, then grow it from every client at once through different identifiers, spread over
+  the three nodes, never take a customer past it (its growth lock, CustomerLock, makes two
+  nodes' growths of one customer conflict). Control (-m unlocked): the service with that
+  lock's write taken out (tests/harness/patched.py, without_growth_locks) passes the limit.
 - Read-your-writes: a write answered by node 1, then at once a lookup and an identify on
   node 2, thousands of times: 0 stale answers with the service's causal reads
   (wsrep_sync_wait=1). With FLUXKART_WSREP_SYNC_WAIT=0 the same check finds stale answers
@@ -50,7 +55,16 @@ import pymysql.cursors
 import pytest
 import requests
 
-from tests.harness.bursts import REQUEST_TIMEOUT, Burst, Exchange, Pair, Round, post_identify, run_burst
+from tests.harness.bursts import (
+    REQUEST_TIMEOUT,
+    Burst,
+    Exchange,
+    Pair,
+    Round,
+    limit_rounds,
+    post_identify,
+    run_burst,
+)
 from tests.harness.checker import check_answers, check_invariants, violation_kinds
 from tests.harness.galera import GaleraCluster, GaleraNode
 from tests.harness.gunicorn import Gunicorn
@@ -360,6 +374,68 @@ def test_the_workloads_catch_races_without_the_locking(
         failures[workload] = len(verdict.violations) + verdict.run.five_xx() + len(verdict.differing)
     print(f"failures without the locking, by workload: {failures}")
     assert any(failures.values()), f"no workload caught the unlocked copy: {failures}"
+
+
+# --------------------------------------------------------------------------
+# The identifier limit across nodes
+# --------------------------------------------------------------------------
+
+LIMIT = 10
+LIMIT_ROUNDS = 30
+
+
+def limit_run(
+    cluster: GaleraCluster, gunicorn: Any, app: str, label: str
+) -> tuple[Burst, list[str], dict[str, float]]:
+    """LIMIT_ROUNDS customers seeded near the limit and grown from CLIENTS clients at once,
+    client i's requests to node i % 3, against `app` on each node; (run, violations, retries)."""
+    database = fresh_database(cluster)
+    node_settings = [
+        {**s, "FLUXKART_MAX_CUSTOMER_IDENTIFIERS": str(LIMIT)} for s in cluster.settings(database)
+    ]
+    instances = [gunicorn(s, *WORKERS, ready_path="/health/ready", app=app) for s in node_settings]
+    urls = [server.url for server in instances]
+    rounds = [
+        Round([(i % 3, pair) for i, pair in enumerate(r.requests)], r.barrier)
+        for number in range(LIMIT_ROUNDS)
+        for r in limit_rounds(number, CLIENTS, LIMIT)
+    ]
+    run = run_rounds(urls, rounds)
+    retries = sum_metric(instances, "fluxkart_transaction_retries")
+    for server in instances:
+        server.stop()
+    rows = node_tables(cluster, database)[0][0]
+    answered = run.answered()
+    violations = check_invariants(rows, [x.sent() for x in answered], limit=LIMIT)
+    violations += check_answers(rows, [(x.sent(), x.contact) for x in answered if x.contact is not None])
+    refused = sum(1 for x in answered if x.ignored)
+    print(
+        f"\n{label}: {len(run.exchanges)}/{run.planned} requests in {run.seconds:.1f}s; statuses "
+        f"{dict(run.statuses())}; refused by the limit {refused}; retries {retries}; "
+        f"violations {dict(violation_kinds(violations)) or 'none'}"
+    )
+    return run, violations, retries
+
+
+def test_the_limit_holds_across_nodes(galera: GaleraCluster, gunicorn: Any) -> None:
+    """No customer past the limit, every refusal needed, no 5xx; conflicts only as retries."""
+    run, violations, _ = limit_run(galera, gunicorn, "fluxkart:create_app()", "limit across nodes")
+    assert not run.timed_out and len(run.exchanges) == run.planned
+    assert set(run.statuses()) == {200}, dict(run.statuses())
+    assert not [x.contract for x in run.exchanges if x.contract]
+    assert not violations, "\n".join(violations[:30])
+    assert sum(1 for x in run.answered() if x.ignored) >= LIMIT_ROUNDS * (CLIENTS - 2)
+
+
+@pytest.mark.unlocked
+def test_without_the_growth_lock_the_limit_breaks_across_nodes(galera: GaleraCluster, gunicorn: Any) -> None:
+    """The control: with identity.merge.touch_customer_locks taken out, growths of one customer
+    on different nodes do not conflict (their row locks are node-local), and customers end past
+    the limit."""
+    app = "tests.harness.patched:without_growth_locks()"
+    run, violations, _ = limit_run(galera, gunicorn, app, "limit without the growth lock")
+    assert not run.timed_out
+    assert violation_kinds(violations)["past-limit"] > 0, dict(violation_kinds(violations))
 
 
 # --------------------------------------------------------------------------

@@ -53,6 +53,14 @@ class Exchange:
     contract: str = ""  # how the answer disagrees with openapi.json ("" when it agrees)
     seconds: float = 0.0
     sent_at: float = 0.0  # time.monotonic() when it was sent
+    # Merge protection: the answer's "ignored" ([{"field", "reason"}]) and "partial".
+    ignored: list[dict[str, str]] = field(default_factory=list)
+    partial: bool = False
+    size: int = 0  # the answer's body, in bytes
+
+    def sent(self) -> dict[str, Any]:
+        """The request with its answer's "ignored", as tests/harness/checker.py takes requests."""
+        return {"email": self.request[0], "phoneNumber": self.request[1], "ignored": self.ignored}
 
 
 def post_identify(session: requests.Session, url: str, pair: Pair, node: int = 0) -> Exchange:
@@ -73,8 +81,12 @@ def post_identify(session: requests.Session, url: str, pair: Pair, node: int = 0
             check_answer(response)
         except AssertionError as exc:
             exchange.contract = str(exc)
+        exchange.size = len(response.content)
         if response.status_code == 200:
-            exchange.contact = response.json()["contact"]
+            body = response.json()
+            exchange.contact = body["contact"]
+            exchange.ignored = list(body.get("ignored", []))
+            exchange.partial = bool(body.get("partial", False))
     except (requests.RequestException, ValueError, KeyError) as exc:
         exchange.error = f"{type(exc).__name__}: {exc}"
     exchange.seconds = time.perf_counter() - started
@@ -156,3 +168,25 @@ def run_burst(
     if any(thread.is_alive() for thread in threads):
         burst.timed_out = True
     return burst
+
+
+def limit_rounds(number: int, clients: int, limit: int) -> list[Round[Pair]]:
+    """Customer `number` seeded with limit - 2 identifiers (a stream round: emails e0.. and phones
+    p0.. linked in a chain), then a barrier round in which each client sends one request that
+    would grow it by one: a new phone with one of its emails, or a new email with one of its
+    phones. Each fits alone; together they would take it far past the limit. The requests
+    reach it through different identifiers, so only its rows and its growth lock (CustomerLock)
+    keep them apart (tests/merge/test_limit_concurrency.py, tests/cluster/test_galera.py)."""
+    seeded = (limit - 2) // 2
+    emails = [f"e{i}@lim{number}.test" for i in range(seeded)]
+    phones = [f"6{number:03d}5{i:03d}" for i in range(seeded)]
+    seed: list[Pair] = [(emails[0], phones[0])]
+    for i in range(1, seeded):
+        seed += [(emails[i - 1], phones[i]), (emails[i], phones[i])]
+    grow: list[Pair] = []
+    for client in range(clients):
+        if client % 2:
+            grow.append((emails[client % seeded], f"6{number:03d}7{client:03d}"))
+        else:
+            grow.append((f"new{client}@lim{number}.test", phones[client % seeded]))
+    return [Round(seed, barrier=False), Round(grow, barrier=True)]

@@ -14,6 +14,16 @@ pair or a mapping with "email"/"phoneNumber", holding the canonical values the
 service stores (None when absent). Pass every request the service applied, i.e.
 answered 200, and nothing else; seed rows count as requests too.
 
+Merge protection (SPEC, "Merge protection"): `blocked(kind, value)` says which canonical
+values are blocked (kind "email" or "phone"; None: nothing is): a blocked identifier in a
+request is treated as absent, a blocked value connects no rows, and no row carries one.
+A request given as a mapping may carry the answer's "ignored" list ([{"field", "reason"}]):
+a field ignored for the "limit" was not applied, so it is left out of the request too.
+`limit` (FLUXKART_MAX_CUSTOMER_IDENTIFIERS; None: no limit) is checked both ways: no
+customer holds more distinct identifiers than the limit, and a refusal was needed (the
+customers the refused identifier would have joined hold more than the limit in the final
+state; customers only grow, so they did when it was refused too).
+
 Each violation is one human-readable line starting with its kind in brackets,
 e.g. "[chain] ..."; `violation_kinds` counts them.
 
@@ -47,12 +57,18 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 Identifier = tuple[str, str]  # ("email", value) or ("phone", value)
 Node = tuple[str, Any]  # an Identifier, or ("row", id)
 Request = tuple[str | None, str | None] | Mapping[str, Any]
+Blocked = Callable[[str, str], bool]  # (kind "email" | "phone", canonical value) -> blocked
+FIELDS = {"email": "email", "phoneNumber": "phone"}  # an answer's field -> the identifier's kind
+
+
+def nothing_blocked(kind: str, value: str) -> bool:
+    return False
 
 
 class UnionFind:
@@ -77,19 +93,43 @@ class UnionFind:
             self.parent[rb] = ra
 
 
-def request_pair(request: Request) -> tuple[str | None, str | None]:
-    """(email, phone) from a pair or a {"email", "phoneNumber"} mapping."""
+def request_pair(request: Request, blocked: Blocked = nothing_blocked) -> tuple[str | None, str | None]:
+    """(email, phone) as applied, from a pair or a {"email", "phoneNumber"[, "ignored"]} mapping:
+    without blocked identifiers and without the fields its answer says the limit left out."""
     if isinstance(request, Mapping):
-        return request.get("email"), request.get("phoneNumber")
-    email, phone = request
+        email, phone = request.get("email"), request.get("phoneNumber")
+        left_out = {
+            FIELDS[item["field"]] for item in request.get("ignored") or [] if item["reason"] == "limit"
+        }
+    else:
+        email, phone = request
+        left_out = set()
+    if email is not None and ("email" in left_out or blocked("email", email)):
+        email = None
+    if phone is not None and ("phone" in left_out or blocked("phone", phone)):
+        phone = None
     return email, phone
 
 
-def identifiers(email: str | None, phone: str | None) -> list[Identifier]:
+def refused_identifiers(request: Request, blocked: Blocked = nothing_blocked) -> list[Identifier]:
+    """The request's identifiers its answer says the limit left out (blocked ones never count)."""
+    if not isinstance(request, Mapping):
+        return []
+    refused = []
+    for item in request.get("ignored") or []:
+        field = item["field"]
+        value = request.get(field)
+        if item["reason"] == "limit" and value is not None and not blocked(FIELDS[field], value):
+            refused.append((FIELDS[field], value))
+    return refused
+
+
+def identifiers(email: str | None, phone: str | None, blocked: Blocked = nothing_blocked) -> list[Identifier]:
+    """The identifiers (kind, value) of an email and a phone, blocked values left out."""
     found: list[Identifier] = []
-    if email is not None:
+    if email is not None and not blocked("email", email):
         found.append(("email", email))
-    if phone is not None:
+    if phone is not None and not blocked("phone", phone):
         found.append(("phone", phone))
     return found
 
@@ -113,17 +153,19 @@ def live_rows(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [row for row in rows if row.get("deletedAt") is None]
 
 
-def components(rows: list[Mapping[str, Any]]) -> tuple[UnionFind, dict[Node, list[Mapping[str, Any]]]]:
+def components(
+    rows: list[Mapping[str, Any]], blocked: Blocked = nothing_blocked
+) -> tuple[UnionFind, dict[Node, list[Mapping[str, Any]]]]:
     """The customers: union-find over identifiers and rows, and each customer's rows by root.
 
-    A row is joined to its identifiers and to the live row its linkedId names.
+    A row is joined to its unblocked identifiers and to the live row its linkedId names.
     """
     uf = UnionFind()
     live = {row["id"] for row in rows}
     for row in rows:
         node = ("row", row["id"])
         uf.add(node)
-        for identifier in identifiers(row["email"], row["phoneNumber"]):
+        for identifier in identifiers(row["email"], row["phoneNumber"], blocked):
             uf.union(node, identifier)
         if row["linkedId"] is not None and row["linkedId"] in live:
             uf.union(node, ("row", row["linkedId"]))
@@ -172,20 +214,34 @@ def check_structure(group: list[Mapping[str, Any]], by_id: dict[Any, Mapping[str
     return violations
 
 
-def check_invariants(rows: Iterable[Mapping[str, Any]], requests_sent: Iterable[Request]) -> list[str]:
-    """Every way the stored rows differ from what some sequential order of the requests produces."""
+def check_invariants(
+    rows: Iterable[Mapping[str, Any]],
+    requests_sent: Iterable[Request],
+    blocked: Blocked | None = None,
+    limit: int | None = None,
+) -> list[str]:
+    """Every way the stored rows differ from what some sequential order of the requests produces
+    (with merge protection: `blocked` values and the identifier `limit`, module docstring)."""
+    blocked = blocked or nothing_blocked
     rows = live_rows(rows)
-    requests = [request_pair(request) for request in requests_sent]
+    sent_list = list(requests_sent)
+    requests = [request_pair(request, blocked) for request in sent_list]
+    requests = [pair for pair in requests if pair != (None, None)]
     violations: list[str] = []
     by_id = {row["id"]: row for row in rows}
 
     for row in rows:
         if row["email"] is None and row["phoneNumber"] is None:
             violations.append(f"[no-identifier] {describe(row)} has neither email nor phone")
+        for kind, value in (("email", row["email"]), ("phone", row["phoneNumber"])):
+            if value is not None and blocked(kind, value):
+                violations.append(f"[blocked-stored] {describe(row)} stores the blocked {kind} {value!r}")
 
-    stored, groups = components(rows)
+    stored, groups = components(rows, blocked)
     for group in groups.values():
         violations.extend(check_structure(group, by_id))
+    if limit is not None:
+        violations.extend(check_limit(stored, groups, sent_list, blocked, limit))
 
     # Identifiers: all stored, and grouped exactly as the requests group them.
     sent = UnionFind()
@@ -228,7 +284,7 @@ def check_invariants(rows: Iterable[Mapping[str, Any]], requests_sent: Iterable[
     first_with_pair: dict[tuple[Any, Any], Mapping[str, Any]] = {}
     for row in oldest_first(rows):
         pair = (row["email"], row["phoneNumber"])
-        ids = identifiers(*pair)
+        ids = identifiers(*pair, blocked)
         if pair not in pairs:
             violations.append(f"[foreign-row] {describe(row)} does not carry any request's (email, phone)")
         if pair in first_with_pair:
@@ -241,6 +297,45 @@ def check_invariants(rows: Iterable[Mapping[str, Any]], requests_sent: Iterable[
             )
         first_with_pair.setdefault(pair, row)
         seen.update(ids)
+    return violations
+
+
+def check_limit(
+    stored: UnionFind,
+    groups: dict[Node, list[Mapping[str, Any]]],
+    requests_sent: list[Request],
+    blocked: Blocked,
+    limit: int,
+) -> list[str]:
+    """No customer holds more than `limit` distinct identifiers, and every refusal was needed:
+    the final customers of the request's applied identifiers and of the refused one hold more
+    than `limit` together (they only grew since the refusal, so they did then too)."""
+    violations = []
+    held: dict[Node, set[Identifier]] = {}
+    for root, group in groups.items():
+        held[root] = {i for row in group for i in identifiers(row["email"], row["phoneNumber"], blocked)}
+        if len(held[root]) > limit:
+            names = ", ".join(str(row["id"]) for row in oldest_first(group)[:10])
+            violations.append(
+                f"[past-limit] customer of rows {names}... holds {len(held[root])} identifiers, "
+                f"more than the limit of {limit}"
+            )
+    for request in requests_sent:
+        refused = refused_identifiers(request, blocked)
+        if not refused:
+            continue
+        joined: set[Identifier] = set()
+        for identifier in [*identifiers(*request_pair(request, blocked)), *refused]:
+            if identifier in stored.parent:
+                joined |= held.get(stored.find(identifier), set())
+            joined.add(identifier)
+        if len(joined) <= limit:
+            email, phone = request_pair(request)
+            violations.append(
+                f"[needless-refusal] the answer to ({email!r}, {phone!r}) left out "
+                f"{', '.join(show(i) for i in refused)}, but with it the customer holds "
+                f"{len(joined)} identifiers, within the limit of {limit}"
+            )
     return violations
 
 
@@ -275,7 +370,9 @@ def check_answer_contents(
 
 
 def check_answers(
-    rows: Iterable[Mapping[str, Any]], exchanges: Iterable[tuple[Request, Mapping[str, Any]]]
+    rows: Iterable[Mapping[str, Any]],
+    exchanges: Iterable[tuple[Request, Mapping[str, Any]]],
+    blocked: Blocked | None = None,
 ) -> list[str]:
     """Every 200 answer names rows of the customer its request belongs to (in the final state).
 
@@ -286,12 +383,13 @@ def check_answers(
     be exactly those of the rows it lists, distinct and in the SPEC's order
     (check_answer_contents).
     """
+    blocked = blocked or nothing_blocked
     rows = live_rows(rows)
     by_id = {row["id"]: row for row in rows}
-    stored, _ = components(rows)
+    stored, _ = components(rows, blocked)
     violations: list[str] = []
     for request, contact in exchanges:
-        email, phone = request_pair(request)
+        email, phone = request_pair(request, blocked)
         ids = [identifier for identifier in identifiers(email, phone) if identifier in stored.parent]
         label = f"answer to ({email!r}, {phone!r})"
         if not ids:

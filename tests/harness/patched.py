@@ -19,7 +19,7 @@ from typing import Any
 
 from flask import Flask
 
-from identity import erasure, history, transactions
+from identity import erasure, history, merge, transactions
 from identity.database import Database
 from identity.errors import RetryTransaction
 
@@ -61,6 +61,14 @@ def erasure_without_locks() -> Flask:
     (tests: the erasure race finds damage against it)."""
     for name in ("touch_identifiers", "touch_identifier", "lock_rows"):
         replace_in(erasure, name, nothing)
+    return app()
+
+
+def without_growth_locks() -> Flask:
+    """identify without the growth lock (identity.merge.touch_customer_locks): on a
+    multi-primary cluster two nodes then grow one customer at once, past the limit
+    (tests/cluster/test_galera.py's control)."""
+    replace_in(merge, "touch_customer_locks", nothing)
     return app()
 
 

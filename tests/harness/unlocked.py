@@ -4,11 +4,11 @@
     # serve app_dir with gunicorn exactly like the real service, run the same burst
 
 The copy (fluxkart.py, gunicorn.conf.py, openapi.json and sql/) differs from the service only
-in its SQL: `FOR UPDATE` is dropped from every statement, and the two
-statements that write identifier rows to lock on (`touch_identifiers`,
-`touch_contact_identifiers`) become `SELECT 1`. Everything else (the
-transaction, the retry loop, the "demoted meanwhile" re-check) is untouched, so
-what the burst catches against the copy is exactly what the locks prevent.
+in its SQL: `FOR UPDATE` is dropped from every statement, and the three
+statements that write rows to lock on (the identifier rows, `touch_identifiers` and
+`touch_contact_identifiers`; a customer's growth lock, `touch_customer_locks`) become
+`SELECT 1`. Everything else (the transaction, the retry loop, the "demoted meanwhile"
+re-check) is untouched, so what the burst catches against the copy is exactly what the locks prevent.
 fluxkart.py itself is never edited and has no switch for this.
 
 On SQLite the copy is still correct: `BEGIN IMMEDIATE` takes the database's only
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from tests.harness.processes import SERVICE_DIR
 
-UNLOCKED_STATEMENTS = ("touch_identifiers", "touch_contact_identifiers")
+UNLOCKED_STATEMENTS = ("touch_identifiers", "touch_contact_identifiers", "touch_customer_locks")
 BLOCK = re.compile(r"(^-- name: (\w+)\s*\n)(.*?)(?=^-- name: |\Z)", re.MULTILINE | re.DOTALL)
 FOR_UPDATE = re.compile(r"^[ \t]*FOR UPDATE[ \t]*$\n?", re.MULTILINE | re.IGNORECASE)
 

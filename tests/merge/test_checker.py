@@ -251,7 +251,8 @@ def sequential(
     requests: list[Pair], seed: int
 ) -> tuple[list[dict[str, Any]], list[tuple[Pair, dict[str, Any]]]]:
     """The SPEC's rules applied one request at a time; ids shuffled so only createdAt orders rows."""
-    ids = random.Random(seed).sample(range(1, 10_000), len(requests))
+    # The same ids for every prefix of a sequence (protected_sequential replays prefixes).
+    ids = random.Random(seed).sample(range(1, 10_000), max(len(requests), 64))
     rows: list[dict[str, Any]] = []
     answers: list[tuple[Pair, dict[str, Any]]] = []
     clock = itertools.count(1)
@@ -320,3 +321,144 @@ def test_replaying_a_request_out_of_turn_is_caught(seed: int) -> None:
     # A racing duplicate of the first request that saw an empty table: a second primary.
     stale = row(10_001, requests[0][0], requests[0][1], at=10_001)
     assert "duplicate" in violation_kinds(check_invariants([*rows, stale], requests))
+
+
+# --------------------------------------------------------------------------
+# Merge protection: blocked values connect nothing, no customer past the limit
+# --------------------------------------------------------------------------
+
+BLOCKED = {("phone", "0"), ("email", "test@x")}
+
+
+def is_blocked(kind: str, value: str) -> bool:
+    return (kind, value) in BLOCKED
+
+
+def protected_kinds(
+    rows: list[dict[str, Any]], requests: list[Any], limit: int | None = None
+) -> dict[str, int]:
+    return dict(violation_kinds(check_invariants(rows, requests, is_blocked, limit)))
+
+
+def test_a_blocked_value_connects_nothing() -> None:
+    # Two orders sharing only the blocked phone 0: two customers, the phone stored by neither.
+    requests = [("a@x", "0"), ("b@x", "0")]
+    rows = [row(1, "a@x", None), row(2, "b@x", None)]
+    assert protected_kinds(rows, requests) == {}
+    # Without the block the same state is a split of what the requests link.
+    assert kinds(rows, requests) == {"split": 1, "lost-identifier": 1, "foreign-row": 2}
+
+
+def test_flags_a_blocked_value_stored() -> None:
+    requests = [("a@x", "0"), ("b@x", "0")]
+    rows = [row(1, "a@x", "0"), row(2, "b@x", None)]
+    # Stored, and then row 1 is no request's pair as applied either.
+    assert protected_kinds(rows, requests) == {"blocked-stored": 1, "foreign-row": 1}
+
+
+def test_flags_a_merge_through_a_blocked_value() -> None:
+    requests = [("a@x", "0"), ("b@x", "0")]
+    rows = [row(1, "a@x", None), row(2, "b@x", None, linked=1)]
+    assert protected_kinds(rows, requests) == {"over-merged": 1}
+
+
+def test_a_request_with_only_blocked_values_expects_nothing() -> None:
+    assert protected_kinds(good_rows(), [*REQUESTS, ("test@x", "0")]) == {}
+
+
+def limited(pair: Pair, *ignored: str) -> dict[str, Any]:
+    """A request as sent with its answer's "ignored" fields (reason "limit")."""
+    return {
+        "email": pair[0],
+        "phoneNumber": pair[1],
+        "ignored": [{"field": field, "reason": "limit"} for field in ignored],
+    }
+
+
+# Limit 3: customer a/1/2 is full; (a, 9) is refused its phone, (d, 1) its phone (new customer d).
+FULL = [row(1, "a@x", "1"), row(2, "a@x", "2", linked=1), row(3, "d@x", None)]
+FULL_REQUESTS = [
+    ("a@x", "1"),
+    ("a@x", "2"),
+    limited(("a@x", "9"), "phoneNumber"),
+    limited(("d@x", "1"), "phoneNumber"),
+]
+
+
+def test_a_customer_at_the_limit_with_needed_refusals_passes() -> None:
+    assert protected_kinds(FULL, FULL_REQUESTS, limit=3) == {}
+
+
+def test_flags_a_customer_past_the_limit() -> None:
+    rows = [*FULL[:2], row(4, "a@x", "9", linked=1), FULL[2]]
+    requests = [*FULL_REQUESTS[:2], ("a@x", "9"), FULL_REQUESTS[3]]
+    assert protected_kinds(rows, requests, limit=3) == {"past-limit": 1}
+    assert protected_kinds(rows, requests, limit=4) == {}
+
+
+def test_flags_a_refusal_the_limit_did_not_need() -> None:
+    # With a limit of 4, (a, 9) and (d, 1) fitted: leaving their phones out was wrong.
+    assert protected_kinds(FULL, FULL_REQUESTS, limit=4) == {"needless-refusal": 2}
+
+
+def test_a_refused_identifier_is_not_expected_stored() -> None:
+    # Without the answers' "ignored", 9 should be stored and d and 1 one customer.
+    bare = [(r["email"], r["phoneNumber"]) if isinstance(r, dict) else r for r in FULL_REQUESTS]
+    assert protected_kinds(FULL, bare, limit=3) == {"lost-identifier": 1, "split": 1, "foreign-row": 1}
+
+
+def protected_sequential(
+    requests: list[Pair], seed: int, limit: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[tuple[Any, dict[str, Any]]]]:
+    """The SPEC's rules with merge protection, one request at a time: blocked values left out,
+    then the phone, then the email dropped until the customer fits the limit. Returns the rows,
+    the requests with their answers' "ignored", and (request, answer) for the applied ones."""
+    sent: list[dict[str, Any]] = []
+    exchanges: list[tuple[Any, dict[str, Any]]] = []
+    rows: list[dict[str, Any]] = []
+    applied: list[Pair] = []
+    for email, phone in requests:
+        request: dict[str, Any] = {"email": email, "phoneNumber": phone, "ignored": []}
+        sent.append(request)
+        kept_email = None if email is None or is_blocked("email", email) else email
+        kept_phone = None if phone is None or is_blocked("phone", phone) else phone
+        if (kept_email, kept_phone) == (None, None):
+            continue
+        for candidate in ((kept_email, kept_phone), (kept_email, None), (None, None)):
+            if candidate == (None, None):
+                break
+            trial, answers = sequential([*applied, candidate], seed)
+            customer = answers[-1][1]
+            if len(customer["emails"]) + len(customer["phoneNumbers"]) <= limit:
+                rows = trial
+                applied.append(candidate)
+                exchanges.append((request, customer))
+                break
+        for kind, value, kept in (("phoneNumber", phone, kept_phone), ("email", email, kept_email)):
+            if value is not None and kept is not None and kept not in candidate:
+                request["ignored"].append({"field": kind, "reason": "limit"})
+    return rows, sent, exchanges
+
+
+protected_requests = st.lists(
+    st.tuples(
+        st.sampled_from([None, "a@x", "b@x", "c@x", "d@x", "test@x"]),
+        st.sampled_from([None, "1", "2", "3", "4", "0"]),
+    ).filter(lambda pair: pair != (None, None)),
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(requests=protected_requests, seed=st.integers(0, 1000), limit=st.integers(2, 5))
+def test_every_protected_sequential_history_passes(requests: list[Pair], seed: int, limit: int) -> None:
+    rows, sent, exchanges = protected_sequential(requests, seed, limit)
+    assert check_invariants(rows, sent, is_blocked, limit) == []
+    assert check_answers(rows, exchanges, is_blocked) == []
+
+
+def test_the_protected_model_refuses_and_blocks() -> None:
+    """The model above is not vacuous: it blocks, refuses by priority and keeps the limit."""
+    rows, sent, _ = protected_sequential([("a@x", "1"), ("a@x", "2"), ("a@x", "3"), ("b@x", "0")], 1, 3)
+    assert [r["ignored"] for r in sent] == [[], [], [{"field": "phoneNumber", "reason": "limit"}], []]
+    assert sorted((r["email"], r["phoneNumber"]) for r in rows) == [("a@x", "1"), ("a@x", "2"), ("b@x", None)]
