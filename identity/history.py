@@ -14,6 +14,7 @@ from typing import Any
 import prometheus_client
 from flask import g, has_request_context
 
+from identity.blocks import current_protection
 from identity.database import Database, Row
 from identity.errors import ApiError
 from identity.merge import IdentifyPlan, Refusal
@@ -232,8 +233,14 @@ def customer_history(db: Database, customer_id: int, after: int, limit: int) -> 
         if cursor is None:
             raise ApiError(404, "not_found", f"no history event {after}: give an id from a previous page")
         after_at = cursor["createdAt"]
+    max_rows = current_protection(db).max_rows  # a customer past the limit: its first rows' events
     rows = db.all(
-        "select_history_page", customer_id=survivor, after=after, after_at=after_at, limit=limit + 1
+        "select_history_page",
+        customer_id=survivor,
+        after=after,
+        after_at=after_at,
+        limit=limit + 1,
+        max_rows=max_rows,
     )
     page = rows[:limit]
     return {

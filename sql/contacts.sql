@@ -235,11 +235,18 @@ VALUES (%(kind)s, %(created_at)s, %(request_id)s, %(customer_id)s, %(former_cust
 -- (live or deleted: every primary merged into it is now one of its rows) and,
 -- following formerCustomerId, by every customer merged or repaired into those.
 -- Never through a `split`: the customer a part left holds other people's events.
+-- At most `max_rows` rows of the customer (merge protection's bound): a customer
+-- past the limit is answered from its first rows, in bounded time.
 WITH RECURSIVE members (id) AS (
     SELECT id
-    FROM Contact
-    WHERE id = %(customer_id)s
-       OR linkedId = %(customer_id)s
+    FROM (
+        SELECT id
+        FROM Contact
+        WHERE id = %(customer_id)s
+           OR linkedId = %(customer_id)s
+        ORDER BY id = %(customer_id)s DESC, id
+        LIMIT %(max_rows)s
+    ) AS customer_rows
     UNION
     SELECT h.formerCustomerId
     FROM CustomerHistory AS h
