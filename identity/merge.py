@@ -255,7 +255,14 @@ def plan_within_limits(
     then without its email too, until it fits. What was left out is in `ignored` (reason
     "limit") and `refused`; a customer past the limit is answered as far as it was read.
     """
-    graph = CustomerRows(protection, found.values(), found.past_limit)
+    return plan_in_customers(CustomerRows(protection, found.values(), found.past_limit), email, phone, now)
+
+
+def plan_in_customers(
+    graph: CustomerRows, email: str | None, phone: str | None, now: datetime
+) -> IdentifyPlan:
+    """plan_within_limits over customers already held in memory (the import keeps one
+    CustomerRows for a whole batch and applies each plan to it); pure, `graph` unchanged."""
     plan: IdentifyPlan | None = None
     for kept_email, kept_phone in candidates(email, phone):
         if kept_email is None and kept_phone is None:
