@@ -43,6 +43,7 @@ from identity import import_batch
 from identity.database import Database
 from identity.erasure import erase_customer
 from identity.pool import get_db
+from identity.protection import UNPROTECTED
 from identity.settings import SETTINGS
 from tests.harness.checker import check_invariants
 from tests.harness.database import blank_settings, read_contacts, run_sql
@@ -427,6 +428,132 @@ def test_standard_input(fresh_database: Callable[[], dict[str, Any]]) -> None:
     )
     assert result.exit_code == 0, result.output
     assert canonical(table(config)) == [(("ana@x.io", None), [("ana@x.io", "111")])]
+
+
+# --------------------------------------------------------------------------
+# Merge protection: one value shared by a few hundred orders
+# --------------------------------------------------------------------------
+
+SHOPPERS = 300
+LIMIT = 50  # FLUXKART_MAX_CUSTOMER_IDENTIFIERS' default
+
+
+def shared_value_orders(phone: str) -> list[tuple[Any, Any]]:
+    """Orders of SHOPPERS people that all carry `phone` (a checkout form's default, a shop's
+    own number), every tenth followed by an order with that phone alone; then pairs of
+    shoppers bridged by a new number (a merge, when both are customers of their own; a
+    refusal, when they are rows of the shared number's customer, full)."""
+    orders: list[tuple[Any, Any]] = []
+    for i in range(SHOPPERS):
+        orders.append((f"user{i}@shop.example", phone))
+        if i % 10 == 9:
+            orders.append((None, phone))
+    for k in range(0, SHOPPERS, 25):
+        orders += [(f"user{k}@shop.example", f"98{k:05d}"), (f"user{k + 1}@shop.example", f"98{k:05d}")]
+    return orders
+
+
+def import_shared_value(
+    config: dict[str, Any],
+    tmp_path: Path,
+    orders: list[tuple[Any, Any]],
+    replayed: dict[str, Any],
+    replay: Replay,
+) -> Any:
+    """Import the orders (batches of 64: the shared customer reaches the limit in the first
+    and is read back from the table by the next ones) and replay them through POST /identify
+    into `replayed`; returns the import's result."""
+    for settings_ in (config, replayed):
+        settings_["FLUXKART_MAX_CUSTOMER_IDENTIFIERS"] = str(LIMIT)
+    path = tmp_path / "orders.csv"
+    path.write_text(order_text(orders, "csv"))
+    result = run_import(config, str(path), "--batch-size", "64")
+    replay.send(replayed, orders)
+    return result
+
+
+def test_a_default_blocked_phone_shared_by_hundreds_of_orders_joins_nobody(
+    fresh_database: Callable[[], dict[str, Any]], replay: Replay, tmp_path: Path
+) -> None:
+    """0000000000 on every order (blocked by default): each shopper is a customer of their own,
+    the number is stored nowhere, a line with only that number is rejected by line number
+    (naming the field), and the table and the merges equal a replay through POST /identify."""
+    imported, replayed = fresh_database(), fresh_database()
+    orders = shared_value_orders("0000000000")
+    result = import_shared_value(imported, tmp_path, orders, replayed, replay)
+    assert result.exit_code == 3, result.output
+    alone = [number for number, (email, _) in enumerate(orders, start=2) if email is None]  # line 1: header
+    errors = result.stderr.splitlines()
+    for number in alone:
+        assert any(line.startswith(f"line {number}: the phoneNumber sent is blocked") for line in errors), (
+            number
+        )
+    assert f"rejected {len(alone)};" in result.stdout
+    assert f"identifiers left out: {SHOPPERS} blocked, 0 over the customer limit" in result.stdout
+    rows = table(imported)
+    assert not [row for row in rows if row["phoneNumber"] == "0000000000"]
+    assert not past_limit(rows, LIMIT)
+    assert canonical(rows) == canonical(table(replayed))
+    history = merge_history(imported)
+    assert history == merge_history(replayed)
+    merges = [event for event in history if event[0] == "merged"]
+    assert len(merges) == SHOPPERS // 25  # every bridge joins two customers of one row each
+    for _, _, _, _, evidence in merges:
+        assert evidence["email"] is not None and evidence["phone"] is not None
+
+
+def test_a_phone_shared_by_hundreds_of_orders_stops_at_the_limit(
+    fresh_database: Callable[[], dict[str, Any]], replay: Replay, tmp_path: Path
+) -> None:
+    """A number not blocked, on every order: its customer grows to the limit (49 shoppers and
+    the number), then every other order is applied without the number (a customer of its own,
+    a `refused` event naming the full customer); nobody is past the limit, and the table,
+    the merges and the refusals equal a replay through POST /identify."""
+    imported, replayed = fresh_database(), fresh_database()
+    orders = shared_value_orders("9876501234")
+    result = import_shared_value(imported, tmp_path, orders, replayed, replay)
+    assert result.exit_code == 0, result.output
+    rows = table(imported)
+    assert not past_limit(rows, LIMIT)
+    assert canonical(rows) == canonical(table(replayed))
+    history = merge_history(imported)
+    assert history == merge_history(replayed)
+    shared = [row for row in rows if row["phoneNumber"] == "9876501234"]
+    primary = shared[0]["linkedId"] or shared[0]["id"]
+    members = [row for row in rows if primary in (row["id"], row["linkedId"])]
+    assert (
+        len({row["email"] for row in members} | ({row["phoneNumber"] for row in members} - {None})) == LIMIT
+    )
+    full = ("user0@shop.example", "9876501234")
+    refusals = [event for event in history if event[0] == "refused"]
+    # Shoppers 49 to 299 are refused the number; the bridges of shoppers 0, 1, 25 and 26 their
+    # new number (their customer is full); every other bridge is a merge with its evidence.
+    assert len([event for event in refusals if event[2] and event[2][0][1] == "9876501234"]) == SHOPPERS - 49
+    assert all(event[3:5] == ("phone", "limit") for event in refusals)
+    assert all(event[5] == [full] for event in refusals if event[2])
+    assert len(refusals) == SHOPPERS - 49 + 4
+    assert f"identifiers left out: 0 blocked, {len(refusals)} over the customer limit" in result.stdout
+    merges = [event for event in history if event[0] == "merged"]
+    assert len(merges) == SHOPPERS // 25 - 2
+    for _, _, _, _, evidence in merges:
+        assert evidence["email"] is not None and evidence["phone"] is not None
+
+
+def test_control_without_merge_protection_the_shared_phone_makes_one_blob(
+    fresh_database: Callable[[], dict[str, Any]],
+    replay: Replay,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Control: the same file imported with merge protection taken out of the import (nothing
+    blocked, no limit) makes the blob the tests above would catch."""
+    monkeypatch.setattr(import_batch, "current_protection", lambda db: UNPROTECTED)
+    imported, replayed = fresh_database(), fresh_database()
+    result = import_shared_value(imported, tmp_path, shared_value_orders("9876501234"), replayed, replay)
+    assert result.exit_code == 0, result.output
+    assert past_limit(table(imported), LIMIT)
+    assert canonical(table(imported)) != canonical(table(replayed))
+    assert merge_history(imported) != merge_history(replayed)
 
 
 # --------------------------------------------------------------------------
