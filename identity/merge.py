@@ -295,7 +295,11 @@ def plan_candidate(
             return IdentifyPlan(rows=oldest_first(rows), outcome="unchanged", partial=True)
         return None
     plan = plan_identify(rows, email, phone, now)
-    if graph.protection.count(plan.rows) > graph.protection.max_identifiers:
+    # The identifiers the customer would hold: its customers' (kept by the graph) and the new row's.
+    held = set().union(*(graph.identifiers[root] for root in graph.roots_of(email, phone)))
+    if plan.inserted is not None:
+        held.update(graph.protection.identifiers(plan.inserted))
+    if len(held) > graph.protection.max_identifiers:
         return None
     if plan.demoted:
         plan.evidence = {
@@ -331,5 +335,7 @@ def refusal(graph: CustomerRows, kind: str, value: str) -> Refusal:
     column = "email" if kind == "email" else "phoneNumber"
     identifiers = (value, None) if kind == "email" else (None, value)
     matched = sorted(row["id"] for row in graph.component(*identifiers) if row[column] == value)
-    customers = sorted({oldest_first(graph.customer_of(i))[0]["id"] for i in matched})
+    customers = sorted(
+        oldest_first(graph.customer_of(root))[0]["id"] for root in {graph.root(i) for i in matched}
+    )
     return Refusal(kind, matched, customers)
