@@ -459,6 +459,7 @@ def import_shared_value(
     orders: list[tuple[Any, Any]],
     replayed: dict[str, Any],
     replay: Replay,
+    *options: str,
 ) -> Any:
     """Import the orders (batches of 64: the shared customer reaches the limit in the first
     and is read back from the table by the next ones) and replay them through POST /identify
@@ -467,7 +468,7 @@ def import_shared_value(
         settings_["FLUXKART_MAX_CUSTOMER_IDENTIFIERS"] = str(LIMIT)
     path = tmp_path / "orders.csv"
     path.write_text(order_text(orders, "csv"))
-    result = run_import(config, str(path), "--batch-size", "64")
+    result = run_import(config, str(path), "--batch-size", "64", *options)
     replay.send(replayed, orders)
     return result
 
@@ -480,7 +481,8 @@ def test_a_default_blocked_phone_shared_by_hundreds_of_orders_joins_nobody(
     (naming the field), and the table and the merges equal a replay through POST /identify."""
     imported, replayed = fresh_database(), fresh_database()
     orders = shared_value_orders("0000000000")
-    result = import_shared_value(imported, tmp_path, orders, replayed, replay)
+    rejects = tmp_path / "rejects.csv"
+    result = import_shared_value(imported, tmp_path, orders, replayed, replay, "--rejects", str(rejects))
     assert result.exit_code == 3, result.output
     alone = [number for number, (email, _) in enumerate(orders, start=2) if email is None]  # line 1: header
     errors = result.stderr.splitlines()
@@ -489,6 +491,10 @@ def test_a_default_blocked_phone_shared_by_hundreds_of_orders_joins_nobody(
             number
         )
     assert f"rejected {len(alone)};" in result.stdout
+    # The rejected lines as they were, in file order (order_text numbers the orders from 1).
+    assert rejects.read_text() == "orderId,phoneNumber,email\n" + "".join(
+        f"{n - 1},0000000000,\n" for n in alone
+    )
     assert f"identifiers left out: {SHOPPERS} blocked, 0 over the customer limit" in result.stdout
     rows = table(imported)
     assert not [row for row in rows if row["phoneNumber"] == "0000000000"]
