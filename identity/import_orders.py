@@ -19,6 +19,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from identity.blocks import current_protection
 from identity.database import Database
 from identity.errors import DatabaseMisconfigured, DatabaseUnavailable, RetryTransaction, database_problem
 from identity.import_batch import OrderClock, import_batch, settled_read
@@ -62,6 +63,7 @@ class ImportTotals:
     imported: int = 0  # lines applied in committed batches
     rejected: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
+    left_out: Counter[str] = field(default_factory=Counter)  # identifiers left out: blocked, limit
     last_line: int = 0  # the file line of the last order in a committed batch
     reader_rss_mib: float = 0.0  # the peak memory of the process reading the file (ReadAhead)
 
@@ -81,7 +83,9 @@ class ImportTotals:
             f"rows linked {o['linked']:,}, merges {o['merged']:,}, repaired {o['repaired']:,}, "
             f"unchanged {o['unchanged']:,}; "
             f"rejected {self.rejected:,}; {elapsed:.1f} s, {self.rate():,.0f} orders/s, "
-            f"peak RSS {peak_rss_mib():.0f} MiB, reading {self.reader_rss_mib:.0f} MiB"
+            f"peak RSS {peak_rss_mib():.0f} MiB, reading {self.reader_rss_mib:.0f} MiB; "
+            f"identifiers left out: {self.left_out['blocked']:,} blocked, "
+            f"{self.left_out['limit']:,} over the customer limit"
         )
 
 
@@ -215,9 +219,11 @@ def raise_interrupt(signum: int, _frame: Any) -> None:
 @with_appcontext
 def import_orders(file: IO[bytes], fmt: str, rejects: str | None, batch_size: int, quiet: bool) -> None:
     """Import historical orders from FILE ('-' reads standard input): the result equals sending
-    each valid line to POST /identify in file order. Invalid lines are reported (line number
-    and reason) and skipped. Re-running the same file changes nothing it already imported, so
-    an interrupted import is finished by running it again. docs/import.md.
+    each valid line to POST /identify in file order, merge protection included (blocked values
+    ignored, the customer limit). Invalid lines, and lines whose every identifier is blocked,
+    are reported (line number and reason) and skipped. Re-running the same file changes nothing
+    it already imported, so an interrupted import is finished by running it again.
+    docs/import.md.
 
     Exit status: 0 every line imported; 3 finished, some lines rejected; 1 refused or stopped
     (nothing after the last committed batch was written).
@@ -246,21 +252,26 @@ def import_orders(file: IO[bytes], fmt: str, rejects: str | None, batch_size: in
     reader = None
     try:
         db.connect()  # before the fork: the schema is created (if missing) by this connection alone
+        current_protection(db)  # ... and the default blocked values seeded (identity/blocks.py)
         reader = ReadAhead(orders, batch_size, new_database())
         for batch in reader:
             totals.lines += batch.lines
             rejected.header = batch.header
-            for order in batch.rejected:
-                reject(order)
+            blocked: list[OrderLine] = []
             if batch.orders:
                 work = functools.partial(import_batch, batch=batch, clock=clock)
-                outcomes = in_transaction(db, work, "import")
+                result = in_transaction(db, work, "import")
                 if db.dialect == "sqlite" and time.monotonic() - held_since > SQLITE_HOLD_S:
                     time.sleep(SQLITE_PAUSE_S)  # let the writers waiting in line in
                     held_since = time.monotonic()
-                totals.outcomes.update(outcomes)
-                totals.imported += len(batch.orders)
+                totals.outcomes.update(result.outcomes)
+                totals.left_out.update(result.left_out)
+                totals.imported += len(batch.orders) - len(result.rejected)
                 totals.last_line = batch.orders[-1][0]
+                blocked = result.rejected
+            # Invalid lines and orders whose identifiers are all blocked, in file order.
+            for order in sorted([*batch.rejected, *blocked], key=lambda order: order.number):
+                reject(order)
             progress.update(batch.bytes_read)
         assert reader.end is not None
         rejected.header = reader.end.header

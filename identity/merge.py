@@ -274,7 +274,14 @@ def plan_within_limits(
     then without its email too, until it fits. What was left out is in `ignored` (reason
     "limit") and `refused`; a customer past the limit is answered as far as it was read.
     """
-    graph = CustomerRows(protection, found.values(), found.past_limit)
+    return plan_in_customers(CustomerRows(protection, found.values(), found.past_limit), email, phone, now)
+
+
+def plan_in_customers(
+    graph: CustomerRows, email: str | None, phone: str | None, now: datetime
+) -> IdentifyPlan:
+    """plan_within_limits over customers already held in memory (the import keeps one
+    CustomerRows for a whole batch and applies each plan to it); pure, `graph` unchanged."""
     plan: IdentifyPlan | None = None
     for kept_email, kept_phone in candidates(email, phone):
         if kept_email is None and kept_phone is None:
@@ -307,7 +314,11 @@ def plan_candidate(
             return IdentifyPlan(rows=oldest_first(rows), outcome="unchanged", partial=True)
         return None
     plan = plan_identify(rows, email, phone, now)
-    if graph.protection.count(plan.rows) > graph.protection.max_identifiers:
+    # The identifiers the customer would hold: its customers' (kept by the graph) and the new row's.
+    held = set().union(*(graph.identifiers[root] for root in graph.roots_of(email, phone)))
+    if plan.inserted is not None:
+        held.update(graph.protection.identifiers(plan.inserted))
+    if len(held) > graph.protection.max_identifiers:
         return None
     if plan.demoted:
         plan.evidence = {
@@ -343,5 +354,7 @@ def refusal(graph: CustomerRows, kind: str, value: str) -> Refusal:
     column = "email" if kind == "email" else "phoneNumber"
     identifiers = (value, None) if kind == "email" else (None, value)
     matched = sorted(row["id"] for row in graph.component(*identifiers) if row[column] == value)
-    customers = sorted({oldest_first(graph.customer_of(i))[0]["id"] for i in matched})
+    customers = sorted(
+        oldest_first(graph.customer_of(root))[0]["id"] for root in {graph.root(i) for i in matched}
+    )
     return Refusal(kind, matched, customers)

@@ -250,10 +250,13 @@ class Rejects:
 
 @dataclass
 class OrderBatch:
-    """What one import transaction applies: up to --batch-size valid orders in file order,
-    the invalid lines read before the last of them, and the settled read made ahead."""
+    """What one import transaction applies: up to --batch-size valid orders in file order
+    (with their text: an order whose identifiers are all blocked is rejected by the
+    transaction), the invalid lines read before the last of them, and the settled read made
+    ahead."""
 
     orders: list[tuple[int, str | None, str | None]] = field(default_factory=list)  # (line, email, phone)
+    texts: list[str] = field(default_factory=list)  # each order's record as read, for --rejects
     rejected: list[OrderLine] = field(default_factory=list)
     lines: int = 0  # order lines read for this batch, valid and rejected
     bytes_read: int = 0  # the file's position after it, for the progress bar
@@ -278,6 +281,7 @@ def order_batches(orders: OrderFile, size: int) -> Iterator[OrderBatch]:
         batch.lines += 1
         if order.reason is None:
             batch.orders.append((order.number, order.email, order.phone))
+            batch.texts.append(order.text)
         else:
             batch.rejected.append(order)
         if len(batch.orders) >= size or len(batch.rejected) >= size:

@@ -397,9 +397,9 @@ WHERE id > %(after)s
 
 -- name: select_secondaries_after_id
 -- Live secondaries with an id above `after`: the import reads back the ids of
--- the secondaries it has just inserted, for its history events (their
--- customers are locked by the import, so none of them is anybody else's).
-SELECT id, linkedId
+-- the secondaries it has just inserted (matched by their identifiers, as
+-- select_primaries_after_id), for its history events.
+SELECT id, email, phoneNumber, linkedId
 FROM Contact
 WHERE id > %(after)s
   AND linkedId IS NOT NULL
