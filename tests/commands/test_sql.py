@@ -31,7 +31,15 @@ MYSQL = load_queries("mysql")
 # The statements every identify runs, and the read endpoints' lookups.
 HOT = ["select_customer", "select_connected", "select_identifier_owners"]
 # Dummy values for EXPLAIN: numbers where the grammar wants one (LIMIT), else a string.
-NUMBERS = {"limit": 10, "max_rows": 200, "after": 0, "id": 1, "primary_id": 1, "demoted_id": 2, "linked_id": 1}
+NUMBERS = {
+    "limit": 10,
+    "max_rows": 200,
+    "after": 0,
+    "id": 1,
+    "primary_id": 1,
+    "demoted_id": 2,
+    "linked_id": 1,
+}
 # List parameters (expanded for IN by the app's Database wrapper, as here).
 LISTS: dict[str, list[Any]] = {
     "emails": ["x"],
