@@ -363,9 +363,11 @@ def customer_page(primary_id: int) -> WerkzeugResponse:
 
 @console.post("/customers/<int:primary_id>/reveal")
 def reveal(primary_id: int) -> Response:
-    """The same page with identifiers in full; the log records who asked (request id), not what was shown."""
+    """The same page with identifiers in full; the log records who asked (request id), not what was
+    shown, and only once the page revealed something (an unknown customer writes no audit line)."""
+    page = show_customer(primary_id, reveal=True)
     log.info("console reveal", extra={"fields": {"event": "console_reveal", "customerId": primary_id}})
-    return show_customer(primary_id, reveal=True)
+    return page
 
 
 def erasure_of(db: Database, primary_id: int, dry_run: bool) -> dict[str, Any]:
