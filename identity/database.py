@@ -55,6 +55,10 @@ LOCK_WAIT_TIMEOUT_S = 5
 # A query that has not answered in this long means the server is in trouble.
 MYSQL_READ_TIMEOUT_S = 10
 
+# Overwrite deleted content with zeros on every SQLite connection: erased means gone
+# (identity/scrub.py). A module constant so a benchmark's control can turn it off.
+SQLITE_SECURE_DELETE = True
+
 
 def adapt_datetime(value: datetime) -> str:
     """Store timestamps as fixed-width UTC text, which SQLite sorts correctly."""
@@ -152,6 +156,8 @@ def connect_sqlite(
     }
     conn.execute("PRAGMA journal_mode = WAL")  # readers never wait for the writer
     conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe with WAL
+    if SQLITE_SECURE_DELETE:  # deleted rows are zeroed, not left in free space (identity/scrub.py)
+        conn.execute("PRAGMA secure_delete = ON")
     return conn
 
 
