@@ -104,7 +104,8 @@ def main() -> int:
             for server in servers.values():
                 server.stop()
     print(
-        f"\nSQLite, {args.customers} customers ({args.customers * 2} rows, file {sizes['B'] / 2**20:.1f} MiB), "
+        f"\nSQLite, {args.customers} customers ({args.customers * 2} rows, "
+        f"file {sizes['B'] / 2**20:.1f} MiB), "
         f"{args.erasures} erasures per side, sides alternating A B B A"
     )
     print("| request | A p50 ms (before: no clean-up) | B p50 ms (VACUUM + checkpoint) | B/A |")
