@@ -78,7 +78,9 @@ def main(args: list[str]) -> int:
         if not port.isdigit():
             sys.exit(f"PORT={port!r} is not a port number")
         if problem := port_taken(host, int(port)):
-            sys.exit(f"cannot listen on {host}:{port}: {problem}; stop what uses it, or choose another: PORT=3001")
+            sys.exit(
+                f"cannot listen on {host}:{port}: {problem}; stop what uses it, or choose another: PORT=3001"
+            )
         print(f"FluxKart Identity on http://{host}:{port} (Ctrl-C stops it)", flush=True)
         # gunicorn takes this process's place, so a process manager's SIGTERM reaches it.
         os.chdir(ROOT)
