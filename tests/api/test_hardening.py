@@ -101,3 +101,53 @@ def test_clients_cannot_grow_the_metrics(settings: dict[str, Any], gunicorn: Cal
     assert "INVENTED" not in "\n".join(second) and "/nowhere" not in "\n".join(second)
     assert len(second) == len(first), set(second) ^ set(first)
     assert any('method="other"' in line for line in second)
+
+
+def test_a_repeated_query_parameter_is_refused(api: Api) -> None:
+    """`?email=a&email=b`: no answer could say which one it used (openapi.json says so).
+    Control: before, the first was used and the second ignored (200)."""
+    assert api.post("/identify", json={"email": "one@x.io"}).status_code == 200
+    for method, path in [
+        ("GET", "/customers?email=one@x.io&email=two@x.io"),
+        ("GET", "/contacts?limit=1&limit=2"),
+        ("GET", "/contacts?phoneNumber=1&phoneNumber=1"),
+        ("GET", "/customers/1/history?after=0&after=1"),
+    ]:
+        response = api.request(method, path)
+        assert response.status_code == 400, (path, response.text)
+        assert response.json()["error"]["code"] == "invalid_parameter"
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_servers_own_414_and_431_are_documented(
+    settings: dict[str, Any], gunicorn: Callable[..., Gunicorn]
+) -> None:
+    """gunicorn answers a request line or a header over its limits itself: openapi.json lists
+    both answers (text/html) on every operation. Control: before, neither was documented."""
+    import json
+
+    from tests.harness.openapi_check import OPENAPI_PATH
+
+    service = gunicorn(settings, workers=1, threads=1)
+    conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10)
+    try:
+        conn.request("GET", "/customers?email=" + "a" * 5000)
+        long_line = conn.getresponse()
+        long_line.read()
+    finally:
+        conn.close()
+    conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10)
+    try:
+        conn.request("GET", "/contacts", headers={"X-Long": "b" * 9000})
+        long_header = conn.getresponse()
+        long_header.read()
+    finally:
+        conn.close()
+    assert (long_line.status, long_header.status) == (414, 431)
+    document = json.loads(OPENAPI_PATH.read_text())
+    for item in document["paths"].values():
+        for method, operation in item.items():
+            if method in ("get", "post", "delete"):
+                assert {"414", "431"} <= set(operation["responses"]), method
+    for name in ("UriTooLong", "HeadersTooLarge"):
+        assert "text/html" in document["components"]["responses"][name]["content"]
