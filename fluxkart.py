@@ -49,6 +49,7 @@ from identity.errors import (
     DatabaseMisconfigured,
     DatabaseUnavailable,
     RetryTransaction,
+    database_problem,
 )
 from identity.history import HISTORY_READS, customer_history, record_plan_events
 from identity.http import json_body, query_bool, query_identifiers, query_int, require_token
@@ -65,7 +66,7 @@ from identity.merge import (
 from identity.migrate import migrate_command
 from identity.normalize import MAX_CONTACT_ID, normalize_email, normalize_phone
 from identity.observability import IGNORED_IDENTIFIERS, PAST_LIMIT_ANSWERS, metrics_page
-from identity.pool import get_db
+from identity.pool import get_db, new_database
 from identity.protection import Protection, screen_blocked
 from identity.reads import (
     answer_rows,
@@ -77,7 +78,7 @@ from identity.reads import (
     lookup_customer,
 )
 from identity.repair import repair_command
-from identity.settings import load_settings
+from identity.settings import database_location, load_settings
 from identity.transactions import in_transaction, reconnect_once
 
 log = logging.getLogger("fluxkart")
@@ -377,12 +378,25 @@ def delete_customer() -> Response:
 
 
 @click.command("init-db")
+@click.option(
+    "--create-database",
+    is_flag=True,
+    help="Also create the MySQL database when it does not exist (no other command or start does).",
+)
 @with_appcontext
-def init_db_command() -> None:
-    """Create the database and tables if they do not exist (never drops anything)."""
-    db = get_db()
-    db.connect()
-    click.echo(f"schema ready on {db.dialect}")
+def init_db_command(create_database: bool) -> None:
+    """Create the tables if they do not exist (never drops anything); with --create-database,
+    the MySQL database too."""
+    db = new_database(create_database=True if create_database else None)
+    try:
+        db.connect()
+    except (DatabaseMisconfigured, DatabaseUnavailable, RetryTransaction) as exc:
+        raise click.ClickException(
+            f"init-db on {database_location(current_app.config)}: {database_problem(exc)}"
+        ) from exc
+    finally:
+        db.close()
+    click.echo(f"schema ready on {database_location(current_app.config)}")
 
 
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:

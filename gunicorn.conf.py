@@ -59,6 +59,15 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
+def on_starting(server):  # noqa: ANN001, ANN201 (gunicorn's hook signature)
+    """Check the configuration before binding the port or forking a worker (SPEC, "Start-up"):
+    a wrong setting exits here with one line naming it; the first line logged says which
+    backend, host, database, schema and how many contacts this service serves."""
+    from identity.startup import check_before_serving
+
+    check_before_serving()
+
+
 def child_exit(server, worker):  # noqa: ANN001, ANN201 (gunicorn's hook signature)
     """Fold a dead worker's gauges away so /metrics does not report it forever."""
     from prometheus_client import multiprocess

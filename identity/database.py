@@ -44,14 +44,20 @@ MYSQL_SETTING_ERRORS = {
     1142: "the database user lacks a privilege the service needs (SELECT, INSERT, UPDATE, DELETE "
     "on the database; CREATE and ALTER for init-db and migrate)",
     1044: "the database user has no access to the database: grant it (see README, Production)",
-    1045: "the database refused the user name or password (MYSQL_USER, MYSQL_PASSWORD)",
+    1045: "the database refused the user name or password: check MYSQL_USER and MYSQL_PASSWORD",
 }
+# A database that does not exist is a setting to fix, never one to create (SPEC, "Start-up").
+MYSQL_UNKNOWN_DATABASE = 1049
 # Refusals of CREATE to a user without the privilege: table, database access denied.
 MYSQL_NO_CREATE_CODES = {1142, 1044}
 # Statements that wait on a lock give up after this long; the transaction is then retried.
 LOCK_WAIT_TIMEOUT_S = 5
 # A query that has not answered in this long means the server is in trouble.
 MYSQL_READ_TIMEOUT_S = 10
+
+# Overwrite deleted content with zeros on every SQLite connection: erased means gone
+# (identity/scrub.py). A module constant so a benchmark's control can turn it off.
+SQLITE_SECURE_DELETE = True
 
 
 def adapt_datetime(value: datetime) -> str:
@@ -75,12 +81,11 @@ def session_statements() -> dict[str, str]:
 
 
 def connect_mysql(
-    settings: dict[str, Any], read_timeout: float | None = MYSQL_READ_TIMEOUT_S, create: bool = True
+    settings: dict[str, Any], read_timeout: float | None = MYSQL_READ_TIMEOUT_S, create: bool = False
 ) -> Any:
     """A PyMySQL connection set up for the service: utf8mb4, autocommit, UTC,
-    READ COMMITTED, a short lock wait, causal reads on Galera. Creates the
-    database when it is missing, unless `create` is False (`migrate --dry-run`
-    changes nothing), then raises its error 1049."""
+    READ COMMITTED, a short lock wait, causal reads on Galera. A missing database
+    raises error 1049; only `create` (init-db --create-database) creates it."""
     params: dict[str, Any] = dict(
         host=settings["MYSQL_HOST"],
         port=int(settings["MYSQL_PORT"]),
@@ -97,7 +102,7 @@ def connect_mysql(
     try:
         conn = pymysql.connect(database=database, **params)
     except pymysql.err.OperationalError as exc:
-        if exc.args[0] != 1049 or not create:  # unknown database: create it below
+        if exc.args[0] != MYSQL_UNKNOWN_DATABASE or not create:
             raise
         conn = pymysql.connect(**params)
         with conn.cursor() as cur:
@@ -151,6 +156,8 @@ def connect_sqlite(
     }
     conn.execute("PRAGMA journal_mode = WAL")  # readers never wait for the writer
     conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe with WAL
+    if SQLITE_SECURE_DELETE:  # deleted rows are zeroed, not left in free space (identity/scrub.py)
+        conn.execute("PRAGMA secure_delete = ON")
     return conn
 
 
@@ -209,12 +216,14 @@ class Database:
         schema: list[str],
         *,
         create_schema: bool = True,
-        create_database: bool = True,
+        create_database: bool | None = None,
         serving: bool = True,
         read_timeout: float | None = MYSQL_READ_TIMEOUT_S,
     ):
-        """`create_schema`: create missing tables at connect. `create_database`: create a
-        missing MySQL database. `serving`: refuse a table the service did not create.
+        """`create_schema`: create missing tables at connect. `create_database`: True creates
+        a missing MySQL database (init-db --create-database alone); None, the default, never
+        creates one on MySQL and makes the embedded SQLite file; False creates neither.
+        `serving`: refuse a table the service did not create.
         `read_timeout`: seconds a MySQL statement may take (None: no limit, for migrate)."""
         self.settings = settings
         self.queries = queries
@@ -233,7 +242,10 @@ class Database:
         """The open connection, opening it (and creating the schema if missing) when there is none."""
         if self.conn is None:
             try:
-                self.conn = CONNECT[self.dialect](self.settings, self.read_timeout, self.create_database)
+                create = self.create_database is True or (
+                    self.dialect == "sqlite" and self.create_database is None
+                )
+                self.conn = CONNECT[self.dialect](self.settings, self.read_timeout, create)
                 if self.create_schema:
                     self.ensure_schema()
             except Exception as exc:
@@ -359,6 +371,8 @@ class Database:
                 self.close()
                 return RetryTransaction("connection_lost")
             self.close()
+            if code == MYSQL_UNKNOWN_DATABASE:
+                return DatabaseMisconfigured(unknown_database(self.settings))
             if code in MYSQL_SETTING_ERRORS:
                 return DatabaseMisconfigured(f"MySQL error {code}: {MYSQL_SETTING_ERRORS[code]}")
             if isinstance(exc, pymysql.err.OperationalError):
@@ -372,6 +386,15 @@ class Database:
             self.close()
             return DatabaseUnavailable(type(exc).__name__)
         return exc
+
+
+def unknown_database(settings: dict[str, Any]) -> str:
+    """The one line for a MySQL database that does not exist: the setting, and both fixes."""
+    return (
+        f"MYSQL_DATABASE={settings['MYSQL_DATABASE']!r}: there is no such database on "
+        f"{settings['MYSQL_HOST']}:{settings['MYSQL_PORT']}; correct the name, or create it once "
+        "with `python3 dev.py flask init-db --create-database`"
+    )
 
 
 def utcnow() -> datetime:

@@ -15,6 +15,7 @@ from identity.errors import ApiError
 from identity.history import current_request_id
 from identity.merge import touch_identifiers
 from identity.protection import Protection, screen_blocked
+from identity.scrub import scrub_after_erasure
 from identity.transactions import in_transaction
 
 ERASURES = prometheus_client.Counter(
@@ -62,9 +63,11 @@ def erase_customer(db: Database, email: str | None, phone: str | None, dry_run: 
         return result
 
     try:
-        return in_transaction(db, work, "erasure")
+        result = in_transaction(db, work, "erasure")
     except DryRunFinished as finished:
         return finished.result
+    scrub_after_erasure(db)  # SQLite: no byte of it left in the file or the WAL
+    return result
 
 
 def identifiers_of(rows: Iterable[Row]) -> set[tuple[str, str]]:

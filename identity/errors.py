@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import click
+
 
 class ApiError(Exception):
     """An error the client caused or can act on, answered as JSON (SPEC, "Errors")."""
@@ -11,8 +13,12 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
 
-class ConfigurationError(Exception):
-    """A setting the service cannot start with; the message names the setting and the fix."""
+class ConfigurationError(click.ClickException):
+    """A setting the service cannot start with; the message names the setting and the fix.
+
+    A ClickException, so a `flask` command whose app cannot be built says it in one line
+    ("Error: FLUXKART_PHONE_REGION=...") and exits 1, instead of a traceback.
+    """
 
 
 class DatabaseUnavailable(Exception):
@@ -36,6 +42,12 @@ class RetryTransaction(Exception):
 
 
 def database_problem(exc: Exception) -> str:
-    """A database error for a command's one-line message, with the driver's own words:
-    'MySQL error 2003: (2003, "Can't connect ...")' (a command prints it, not a traceback)."""
-    return f"{exc}: {exc.__cause__}" if exc.__cause__ is not None else str(exc)
+    """A database error for a command's one-line message, with the driver's own words but not
+    its raw tuple: 'MySQL error 1045: ... (Access denied for user ...)' (printed, no traceback)."""
+    cause = exc.__cause__
+    if cause is None:
+        return str(exc)
+    args = cause.args
+    words = str(args[1]) if len(args) == 2 and isinstance(args[0], int) else str(cause)
+    words = " ".join(words.split())  # one line, whatever the driver put in it
+    return f"{exc} ({words})" if words and words not in str(exc) else str(exc)

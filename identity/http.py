@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from decimal import Decimal
 from typing import Any
 
 from flask import current_app, request
@@ -42,7 +43,9 @@ def json_body() -> dict[str, Any]:
         chunks.append(chunk)
     raw = b"".join(chunks)
     try:
-        body = json.loads(raw)
+        # Numbers with a fraction or exponent as Decimal: 98765432101234567.0 keeps every digit
+        # (a float would round it), and normalize_phone takes a whole one as the integer it is.
+        body = json.loads(raw, parse_float=Decimal)
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, "invalid_json", "request body must be valid UTF-8 JSON") from exc
     if not isinstance(body, dict):
@@ -50,17 +53,26 @@ def json_body() -> dict[str, Any]:
     return body
 
 
+def query_value(name: str) -> str | None:
+    """A query parameter given at most once (None when absent); 400 when repeated: with
+    `?email=a&email=b` no answer could say which one it used (openapi.json says so)."""
+    values = request.args.getlist(name)
+    if len(values) > 1:
+        raise ApiError(400, "invalid_parameter", f"give {name} once, not {len(values)} times")
+    return values[0] if values else None
+
+
 def query_identifiers() -> tuple[str | None, str | None]:
     """?email= and ?phoneNumber=, normalized like identify's input."""
     region = current_app.config["FLUXKART_PHONE_REGION"]
-    email = normalize_email(request.args.get("email"))
-    phone = normalize_phone(request.args.get("phoneNumber"), region)
+    email = normalize_email(query_value("email"))
+    phone = normalize_phone(query_value("phoneNumber"), region)
     return email, phone
 
 
 def query_int(name: str, default: int, low: int, high: int) -> int:
     """A whole-number query parameter within [low, high]; 400 otherwise."""
-    raw = request.args.get(name)
+    raw = query_value(name)
     if raw is None:
         return default
     if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
@@ -70,7 +82,8 @@ def query_int(name: str, default: int, low: int, high: int) -> int:
 
 def query_bool(name: str) -> bool:
     """A true/false query parameter, false when absent; 400 for anything else."""
-    raw = request.args.get(name, "false")
+    given = query_value(name)
+    raw = "false" if given is None else given
     if raw not in ("true", "false"):
         raise ApiError(400, "invalid_parameter", f"{name} must be true or false")
     return raw == "true"

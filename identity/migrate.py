@@ -17,7 +17,7 @@ from flask.cli import with_appcontext
 
 from identity.canonical import NormalizeReport, normalize_stored_identifiers
 from identity.database import SCHEMA_VERSION, Database, Row, utcnow
-from identity.errors import DatabaseMisconfigured, DatabaseUnavailable, RetryTransaction
+from identity.errors import DatabaseMisconfigured, DatabaseUnavailable, RetryTransaction, database_problem
 from identity.pool import new_database
 from identity.progress import peak_rss_mib
 from identity.settings import database_location
@@ -557,7 +557,7 @@ def apply_migration(db: Database, plan: MigrationPlan) -> None:
 
 def migrate_failure(dialect: str, number: int, exc: Exception) -> str:
     """What went wrong at step `number`, what is already done, and what to do."""
-    cause = exc.__cause__ or exc
+    cause = database_problem(exc)
     if dialect == "sqlite" or number == 1:
         done = "nothing was changed" + (" (one transaction)" if dialect == "sqlite" else "")
     elif number == 2:
@@ -584,7 +584,7 @@ def migration_database(dry_run: bool) -> Database:
     return new_database(
         load_queries(current_app.config["FLUXKART_DIALECT"], MIGRATE_SQL),
         create_schema=False,
-        create_database=not dry_run,
+        create_database=False if dry_run else None,
         serving=False,
         read_timeout=None,
     )
@@ -602,7 +602,7 @@ def normalize_after_migration(db: Database) -> None:
         normalize_stored_identifiers(db, current_app.config["FLUXKART_PHONE_REGION"], report, False)
     except (DatabaseUnavailable, DatabaseMisconfigured, RetryTransaction) as exc:
         raise click.ClickException(
-            f"migrate stopped while normalizing identifiers: {exc.__cause__ or exc}; the schema steps "
+            f"migrate stopped while normalizing identifiers: {database_problem(exc)}; the schema steps "
             "are done; `flask --app fluxkart repair` starts with the same pass"
         ) from exc
     click.echo(
@@ -630,7 +630,7 @@ def migrate_command(dry_run: bool) -> None:
             plan = plan_migration(db)
         except (DatabaseUnavailable, DatabaseMisconfigured, RetryTransaction) as exc:
             raise click.ClickException(
-                f"migrate could not inspect the database: {exc.__cause__ or exc}"
+                f"migrate could not inspect the database: {database_problem(exc)}"
             ) from exc
         if plan.unconvertible:
             raise click.ClickException(refusal_message(plan))

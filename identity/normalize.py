@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from decimal import Decimal
 from typing import Any
 
 import phonenumbers
@@ -53,6 +54,24 @@ def normalize_email(value: Any, field: str = "email") -> str | None:
     return email
 
 
+def whole_number(value: float | Decimal, field: str) -> int:
+    """A JSON number with no fractional part as the integer it is (SPEC: `9876543210.0` is the
+    integer 9876543210, as JSON Schema counts it); ApiError 400 for a fraction, NaN or infinity.
+    A Decimal (json_body parses numbers so, keeping every digit) past 20 digits is refused
+    before it is expanded: `1e1000000000` must not become a billion-digit int."""
+    if isinstance(value, Decimal):
+        if not value.is_finite() or value != value.to_integral_value():
+            raise ApiError(400, "invalid_phone_number", f"{field} must be a string, a whole number or null")
+        if value.adjusted() >= MAX_PHONE_DIGITS:
+            raise ApiError(400, "invalid_phone_number", f"{field} must have 1 to {MAX_PHONE_DIGITS} digits")
+        return int(value)
+    if not value.is_integer():
+        raise ApiError(400, "invalid_phone_number", f"{field} must be a string, a whole number or null")
+    if abs(value) >= 10.0**MAX_PHONE_DIGITS:
+        raise ApiError(400, "invalid_phone_number", f"{field} must have 1 to {MAX_PHONE_DIGITS} digits")
+    return int(value)
+
+
 def normalize_phone(value: Any, region: str = "", field: str = "phoneNumber") -> str | None:
     """The canonical phone number, None when absent; 400 when invalid.
 
@@ -62,6 +81,8 @@ def normalize_phone(value: Any, region: str = "", field: str = "phoneNumber") ->
     """
     if value is None:
         return None
+    if isinstance(value, float | Decimal) and not isinstance(value, bool):
+        value = whole_number(value, field)
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ApiError(400, "invalid_phone_number", f"{field} must be a string, a whole number or null")
     if isinstance(value, int):

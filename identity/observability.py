@@ -47,6 +47,10 @@ PAST_LIMIT_ANSWERS = prometheus_client.Counter(
     "fluxkart_past_limit_answers", "answers about a customer past the identifier limit (partial)"
 )
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+# Label values come from this fixed set, never from the client: an invented method counts
+# as "other" and a path that matches no route as "unmatched", so no request can add a series
+# (each one lives in every worker's file of the multiprocess folder and in every scrape).
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class JsonFormatter(logging.Formatter):
@@ -79,14 +83,23 @@ def configure_logging() -> None:
 
 
 def start_request() -> None:
-    """Take the caller's X-Request-ID when it is sane, else make one."""
+    """Make this request's id (the one history and audit lines record: SPEC, "History and
+    erasure"); keep a sane X-Request-ID the client sent beside it, for correlation only."""
+    g.request_id = uuid.uuid4().hex
     given = request.headers.get("X-Request-ID", "")
-    g.request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    if REQUEST_ID.fullmatch(given):
+        g.client_request_id = given
     g.started = time.perf_counter()
 
 
+def method_label() -> str:
+    """The request's method as a metric label: one of KNOWN_METHODS, else "other"."""
+    return request.method if request.method in KNOWN_METHODS else "other"
+
+
 def finish_request(response: Response) -> Response:
-    """Echo the request id, count the request, and write its access log line.
+    """Answer the request id (and the client's beside it), count the request, and write its
+    access log line.
 
     The query string and body are never logged, nor the path of a request that
     matched no route: they can carry customers' emails and phone numbers.
@@ -94,15 +107,21 @@ def finish_request(response: Response) -> Response:
     elapsed = time.perf_counter() - g.get("started", time.perf_counter())
     route = request.url_rule.rule if request.url_rule else "unmatched"
     response.headers["X-Request-ID"] = g.get("request_id", "")
-    HTTP_REQUESTS.labels(request.method, route, response.status_code).inc()
-    HTTP_LATENCY.labels(request.method, route).observe(elapsed)
+    client_id = g.get("client_request_id")
+    if client_id is not None:
+        response.headers["X-Client-Request-ID"] = client_id
+    method = method_label()
+    HTTP_REQUESTS.labels(method, route, response.status_code).inc()
+    HTTP_LATENCY.labels(method, route).observe(elapsed)
     fields = {
-        "method": request.method,
+        "method": method,
         "route": route,
         "path": request.path if path_is_known() else None,
         "status": response.status_code,
         "duration_ms": round(elapsed * 1000, 2),
     }
+    if client_id is not None:
+        fields["client_request_id"] = client_id
     if "identify_outcome" in g:
         IDENTIFY_OUTCOMES.labels(g.identify_outcome).inc()
         fields["outcome"] = g.identify_outcome

@@ -25,6 +25,12 @@ ORDER_FORMATS = ("auto", "csv", "jsonl")
 GZIP_START = "\x1f\udc8b"
 # What errors="surrogateescape" decodes a byte that is not UTF-8 to.
 NOT_UTF8 = re.compile("[\udc80-\udcff]")
+# The longest line read as an order (characters). An order is two short fields; identify
+# refuses a body over 64 KiB too. A longer line is rejected by its number and first
+# characters, and read past in pieces of this size: memory never holds more of it.
+MAX_LINE_CHARS = 64 * 1024
+# How much of an oversized line its rejection shows.
+OVERSIZED_PREVIEW_CHARS = 60
 
 
 class ImportRefused(Exception):
@@ -40,6 +46,17 @@ class OrderLine:
     email: str | None = None
     phone: str | None = None
     reason: str | None = None
+
+
+class OversizedLine(str):
+    """Stands for a line longer than MAX_LINE_CHARS (its value is its first characters):
+    rejected by number, never parsed, never copied to --rejects."""
+
+    def reason(self, length: int) -> str:
+        return (
+            f"longer than {MAX_LINE_CHARS:,} characters ({length:,}): not an order line, and not "
+            f"copied to --rejects; it starts {str(self)!r}"
+        )
 
 
 class JsonFraction(str):
@@ -103,6 +120,7 @@ class OrderFile:
         self.bytes_read = 0
         self.line_number = 0
         self.header = ""  # the CSV header row as read, for --rejects
+        self.oversized: dict[int, str] = {}  # line number -> why, for lines over MAX_LINE_CHARS
 
     def release(self) -> None:
         """Let go of the file without closing it (click closes a file it opened; stdin stays open)."""
@@ -110,10 +128,23 @@ class OrderFile:
             self.text.detach()
 
     def lines(self) -> Iterator[str]:
-        for line in self.text:
+        """The file's lines, each at most MAX_LINE_CHARS; a longer one as an OversizedLine
+        (its first characters), the rest of it read and dropped piece by piece."""
+        while line := self.text.readline(MAX_LINE_CHARS + 1):
             self.line_number += 1
             self.bytes_read += len(line.encode("utf-8", "surrogateescape"))
-            yield line
+            if len(line) <= MAX_LINE_CHARS or line.endswith(("\n", "\r")):
+                yield line
+                continue
+            length = len(line)
+            while (piece := self.text.readline(MAX_LINE_CHARS)) and not piece.endswith(("\n", "\r")):
+                length += len(piece)
+                self.bytes_read += len(piece.encode("utf-8", "surrogateescape"))
+            length += len(piece.rstrip("\r\n"))
+            self.bytes_read += len(piece.encode("utf-8", "surrogateescape"))
+            big = OversizedLine(line[:OVERSIZED_PREVIEW_CHARS])
+            self.oversized[self.line_number] = big.reason(length)
+            yield big
 
     def orders(self) -> Iterator[OrderLine]:
         """Every order line in file order; raises ImportRefused before the first when the CSV
@@ -143,6 +174,9 @@ class OrderFile:
         for text in lines:
             if not text.strip():
                 continue
+            if isinstance(text, OversizedLine):
+                yield OrderLine(self.line_number, "", reason=self.oversized.pop(self.line_number))
+                continue
             order = OrderLine(self.line_number, text)
             try:
                 if problem := utf8_problem(text):
@@ -166,7 +200,9 @@ class OrderFile:
         def feed() -> Iterator[str]:
             for line in lines:
                 pending.append(line)
-                yield line
+                # An oversized line reaches the CSV parser as a blank line (skipped); the loop
+                # below rejects it by number.
+                yield "\n" if isinstance(line, OversizedLine) else line
 
         reader = csv.reader(feed())
         header = next(reader)
@@ -193,8 +229,15 @@ class OrderFile:
                 return
             except csv.Error as exc:
                 record, problem = None, f"not valid CSV ({exc})"
+            first = self.line_number - len(pending) + 1
+            big = [first + i for i, line in enumerate(pending) if isinstance(line, OversizedLine)]
+            if big:  # the record had a line over MAX_LINE_CHARS: rejected whole, not parsed
+                yield OrderLine(big[0], "", reason=self.oversized.pop(big[0]))
+                for number in big[1:]:
+                    self.oversized.pop(number)
+                continue
             text = "".join(pending)
-            order = OrderLine(self.line_number - len(pending) + 1, text)
+            order = OrderLine(first, text)
             if record == [] or (record is None and not text.strip()):
                 continue
             try:
@@ -227,7 +270,7 @@ class Rejects:
         self.header_written = False
 
     def add(self, order: OrderLine) -> None:
-        if self.file is None:
+        if self.file is None or not order.text:  # an oversized line is not copied (its reason says so)
             return
         if self.header and not self.header_written:
             self.write(self.header)

@@ -24,6 +24,7 @@ from flask import (
     Response,
     current_app,
     flash,
+    g,
     has_request_context,
     redirect,
     render_template,
@@ -58,6 +59,7 @@ from identity.normalize import MAX_CONTACT_ID, normalize_email, normalize_phone
 from identity.pool import app_state
 from identity.protection import screen_blocked
 from identity.reads import lookup_customer
+from identity.sessions import end_session, forgive, open_session, record_failure, session_alive, throttled_for
 from identity.transactions import reconnect_once
 
 log = logging.getLogger("fluxkart")
@@ -140,8 +142,19 @@ def session_fingerprint() -> str:
 
 
 def signed_in() -> bool:
-    """True when this session signed in with the API token that is configured now."""
-    return hmac.compare_digest(str(session.get("auth", "")), session_fingerprint())
+    """True when this session signed in with the API token that is configured now, and the
+    server still holds it (not signed out, not idle: identity/sessions.py). Asked once a request."""
+    if "console_signed_in" not in g:
+        g.console_signed_in = hmac.compare_digest(
+            str(session.get("auth", "")), session_fingerprint()
+        ) and reconnect_once(lambda db: session_alive(db, str(session.get("sid", ""))))
+    return bool(g.console_signed_in)
+
+
+def client_address() -> str:
+    """The address the sign-in throttle counts by: the connection's peer (behind a proxy,
+    the proxy's, unless the deployment rewrites REMOTE_ADDR: docs/console.md)."""
+    return request.remote_addr or "unknown"
 
 
 def csrf_token() -> str:
@@ -235,23 +248,47 @@ def sign_in_form() -> WerkzeugResponse:
 
 @console.post("/sign-in")
 def sign_in() -> WerkzeugResponse:
-    """Check the token in constant time; on success start a fresh session (new CSRF token)."""
+    """Check the token in constant time; on success start a fresh session (new CSRF token),
+    kept on the server. Failed attempts are throttled per client address across workers."""
     token: str = current_app.config["FLUXKART_API_TOKEN"]
+    address = client_address()
+    wait = reconnect_once(lambda db: throttled_for(db, address))
+    if wait:
+        log.warning(
+            "console sign-in throttled",
+            extra={"fields": {"event": "console_sign_in_throttled", "address": address}},
+        )
+        response = console_page(
+            "sign_in.html",
+            429,
+            error=f"Too many wrong tokens from this address. Try again in {wait} minute(s).",
+        )
+        response.headers["Retry-After"] = str(wait * 60)
+        return response
     given = request.form.get("token", "").strip()
     if not hmac.compare_digest(given.encode(), token.encode()):
-        log.warning("console sign-in refused: wrong token")
+        reconnect_once(lambda db: record_failure(db, address))
+        log.warning(
+            "console sign-in refused: wrong token",
+            extra={"fields": {"event": "console_sign_in_failed", "address": address}},
+        )
         return console_page("sign_in.html", 401, error="That is not this service's API token.")
+    reconnect_once(lambda db: forgive(db, address))
     session.clear()  # nothing from before the sign-in survives it (session fixation)
     session["auth"] = session_fingerprint()
+    session["sid"] = reconnect_once(open_session)
     session["csrf"] = secrets.token_urlsafe(32)
-    log.info("console sign-in")
+    log.info("console sign-in", extra={"fields": {"event": "console_sign_in", "address": address}})
     return redirect(url_for("console.search_form"), 303)
 
 
 @console.post("/sign-out")
 def sign_out() -> WerkzeugResponse:
-    """Forget the session; the browser is sent back to the sign-in form."""
+    """End the session on the server (a copy of the cookie opens nothing), then forget it."""
+    sid = str(session.get("sid", ""))
+    reconnect_once(lambda db: end_session(db, sid))
     session.clear()
+    g.console_signed_in = False
     flash("You are signed out.")
     return redirect(url_for("console.sign_in_form"), 303)
 
@@ -419,9 +456,11 @@ def customer_page(primary_id: int) -> WerkzeugResponse:
 
 @console.post("/customers/<int:primary_id>/reveal")
 def reveal(primary_id: int) -> Response:
-    """The same page with identifiers in full; the log records who asked (request id), not what was shown."""
+    """The same page with identifiers in full; the log records who asked (request id), not what was
+    shown, and only once the page revealed something (an unknown customer writes no audit line)."""
+    page = show_customer(primary_id, reveal=True)
     log.info("console reveal", extra={"fields": {"event": "console_reveal", "customerId": primary_id}})
-    return show_customer(primary_id, reveal=True)
+    return page
 
 
 def erasure_of(db: Database, primary_id: int, dry_run: bool) -> dict[str, Any]:

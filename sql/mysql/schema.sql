@@ -103,3 +103,26 @@ CREATE TABLE IF NOT EXISTS CustomerLock (
     version BIGINT UNSIGNED NOT NULL DEFAULT 0,
     PRIMARY KEY (customerId)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- The support console's signed-in sessions (identity/sessions.py): the cookie
+-- carries a random token, this table its SHA-256, so signing out deletes the
+-- row and the copied cookie opens nothing, while other staff stay signed in.
+-- lastSeenAt ends a session left idle. Shared by every worker and host.
+CREATE TABLE IF NOT EXISTS ConsoleSession (
+    tokenHash CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    createdAt DATETIME(6) NOT NULL,
+    lastSeenAt DATETIME(6) NOT NULL,
+    PRIMARY KEY (tokenHash),
+    KEY ConsoleSession_lastSeenAt (lastSeenAt)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- Failed console sign-ins by client address, for the throttle (shared by every
+-- worker and host, so it cannot be dodged by landing on another one).
+CREATE TABLE IF NOT EXISTS ConsoleSignInFailure (
+    id BIGINT NOT NULL AUTO_INCREMENT,
+    address VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    failedAt DATETIME(6) NOT NULL,
+    PRIMARY KEY (id),
+    KEY ConsoleSignInFailure_address (address, failedAt),
+    KEY ConsoleSignInFailure_failedAt (failedAt)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;

@@ -72,3 +72,22 @@ CREATE TABLE IF NOT EXISTS CustomerLock (
     customerId INTEGER PRIMARY KEY,
     version INTEGER NOT NULL DEFAULT 0
 );
+
+-- The console's sessions and failed sign-ins (sql/mysql/schema.sql says why).
+CREATE TABLE IF NOT EXISTS ConsoleSession (
+    tokenHash TEXT PRIMARY KEY,
+    createdAt DATETIME NOT NULL,
+    lastSeenAt DATETIME NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS ConsoleSession_lastSeenAt ON ConsoleSession (lastSeenAt);
+
+CREATE TABLE IF NOT EXISTS ConsoleSignInFailure (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    address TEXT NOT NULL,
+    failedAt DATETIME NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS ConsoleSignInFailure_address ON ConsoleSignInFailure (address, failedAt);
+
+CREATE INDEX IF NOT EXISTS ConsoleSignInFailure_failedAt ON ConsoleSignInFailure (failedAt);

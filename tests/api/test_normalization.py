@@ -155,6 +155,9 @@ VALID_PHONES = {  # sent -> canonical (no FLUXKART_PHONE_REGION)
     "+ and 20 digits": ("+" + "98" * 10, "+" + "98" * 10),
     "20 digits with formatting": ("(12) 345-678-901-234.567-890", "12345678901234567890"),
     "20-digit JSON integer": (10**19, "1" + "0" * 19),
+    # SPEC: an integer "as JSON Schema defines one": a number with no fractional part.
+    "JSON number with a zero fraction": (123456.0, "123456"),
+    "JSON number in exponent form": (1e5, "100000"),
 }
 
 
@@ -191,8 +194,6 @@ INVALID_PHONES = {
     "true": True,
     "false": False,
     "float": 1.5,
-    "float with integral value": 123456.0,
-    "exponent float": 1e5,
     "negative integer": -123456,
     "minus one": -1,
     "letters": "12a34",

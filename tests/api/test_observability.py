@@ -2,7 +2,8 @@
 
 - Every request writes one JSON access log line (logger "fluxkart.access")
   with method, path, status, duration_ms and request_id.
-- X-Request-ID: a sane one is honoured, echoed and logged; an absent or
+- X-Request-ID: the service makes every id; a sane one the client sent is kept beside it
+  (X-Client-Request-ID, client_request_id); an absent or
   malformed one is replaced by a generated id, which is echoed and logged.
 - Emails and phone numbers never appear in the service's log output, in any
   form, whatever the request (query strings, bodies, errors).
@@ -98,14 +99,21 @@ MALFORMED_IDS = [
 ]
 
 
-def test_a_sane_request_id_is_honoured_echoed_and_logged(api: Api, log_lines: LogLines) -> None:
+def test_a_sane_request_id_is_kept_beside_the_services_echoed_and_logged(
+    api: Api, log_lines: LogLines
+) -> None:
+    """The service makes the request id; a client's sane X-Request-ID is kept beside it."""
     paths = [("GET", "/health/live"), ("POST", "/identify"), ("GET", "/nowhere"), ("POST", "/")]
     for number, given in enumerate(SANE_IDS):
         method, path = paths[number % len(paths)]
         response = api.request(method, path, headers={"X-Request-ID": given}, json={"email": "rid@x.com"})
-        assert response.headers["X-Request-ID"] == given, (given, path)
+        assert response.headers["X-Client-Request-ID"] == given, (given, path)
+        made = response.headers["X-Request-ID"]
+        assert GENERATED_ID.fullmatch(made), (given, made)
+        line = line_for(log_lines(), made)
+        assert line["client_request_id"] == given
         # A path that matches no route is not logged: it may carry an identifier.
-        assert line_for(log_lines(), given)["path"] == (None if path == "/nowhere" else path)
+        assert line["path"] == (None if path == "/nowhere" else path)
 
 
 def test_a_missing_or_malformed_request_id_is_replaced_echoed_and_logged(

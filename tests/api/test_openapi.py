@@ -232,7 +232,9 @@ def test_successful_answers_conform(api: Api, answers_match_openapi: AnswerLog) 
     assert api.get(f"/contacts/{ids['other']}").json()["linkPrecedence"] == "secondary"
     assert api.get("/metrics").status_code == 200
     assert api.get("/openapi.json").status_code == 200
-    assert api.get("/", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+    correlated = api.get("/", headers={"X-Request-ID": "abc-123"})
+    assert correlated.headers["X-Client-Request-ID"] == "abc-123"  # kept beside the service's own id
+    assert correlated.headers["X-Request-ID"] != "abc-123"
     assert len(answers_match_openapi.checked) >= 20
 
 

@@ -39,6 +39,10 @@ def serve(settings: dict[str, Any]) -> tuple[LiveServer, Api]:
 
 
 def test_root_gets_row_format_for_its_sessions(statement_binlog_server: MariaDBServer) -> None:
+    conn = statement_binlog_server.connect()
+    with conn.cursor() as cur:  # the service never creates a database (SPEC, "Start-up")
+        cur.execute("CREATE DATABASE IF NOT EXISTS `binlog_root`")
+    conn.close()
     settings = {**blank_settings(), **statement_binlog_server.settings("binlog_root")}
     live, api = serve(settings)
     try:

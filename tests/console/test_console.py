@@ -481,3 +481,25 @@ def test_graph_draws_no_edge_through_a_blocked_value() -> None:
     # Control: without the block list the placeholders draw edges.
     unprotected = {(e["kind"], e["source"], e["target"]) for e in link_edges(rows)}
     assert {("phone", 1, 2), ("email", 3, 4)} <= unprotected
+
+
+@CONSOLE
+def test_a_reveal_is_audited_under_the_services_id_and_only_when_it_reveals(
+    console: Console, log_lines: list[str]
+) -> None:
+    """Issue 22: the client's X-Request-ID never becomes the audit id, and a reveal of a customer
+    that does not exist writes no audit line (before, both did)."""
+    place_orders(console)
+    console.sign_in()
+    forged = {"X-Request-ID": "someone-elses-request"}
+    missing = console.request(
+        "POST", "/console/customers/999/reveal", data={"csrf_token": console.csrf}, headers=forged
+    )
+    assert missing.status_code == 404
+    assert not [line for line in log_lines if "console_reveal" in line]
+    revealed = console.request(
+        "POST", "/console/customers/1/reveal", data={"csrf_token": console.csrf}, headers=forged
+    )
+    assert revealed.status_code == 200
+    (audit,) = [json.loads(line) for line in log_lines if "console_reveal" in line]
+    assert audit["request_id"] == revealed.headers["X-Request-ID"] != forged["X-Request-ID"]

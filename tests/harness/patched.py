@@ -19,7 +19,7 @@ from typing import Any
 
 from flask import Flask
 
-from identity import erasure, history, merge, transactions
+from identity import database, erasure, history, merge, transactions
 from identity.database import Database
 from identity.errors import RetryTransaction
 
@@ -75,6 +75,16 @@ def without_growth_locks() -> Flask:
 def without_history() -> Flask:
     """identify records no history (the benchmark of what the history costs)."""
     replace_in(history, "record_identify_events", nothing)
+    return app()
+
+
+def erasure_without_scrub() -> Flask:
+    """Erasure as before issue 22 on SQLite: no secure_delete, no VACUUM, no WAL checkpoint
+    (bench.erasure_cost measures what the clean-up costs against it)."""
+    if not isinstance(database.SQLITE_SECURE_DELETE, bool):  # the patch point is gone
+        raise TypeError("identity.database.SQLITE_SECURE_DELETE is not a flag")
+    database.SQLITE_SECURE_DELETE = False
+    replace_in(erasure, "scrub_after_erasure", nothing)
     return app()
 
 

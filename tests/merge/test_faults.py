@@ -501,6 +501,10 @@ def test_database_dies_under_writes(
     own_mariadb: MariaDBServer, gunicorn: Callable[..., Gunicorn], tmp_path: Path, how: str
 ) -> None:
     """The database stops (SIGTERM) or crashes (kill -9) mid-transaction and comes back on the same data."""
+    conn = own_mariadb.connect()
+    with conn.cursor() as cur:  # the service never creates a database (SPEC, "Start-up")
+        cur.execute("CREATE DATABASE `fluxkart_fault`")
+    conn.close()
     settings = {"FLUXKART_SQLITE_PATH": str(tmp_path / "unused.db"), **own_mariadb.settings("fluxkart_fault")}
     service = gunicorn(settings, ready_path="/health/ready")
     held = HeldRequest(service.url, settings, f"db-{how}")
