@@ -57,6 +57,7 @@ import requests
 
 from tests.harness.bursts import (
     REQUEST_TIMEOUT,
+    WITHOUT_LIMIT,
     Burst,
     Exchange,
     Pair,
@@ -325,7 +326,7 @@ def run_workload(
 ) -> Verdict:
     """Serve app_dir on the cluster (multi- or single-writer), run the workload, judge it."""
     database = fresh_database(cluster)
-    settings = cluster.settings(database)
+    settings = [{**s, **WITHOUT_LIMIT} for s in cluster.settings(database)]
     if topology == "single-writer":
         settings = [settings[0]] * len(settings)
     instances = serve(app_dir, settings)
@@ -597,7 +598,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
 def test_a_node_lost_under_load(galera: GaleraCluster, serve: Serve) -> None:
     """SIGKILL node 3 mid-stream: 503s (never 500) from its instance only, rejoin by IST, nothing lost."""
     database = fresh_database(galera)
-    instances = serve(SERVICE_DIR, galera.settings(database))
+    instances = serve(SERVICE_DIR, [{**s, **WITHOUT_LIMIT} for s in galera.settings(database)])
     urls = [server.url for server in instances]
     lost, lost_instance = galera.nodes[LOST], instances[LOST]
     pairs = merge_heavy_requests(random.Random(13))

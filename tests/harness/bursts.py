@@ -27,6 +27,12 @@ import requests
 
 from tests.harness.openapi_check import check_answer
 
+# The merge protocol's stress runs (tests/merge/test_concurrency.py, tests/cluster/test_galera.py)
+# serve with no practical identifier limit: their merge-heavy workloads build customers of more
+# than 50 identifiers, which merge protection would rightly refuse, and their invariant check
+# models the protocol without it. The limit under concurrency has its own runs
+# (tests/merge/test_limit_concurrency.py, test_galera's limit tests).
+WITHOUT_LIMIT = {"FLUXKART_MAX_CUSTOMER_IDENTIFIERS": "10000"}
 REQUEST_TIMEOUT = (5, 65)  # connect, read: above the service's worst case of bounded retries
 
 Pair = tuple[str | None, str | None]  # (email, phoneNumber) of one POST /identify

@@ -48,7 +48,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.bursts import Burst, Exchange, Pair, Round, post_identify, run_burst
+from tests.harness.bursts import WITHOUT_LIMIT, Burst, Exchange, Pair, Round, post_identify, run_burst
 from tests.harness.checker import check_answers, check_invariants, violation_kinds
 from tests.harness.database import read_contacts
 from tests.harness.gunicorn import Gunicorn
@@ -160,7 +160,7 @@ def database_settings(config: str, mariadb: Callable[[str], MariaDBServer], tmp_
     """Settings for a fresh, empty database in the given configuration."""
     isolation = CONFIGS[config]
     if isolation is None:
-        return {"FLUXKART_SQLITE_PATH": str(tmp_path / "stress.db")}
+        return {"FLUXKART_SQLITE_PATH": str(tmp_path / "stress.db"), **WITHOUT_LIMIT}
     server = mariadb(isolation)
     name = f"fluxkart_stress_{next(database_numbers)}"
     conn = server.connect()
@@ -170,7 +170,7 @@ def database_settings(config: str, mariadb: Callable[[str], MariaDBServer], tmp_
         assert level == isolation, f"the server runs at {level}, not {isolation}"
         cur.execute(f"CREATE DATABASE `{name}`")
     conn.close()
-    return server.settings(name)
+    return {**server.settings(name), **WITHOUT_LIMIT}
 
 
 # --------------------------------------------------------------------------
