@@ -21,8 +21,8 @@ def parse_queries(text: str) -> dict[str, str]:
     return queries
 
 
-# The service's statements: the portable ones, then the dialect's own.
-SERVICE_SQL = ("contacts.sql", "{dialect}/queries.sql")
+# The service's statements: the portable ones (the feed's in their own file), then the dialect's own.
+SERVICE_SQL = ("contacts.sql", "changes.sql", "{dialect}/queries.sql")
 # The migrate command's: the fills both dialects share, then the dialect's inspection and DDL.
 MIGRATE_SQL = ("migrate.sql", "{dialect}/migrate.sql")
 # A MySQL connection's session set-up (identity/database.py).
