@@ -19,15 +19,12 @@ The consumer is docs/changes_consumer.py itself (the file the docs show), loaded
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import subprocess
-import sys
 import threading
 import time
 from datetime import timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -36,80 +33,17 @@ from identity.changes import FEED_WAITING
 from identity.database import utcnow
 from identity.errors import ConfigurationError
 from identity.settings import load_settings
+from tests.harness.changes import Recording, check_replay, consumer, drain, flask_command, order, partition_of
 from tests.harness.database import mysql_connect, read_contacts, run_sql
-from tests.harness.gunicorn import gunicorn_env
-from tests.harness.processes import SERVICE_DIR
 from tests.harness.servers import Api
 
 TOKEN = "changes-token-0123456789"
 WITH_TOKEN = pytest.mark.parametrize("settings", [{"FLUXKART_API_TOKEN": TOKEN}], indirect=True)
-CONSUMER_PATH = SERVICE_DIR / "docs" / "changes_consumer.py"
-
-
-def load_consumer() -> ModuleType:
-    """docs/changes_consumer.py, the consumer the docs show, as a module."""
-    spec = importlib.util.spec_from_file_location("changes_consumer", CONSUMER_PATH)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-consumer = load_consumer()
-
-
-class Recording(consumer.Partition):  # type: ignore[name-defined,misc]
-    """The docs' partition, keeping every change it applied and the ids made before each merge."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.changes: list[dict[str, Any]] = []
-        self.introduced: set[int] = set()  # ids some earlier change created or moved
-        self.early_merges: list[dict[str, Any]] = []  # merges naming an id not introduced yet
-
-    def apply(self, change: dict[str, Any]) -> None:
-        self.changes.append(change)
-        if change["kind"] == "merged":
-            named = {change["customerId"], change["demotedPrimaryId"], *change["contactIds"]}
-            if not named <= self.introduced:
-                self.early_merges.append(change)
-        if change["kind"] not in ("erased", "refused"):
-            self.introduced.update(change["contactIds"], [change["customerId"]])
-        super().apply(change)
 
 
 def table_partition(settings: dict[str, Any]) -> dict[int, int]:
     """contact id -> primary id of every live row, straight from the table."""
-    return {
-        row["id"]: row["linkedId"] or row["id"] for row in read_contacts(settings) if row["deletedAt"] is None
-    }
-
-
-def drain(api: Api, partition: Any) -> None:
-    """Read the feed until the consumer's cursor is the head and nothing waits to be numbered."""
-    for _ in range(1000):
-        consumer.poll(api.base_url, TOKEN, partition, wait=0)
-        page = api.get("/changes", params={"after": partition.cursor}).json()
-        if not page["changes"] and page["cursor"] == page["head"] == partition.cursor:
-            return
-    raise AssertionError("the feed never ended")
-
-
-def check_replay(partition: Recording, settings: dict[str, Any]) -> None:
-    """Every change once, in order; no merge before its customers; the copy equals the table."""
-    seqs = [change["seq"] for change in partition.changes]
-    assert seqs == sorted(set(seqs)), "a change came twice or out of order"
-    live = table_partition(settings)
-    early = [c for c in partition.early_merges if {c["customerId"], c["demotedPrimaryId"]} & set(live)]
-    assert not early, early[:3]
-    assert partition.customer_of == live
-    # Control: the same changes without the erasures do not rebuild the table.
-    if any(change["kind"] == "erased" for change in partition.changes):
-        without = consumer.Partition()
-        for change in partition.changes:
-            if change["kind"] != "erased":
-                without.apply(change)
-        assert without.customer_of != live
+    return partition_of(read_contacts(settings))
 
 
 @pytest.fixture
@@ -128,26 +62,6 @@ ALPHABET = 120  # emails and phone numbers: enough customers to create, link and
 ERASURES = 12
 IMPORT_ORDERS = 300
 BLOB_PHONE = "5550100999"
-
-
-def command(settings: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
-    """`flask --app fluxkart ARGS` in another process on the test's database."""
-    return subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "fluxkart", *args],
-        cwd=SERVICE_DIR,
-        env={**gunicorn_env(settings), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
-def order(rng: random.Random) -> tuple[str | None, str | None]:
-    """An order over a small alphabet, so customers link and merge."""
-    email = f"p{rng.randrange(ALPHABET)}@feed.test" if rng.random() < 0.85 else None
-    phone = f"77{rng.randrange(ALPHABET):04d}" if email is None or rng.random() < 0.6 else None
-    return email, phone
 
 
 @WITH_TOKEN
@@ -175,7 +89,7 @@ def test_replay_equals_state_under_concurrent_traffic(
         rng, client = random.Random(seed), Api(api.base_url)
         client.session.headers["Authorization"] = f"Bearer {TOKEN}"
         for _ in range(REQUESTS_PER_CLIENT):
-            email, phone = order(rng)
+            email, phone = order(rng, ALPHABET)
             response = client.post("/identify", json={"email": email, "phoneNumber": phone})
             if response.status_code != 200:
                 errors.append(f"identify {response.status_code}")
@@ -193,14 +107,16 @@ def test_replay_equals_state_under_concurrent_traffic(
 
     rng = random.Random(7)
     orders = tmp_path / "orders.csv"
-    lines = ["email,phoneNumber"] + [",".join(v or "" for v in order(rng)) for _ in range(IMPORT_ORDERS)]
+    lines = ["email,phoneNumber"] + [
+        ",".join(v or "" for v in order(rng, ALPHABET)) for _ in range(IMPORT_ORDERS)
+    ]
     orders.write_text("\n".join(lines) + "\n")
     outcomes: dict[str, subprocess.CompletedProcess[str]] = {}
 
     def import_and_split() -> None:
-        outcomes["import"] = command(settings, "import", str(orders), "--batch-size", "25")
-        outcomes["block"] = command(settings, "block", "add", BLOB_PHONE)
-        outcomes["repair"] = command(settings, "repair")
+        outcomes["import"] = flask_command(settings, "import", str(orders), "--batch-size", "25")
+        outcomes["block"] = flask_command(settings, "block", "add", BLOB_PHONE)
+        outcomes["repair"] = flask_command(settings, "repair")
 
     follower = threading.Thread(target=follow)
     follower.start()
@@ -215,8 +131,8 @@ def test_replay_equals_state_under_concurrent_traffic(
     assert not errors, errors[:5]
     for name, outcome in outcomes.items():
         assert outcome.returncode == 0, (name, outcome.stdout[-2000:], outcome.stderr[-2000:])
-    drain(api, partition)
-    check_replay(partition, settings)
+    drain(api, partition, TOKEN)
+    check_replay(partition, table_partition(settings))
     kinds = {change["kind"] for change in partition.changes}
     assert {"created", "linked", "merged", "imported", "split", "erased"} <= kinds, kinds
     print(
