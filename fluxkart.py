@@ -14,6 +14,7 @@ Routes
     GET  /contacts/<id>    one contact row
     GET  /customers/<id>/history   a customer's history (ids only), oldest first
     DELETE /customers      erase a customer: ?email= ?phoneNumber= ?dryRun=true
+    GET  /changes          the feed of changes (ids only): ?after= ?limit= ?wait= (docs/changes.md)
     GET  /metrics          Prometheus metrics;  GET /openapi.json  this API's description
     /console               support staff's pages (identity/console; docs/console.md)
 
@@ -41,6 +42,7 @@ from werkzeug.exceptions import HTTPException
 from identity import console, observability, pool
 from identity.block import block_command
 from identity.blocks import current_protection
+from identity.changes import MAX_WAIT_S, follow_changes
 from identity.component import oldest_first
 from identity.database import Database, Row, utcnow
 from identity.erasure import ERASURES, erase_customer
@@ -214,6 +216,7 @@ api = Blueprint("api", __name__)
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
+MAX_FEED_POSITION = 2**63 - 1  # a BIGINT
 
 
 @api.get("/")
@@ -370,6 +373,21 @@ def delete_customer() -> Response:
     g.log_fields = {"erasure": counts}
     log.info("erasure previewed" if dry_run else "customer erased", extra={"fields": counts})
     return jsonify(result)
+
+
+@api.get("/changes")
+def list_changes() -> Response:
+    """GET /changes?after=&limit=&wait=: the changes committed after the cursor, oldest first (ids only).
+
+    Each change's kind, customer ids, time and request id; the answer's `cursor` is the next
+    `after`. `wait` (seconds) holds the request open until a change arrives. 410 when the
+    cursor is older than the feed keeps (docs/changes.md says how to resync).
+    """
+    after = query_int("after", 0, 0, MAX_FEED_POSITION) if "after" in request.args else None
+    limit = query_int("limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    wait = query_int("wait", 0, 0, MAX_WAIT_S)
+    retention = current_app.config["FLUXKART_CHANGES_RETENTION_DAYS"]
+    return jsonify(follow_changes(after, limit, wait, retention))
 
 
 # --------------------------------------------------------------------------

@@ -3,6 +3,7 @@ under identify's own locks, leaving one erasure record with counts and no identi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -215,10 +216,11 @@ def apply_erasure(
     identifiers = sum(
         db.execute(DELETE_IDENTIFIER[kind], {"value": value}).rowcount for kind, value in sorted(touched)
     )
+    # The oldest live row: the primary, or the one identify would make primary (SPEC).
+    primary_id = oldest_first(live.values())[0]["id"]
     result = {
         "dryRun": dry_run,
-        # The oldest live row: the primary, or the one identify would make primary (SPEC).
-        "primaryContactId": oldest_first(live.values())[0]["id"],
+        "primaryContactId": primary_id,
         "contactIds": ids,
         "contacts": len(ids),
         "identifiers": identifiers,
@@ -231,5 +233,7 @@ def apply_erasure(
         contacts=len(ids),
         identifiers=identifiers,
         history_events=history_events,
+        # The feed's `erased` change (docs/changes.md): the primary first, then every id erased.
+        customer_ids=json.dumps([primary_id, *(i for i in ids if i != primary_id)], separators=(",", ":")),
     )
     return result

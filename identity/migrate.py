@@ -59,6 +59,11 @@ CONTACT_INDEXES = {
 # CustomerHistory's columns that schema version 3 changed (MySQL: information_schema's
 # COLUMN_TYPE): the kinds of merge protection's events, and the detail of ids and kinds.
 MYSQL_HISTORY_KIND = "enum('created','linked','merged','repaired','imported','refused','split')"
+# What migrate says of an ALTER that adds a column and an index online.
+ONLINE_INDEX = (
+    "adds the column and builds the index without blocking: ALGORITHM=INPLACE, LOCK=NONE (reads "
+    "and writes go on; only the brief metadata locks every ALTER takes, at its start and end)"
+)
 # Schema versions this service wrote: a database at one of them holds the service's own data
 # (migrate upgrades its tables; repair is not needed for it). Version 2 is the previous release's.
 SERVICE_SCHEMAS = ("2", SCHEMA_VERSION)
@@ -136,6 +141,11 @@ def plan_migration(db: Database) -> MigrationPlan:
             plan_mysql_history(db, plan)
         else:
             plan_sqlite_history(db, plan)
+    if "CustomerErasure" in tables:
+        if db.dialect == "mysql":
+            plan_mysql_erasure(db, plan)
+        else:
+            plan_sqlite_erasure(db, plan)
     plan_schema(db, plan, tables)
     plan_service_state(plan, state, adopting)
     return plan
@@ -382,6 +392,30 @@ def plan_mysql_history(db: Database, plan: MigrationPlan) -> None:
                 run_named("add_history_detail"),
             )
         )
+    if "feedSeq" not in columns:
+        plan.steps.append(
+            MigrationStep(
+                "add CustomerHistory.feedSeq and its index (each event's position in the feed of "
+                "changes, docs/changes.md), NULL for the events already recorded: the feed numbers "
+                "them, oldest first, when it is first read",
+                ONLINE_INDEX,
+                run_named("add_history_feed_seq"),
+            )
+        )
+
+
+def plan_mysql_erasure(db: Database, plan: MigrationPlan) -> None:
+    """The feed of changes on MySQL: CustomerErasure gains the erased ids and the feed position."""
+    columns = {str(row["name"]) for row in db.all("select_erasure_columns")}
+    if "feedSeq" not in columns:
+        plan.steps.append(
+            MigrationStep(
+                "add CustomerErasure.customerIds and feedSeq with its index (the feed's `erased` "
+                "changes name the ids erased; older records did not keep them: NULL)",
+                ONLINE_INDEX,
+                run_named("add_erasure_feed_columns"),
+            )
+        )
 
 
 def plan_sqlite_history(db: Database, plan: MigrationPlan) -> None:
@@ -398,9 +432,11 @@ def plan_sqlite_history(db: Database, plan: MigrationPlan) -> None:
         return
     indexes = [s for s in db.schema if CREATE_INDEX_NAME.match(s) and " ON CustomerHistory " in s]
 
+    copy = "copy_history_with_detail_to_new" if "detail" in current else "copy_history_to_new"
+
     def rebuild(db: Database) -> None:
         seq = int((db.one("select_history_sequence") or {}).get("seq") or 0)
-        for name in ("create_history_new", "copy_history_to_new", "drop_old_history", "rename_new_history"):
+        for name in ("create_history_new", copy, "drop_old_history", "rename_new_history"):
             db.run(name)
         db.run("forget_history_sequence")
         db.run("set_history_sequence", seq=seq)
@@ -410,10 +446,44 @@ def plan_sqlite_history(db: Database, plan: MigrationPlan) -> None:
 
     plan.steps.append(
         MigrationStep(
-            "rebuild CustomerHistory with kinds 'refused' and 'split' and the `detail` column (new "
-            "table, copy every event with its id, drop the old one, rename, make its indexes again)",
+            "rebuild CustomerHistory with kinds 'refused' and 'split', the `detail` column and the "
+            "feed's `feedSeq` (new table, copy every event with its id, drop the old one, rename, "
+            "make its indexes again)",
             "rewrites CustomerHistory inside the migrate transaction, which holds the database's write "
             "lock until it commits (readers go on; writers wait)",
+            rebuild,
+            changes,
+        )
+    )
+
+
+def plan_sqlite_erasure(db: Database, plan: MigrationPlan) -> None:
+    """The feed of changes on SQLite: CustomerErasure rebuilt with schema.sql's definition (its
+    feed index is a table constraint), every record kept with its id."""
+    current = sqlite_definitions(str((db.one("select_erasure_definition") or {})["sql"]))
+    target = sqlite_definitions(db.queries["create_erasure_new"])
+    changes = [
+        f"{name}: {current.get(name, '(none)')} -> {target.get(name, '(none)')}"
+        for name in dict.fromkeys([*target, *current])
+        if current.get(name) != target.get(name)
+    ]
+    if not changes:
+        return
+
+    def rebuild(db: Database) -> None:
+        seq = int((db.one("select_erasure_sequence") or {}).get("seq") or 0)
+        for name in ("create_erasure_new", "copy_erasures_to_new", "drop_old_erasure", "rename_new_erasure"):
+            db.run(name)
+        db.run("forget_erasure_sequence")
+        db.run("set_erasure_sequence", seq=seq)
+
+    plan.steps.append(
+        MigrationStep(
+            "rebuild CustomerErasure with the feed's `customerIds` and `feedSeq` (new table, copy "
+            "every record with its id, drop the old one, rename; older records did not keep the "
+            "erased ids: NULL)",
+            "rewrites CustomerErasure inside the migrate transaction, which holds the database's "
+            "write lock until it commits (readers go on; writers wait)",
             rebuild,
             changes,
         )

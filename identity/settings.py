@@ -21,6 +21,7 @@ SETTINGS = (
     "FLUXKART_SECRET_KEY",
     "FLUXKART_DB_POOL_SIZE",
     "FLUXKART_MAX_CUSTOMER_IDENTIFIERS",
+    "FLUXKART_CHANGES_RETENTION_DAYS",
 )
 
 # Every default in one place. An empty value (in the environment, .env or the
@@ -48,9 +49,15 @@ DEFAULTS: dict[str, Any] = {
     # Merge protection: the most identifiers (emails and phones together) one customer may
     # hold; Adobe Experience Platform caps an identity graph at 50 (docs/merge-protection.md).
     "FLUXKART_MAX_CUSTOMER_IDENTIFIERS": "50",
+    # The feed of changes (GET /changes, docs/changes.md) serves a change this many days; a
+    # consumer further behind gets 410 and resyncs. A month covers a consumer's long outage.
+    "FLUXKART_CHANGES_RETENTION_DAYS": "30",
 }
 # The limit's range: a new customer holds two identifiers; above this, "bounded" means little.
 MAX_IDENTIFIERS_RANGE = (2, 10_000)
+# The feed's retention, in days: at least one (a consumer restarted overnight catches up), at
+# most ten years (the erased ids it keeps for its consumers are cleared after it).
+RETENTION_DAYS_RANGE = (1, 3650)
 
 
 def load_settings(overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -69,7 +76,22 @@ def load_settings(overrides: dict[str, Any] | None) -> dict[str, Any]:
     settings["FLUXKART_PHONE_REGION"] = check_region(settings["FLUXKART_PHONE_REGION"])
     limit = str(settings["FLUXKART_MAX_CUSTOMER_IDENTIFIERS"])
     settings["FLUXKART_MAX_CUSTOMER_IDENTIFIERS"] = check_limit(limit)
+    retention = str(settings["FLUXKART_CHANGES_RETENTION_DAYS"])
+    settings["FLUXKART_CHANGES_RETENTION_DAYS"] = check_retention(retention)
     return settings
+
+
+def check_retention(value: str) -> int:
+    """FLUXKART_CHANGES_RETENTION_DAYS as a whole number of days in RETENTION_DAYS_RANGE; else
+    ConfigurationError naming the setting (docs/changes.md)."""
+    low, high = RETENTION_DAYS_RANGE
+    text = value.strip()
+    if not (text.isascii() and text.isdigit() and low <= int(text) <= high):
+        raise ConfigurationError(
+            f"FLUXKART_CHANGES_RETENTION_DAYS={value!r} is not a whole number of days from {low} to "
+            f"{high} (how long GET /changes serves a change; default 30)"
+        )
+    return int(text)
 
 
 def check_limit(value: str) -> int:

@@ -21,8 +21,9 @@ def parse_queries(text: str) -> dict[str, str]:
     return queries
 
 
-# The service's statements: the portable ones, then the dialect's own.
-SERVICE_SQL = ("contacts.sql", "console.sql", "{dialect}/queries.sql")
+# The service's statements: the portable ones (the console's and the feed's in their own
+# files), then the dialect's own.
+SERVICE_SQL = ("contacts.sql", "console.sql", "changes.sql", "{dialect}/queries.sql")
 # The migrate command's: the fills both dialects share, then the dialect's inspection and DDL.
 MIGRATE_SQL = ("migrate.sql", "{dialect}/migrate.sql")
 # A MySQL connection's session set-up (identity/database.py).

@@ -352,9 +352,10 @@ WHERE kind = 'phone'
   )
 
 -- name: insert_erasure
--- The one record an erasure leaves: when, which request, how much. No identifier.
-INSERT INTO CustomerErasure (erasedAt, requestId, contacts, identifiers, historyEvents)
-VALUES (%(erased_at)s, %(request_id)s, %(contacts)s, %(identifiers)s, %(history_events)s)
+-- The one record an erasure leaves: when, which request, how much, and (for the
+-- feed's consumers, until its retention passes) the ids erased. No identifier.
+INSERT INTO CustomerErasure (erasedAt, requestId, contacts, identifiers, historyEvents, customerIds)
+VALUES (%(erased_at)s, %(request_id)s, %(contacts)s, %(identifiers)s, %(history_events)s, %(customer_ids)s)
 
 -- name: select_identifier_owners
 -- The customer (COALESCE(linkedId, id): its primary, on a consistent table) of

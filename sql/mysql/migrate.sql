@@ -170,3 +170,37 @@ ALTER TABLE CustomerHistory
 ALTER TABLE CustomerHistory
     ADD COLUMN detail TEXT CHARACTER SET ascii COLLATE ascii_bin NULL,
     ALGORITHM = INSTANT
+
+-- --------------------------------------------------------------------------
+-- The feed of changes (docs/changes.md): CustomerHistory and CustomerErasure
+-- gain feedSeq (the position the feed's sequencer gives each, NULL until then)
+-- and its index; CustomerErasure gains customerIds (the ids an erasure
+-- removed). Online: the index is built while reads and writes go on.
+-- --------------------------------------------------------------------------
+
+-- name: add_history_feed_seq
+-- The feed position and its index (NULL for the events already recorded: the
+-- sequencer numbers them, oldest first, on its first runs).
+ALTER TABLE CustomerHistory
+    ADD COLUMN feedSeq BIGINT NULL,
+    ADD KEY CustomerHistory_feedSeq (feedSeq, createdAt, id),
+    ALGORITHM = INPLACE,
+    LOCK = NONE
+
+-- name: select_erasure_columns
+-- CustomerErasure's columns as the server describes them.
+SELECT COLUMN_NAME AS name,
+       COLUMN_TYPE AS type
+FROM information_schema.COLUMNS
+WHERE TABLE_SCHEMA = DATABASE()
+  AND TABLE_NAME = 'CustomerErasure'
+ORDER BY ORDINAL_POSITION
+
+-- name: add_erasure_feed_columns
+-- The erased ids (NULL for older records: they were not kept) and the feed position.
+ALTER TABLE CustomerErasure
+    ADD COLUMN customerIds MEDIUMTEXT CHARACTER SET ascii COLLATE ascii_bin NULL,
+    ADD COLUMN feedSeq BIGINT NULL,
+    ADD KEY CustomerErasure_feedSeq (feedSeq, erasedAt, id),
+    ALGORITHM = INPLACE,
+    LOCK = NONE

@@ -114,3 +114,9 @@ VALUES (%(kind)s, %(form)s, %(text)s, %(created_at)s)
 INSERT INTO CustomerLock (customerId, version)
 VALUES (%(customer_id)s, 1)
 ON DUPLICATE KEY UPDATE version = version + 1
+
+-- name: seed_feed_counter
+-- The feed's counter row, made by the first sequencer (an existing row is left
+-- as it is, and writes nothing: nothing for a cluster to certify).
+INSERT IGNORE INTO FeedCounter (id, lastSeq)
+VALUES (1, 0)

@@ -52,7 +52,10 @@ CREATE TABLE IF NOT EXISTS ContactIdentifier (
 -- detail is a JSON object of ids and kinds, never a value: a merge's evidence
 -- (the row the request matched by email, the row it matched by phone), what a
 -- `refused` event left out and why, what a `split` separated (SPEC, "Merge
--- protection").
+-- protection"). feedSeq is the event's position in the feed of changes (GET
+-- /changes, docs/changes.md): NULL when written, given by the feed's sequencer
+-- after the event's transaction has committed; the index finds the events not
+-- yet sequenced (NULL first, oldest first) and reads the feed in order.
 CREATE TABLE IF NOT EXISTS CustomerHistory (
     id BIGINT NOT NULL AUTO_INCREMENT,
     kind ENUM('created', 'linked', 'merged', 'repaired', 'imported', 'refused', 'split') NOT NULL,
@@ -62,13 +65,19 @@ CREATE TABLE IF NOT EXISTS CustomerHistory (
     formerCustomerId INT NULL,
     contactIds TEXT CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     detail TEXT CHARACTER SET ascii COLLATE ascii_bin NULL,
+    feedSeq BIGINT NULL,
     PRIMARY KEY (id),
     KEY CustomerHistory_customerId (customerId, createdAt, id),
-    KEY CustomerHistory_formerCustomerId (formerCustomerId)
+    KEY CustomerHistory_formerCustomerId (formerCustomerId),
+    KEY CustomerHistory_feedSeq (feedSeq, createdAt, id)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 
 -- What remains of an erased customer: when, by which request, how much. No
--- identifier and no contact id.
+-- identifier. customerIds (a JSON array: the primary, then every contact id
+-- erased) tells the feed's consumers which ids to delete too (an erased
+-- customer's history goes with it); ids are not identifiers, and the feed's
+-- sequencer clears them once the feed's retention has passed. feedSeq: as
+-- CustomerHistory's.
 CREATE TABLE IF NOT EXISTS CustomerErasure (
     id BIGINT NOT NULL AUTO_INCREMENT,
     erasedAt DATETIME(6) NOT NULL,
@@ -76,6 +85,20 @@ CREATE TABLE IF NOT EXISTS CustomerErasure (
     contacts INT NOT NULL,
     identifiers INT NOT NULL,
     historyEvents INT NOT NULL,
+    customerIds MEDIUMTEXT CHARACTER SET ascii COLLATE ascii_bin NULL,
+    feedSeq BIGINT NULL,
+    PRIMARY KEY (id),
+    KEY CustomerErasure_feedSeq (feedSeq, erasedAt, id)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- The feed's counter (docs/changes.md): one row, the last feed position handed
+-- out. The sequencer locks it, numbers the committed events that have none yet,
+-- and moves it on, in one short transaction: sequencing is serialized (on a
+-- multi-primary cluster two sequencers write this row, so one is aborted and
+-- retried), so a position once read is never handed out again.
+CREATE TABLE IF NOT EXISTS FeedCounter (
+    id INT NOT NULL,
+    lastSeq BIGINT NOT NULL,
     PRIMARY KEY (id)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 

@@ -173,13 +173,23 @@ CREATE TABLE CustomerHistory_new (
     customerId INTEGER NOT NULL,
     formerCustomerId INTEGER,
     contactIds TEXT NOT NULL,
-    detail TEXT
+    detail TEXT,
+    feedSeq INTEGER,
+    UNIQUE (feedSeq, createdAt, id)
 )
 
 -- name: copy_history_to_new
--- Every event of schema 2 into the new table with its id; detail stays NULL.
+-- Every event of schema 2 into the new table with its id; detail stays NULL,
+-- and feedSeq (the feed's sequencer numbers the events on its first run).
 INSERT INTO CustomerHistory_new (id, kind, createdAt, requestId, customerId, formerCustomerId, contactIds)
 SELECT id, kind, createdAt, requestId, customerId, formerCustomerId, contactIds
+FROM CustomerHistory
+ORDER BY id
+
+-- name: copy_history_with_detail_to_new
+-- The same from a table that already has `detail` (made before the feed's column).
+INSERT INTO CustomerHistory_new (id, kind, createdAt, requestId, customerId, formerCustomerId, contactIds, detail)
+SELECT id, kind, createdAt, requestId, customerId, formerCustomerId, contactIds, detail
 FROM CustomerHistory
 ORDER BY id
 
@@ -200,3 +210,64 @@ WHERE name = 'CustomerHistory'
 -- Event ids already handed out (even of events erased since) are never handed out again.
 INSERT INTO sqlite_sequence (name, seq)
 VALUES ('CustomerHistory', %(seq)s)
+
+-- --------------------------------------------------------------------------
+-- The feed of changes (docs/changes.md): CustomerErasure gains customerIds and
+-- feedSeq with its index, a table constraint (schema.sql says why), so the
+-- table is rebuilt like CustomerHistory above, every record keeping its id.
+-- --------------------------------------------------------------------------
+
+-- name: select_erasure_definition
+-- The CREATE TABLE statement CustomerErasure was created with.
+SELECT sql
+FROM sqlite_master
+WHERE type = 'table'
+  AND name = 'CustomerErasure'
+
+-- name: select_erasure_sequence
+-- The largest erasure record id handed out so far (kept across the rebuild).
+SELECT COALESCE(
+           (SELECT seq FROM sqlite_sequence WHERE name = 'CustomerErasure'),
+           (SELECT MAX(id) FROM CustomerErasure),
+           0
+       ) AS seq
+
+-- name: create_erasure_new
+-- The new table: sql/sqlite/schema.sql's CustomerErasure under another name
+-- (a test checks that the two agree, column for column).
+CREATE TABLE CustomerErasure_new (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    erasedAt DATETIME NOT NULL,
+    requestId TEXT NOT NULL,
+    contacts INTEGER NOT NULL,
+    identifiers INTEGER NOT NULL,
+    historyEvents INTEGER NOT NULL,
+    customerIds TEXT,
+    feedSeq INTEGER,
+    UNIQUE (feedSeq, erasedAt, id)
+)
+
+-- name: copy_erasures_to_new
+-- Every erasure record with its id; the erased ids were never kept before (NULL).
+INSERT INTO CustomerErasure_new (id, erasedAt, requestId, contacts, identifiers, historyEvents)
+SELECT id, erasedAt, requestId, contacts, identifiers, historyEvents
+FROM CustomerErasure
+ORDER BY id
+
+-- name: drop_old_erasure
+-- The old table, once every record is in the new one.
+DROP TABLE CustomerErasure
+
+-- name: rename_new_erasure
+-- The new table takes the name.
+ALTER TABLE CustomerErasure_new RENAME TO CustomerErasure
+
+-- name: forget_erasure_sequence
+-- Clears CustomerErasure's AUTOINCREMENT counter before it is set again below.
+DELETE FROM sqlite_sequence
+WHERE name = 'CustomerErasure'
+
+-- name: set_erasure_sequence
+-- Record ids already handed out are never handed out again.
+INSERT INTO sqlite_sequence (name, seq)
+VALUES ('CustomerErasure', %(seq)s)

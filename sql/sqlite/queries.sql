@@ -95,3 +95,7 @@ VALUES (%(kind)s, %(form)s, %(text)s, %(created_at)s)
 INSERT INTO CustomerLock (customerId, version)
 VALUES (%(customer_id)s, 1)
 ON CONFLICT (customerId) DO UPDATE SET version = version + 1
+
+-- name: seed_feed_counter
+INSERT OR IGNORE INTO FeedCounter (id, lastSeq)
+VALUES (1, 0)

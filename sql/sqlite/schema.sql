@@ -43,7 +43,11 @@ CREATE TABLE IF NOT EXISTS CustomerHistory (
     customerId INTEGER NOT NULL,
     formerCustomerId INTEGER,
     contactIds TEXT NOT NULL,
-    detail TEXT
+    detail TEXT,
+    feedSeq INTEGER,
+    -- The feed's index (a table constraint, so an older table without the column
+    -- is left alone until migrate rebuilds it, instead of failing a CREATE INDEX).
+    UNIQUE (feedSeq, createdAt, id)
 );
 
 CREATE INDEX IF NOT EXISTS CustomerHistory_customerId ON CustomerHistory (customerId, createdAt, id);
@@ -56,7 +60,16 @@ CREATE TABLE IF NOT EXISTS CustomerErasure (
     requestId TEXT NOT NULL,
     contacts INTEGER NOT NULL,
     identifiers INTEGER NOT NULL,
-    historyEvents INTEGER NOT NULL
+    historyEvents INTEGER NOT NULL,
+    customerIds TEXT,
+    feedSeq INTEGER,
+    UNIQUE (feedSeq, erasedAt, id)
+);
+
+-- The feed's counter: one row (sql/mysql/schema.sql says why).
+CREATE TABLE IF NOT EXISTS FeedCounter (
+    id INTEGER PRIMARY KEY,
+    lastSeq INTEGER NOT NULL
 );
 
 -- The blocked values and the customers' growth locks (sql/mysql/schema.sql says why).

@@ -194,8 +194,11 @@ def test_a_schema_2_database_is_upgraded_and_served(settings: dict[str, Any], ba
         assert "extend CustomerHistory's kinds with 'refused' and 'split'" in result.output
         assert "add CustomerHistory.detail" in result.output
         assert "ALGORITHM=INSTANT" in result.output
+        assert "add CustomerHistory.feedSeq" in result.output
+        assert "add CustomerErasure.customerIds and feedSeq" in result.output
     else:
         assert "rebuild CustomerHistory" in result.output
+        assert "rebuild CustomerErasure" in result.output
     assert f"record in ServiceState: schema={SCHEMA_VERSION}" in result.output
     assert "consistent" not in result.output.split("record in ServiceState")[1].splitlines()[0]
     assert state(settings)["schema"] == SCHEMA_VERSION
@@ -238,6 +241,16 @@ def test_a_schema_2_database_is_upgraded_and_served(settings: dict[str, Any], ba
         new_event = run_sql(settings, "SELECT id, detail FROM CustomerHistory WHERE id > 5")
         assert len(new_event) == 1 and new_event[0]["id"] > 7  # ids handed out before are never reused
         assert json.loads(new_event[0]["detail"]) == {"evidence": {"email": 4, "phone": 1}}
+        # The feed of changes: the events of the previous release are numbered, oldest first,
+        # by the first read of the feed (docs/changes.md); older than its retention, they answer
+        # 410 from the start, and a consumer follows from the head.
+        assert api.get("/changes").json() == {"changes": [], "cursor": 5, "head": 5}
+        assert run_sql(settings, "SELECT COUNT(*) AS n FROM CustomerHistory WHERE feedSeq IS NULL") == [
+            {"n": 0}
+        ]
+        numbered = run_sql(settings, "SELECT id, feedSeq FROM CustomerHistory WHERE id < 5 ORDER BY id")
+        assert [row["feedSeq"] for row in numbered] == [1, 2, 3, 4]
+        assert api.get("/changes", params={"after": 0}).status_code == 410
     finally:
         api.session.close()
         live.close()
@@ -247,4 +260,11 @@ def test_sqlite_history_rebuild_statement_is_the_schema_files() -> None:
     """sql/sqlite/migrate.sql's CustomerHistory_new is sql/sqlite/schema.sql's CustomerHistory."""
     schema = next(s for s in schema_statements("sqlite") if "TABLE IF NOT EXISTS CustomerHistory " in s)
     rebuild = load_queries("sqlite", MIGRATE_SQL)["create_history_new"]
+    assert sqlite_definitions(rebuild) == sqlite_definitions(schema)
+
+
+def test_sqlite_erasure_rebuild_statement_is_the_schema_files() -> None:
+    """sql/sqlite/migrate.sql's CustomerErasure_new is sql/sqlite/schema.sql's CustomerErasure."""
+    schema = next(s for s in schema_statements("sqlite") if "TABLE IF NOT EXISTS CustomerErasure " in s)
+    rebuild = load_queries("sqlite", MIGRATE_SQL)["create_erasure_new"]
     assert sqlite_definitions(rebuild) == sqlite_definitions(schema)
