@@ -18,11 +18,13 @@ Routes
     GET  /metrics          Prometheus metrics;  GET /openapi.json  this API's description
     /console               support staff's pages (identity/console; docs/console.md)
 
-Commands (flask --app fluxkart <command>)
-    init-db                create the schema if missing
-    migrate [--dry-run]    bring an existing Contact table to this schema
-    repair [--dry-run]     normalize stored identifiers, make every customer follow the rules
+Commands (python3 dev.py flask <command>, which is flask --app fluxkart <command>)
+    init-db [--create-database]   create the schema (and on MySQL the database) if missing
+    migrate [--dry-run]    bring an existing Contact table (or a previous release's) to this schema
+    repair [--dry-run]     normalize stored identifiers, split what blocked values joined, make
+                           every customer follow the rules
     import FILE|-          historical orders (CSV or JSON Lines), as if sent to /identify
+    block add|remove|list  the blocked values (docs/merge-protection.md)
 
 Configuration: the environment or a .env file (identity/settings.py; README, "Configuration").
 The contract is docs/api.md (with openapi.json).
@@ -41,7 +43,6 @@ from werkzeug.exceptions import HTTPException
 
 from identity import console, observability, pool
 from identity.block import block_command
-from identity.blocks import current_protection
 from identity.changes import MAX_WAIT_S, follow_changes
 from identity.component import oldest_first
 from identity.database import Database, Row, utcnow
@@ -70,6 +71,7 @@ from identity.normalize import MAX_CONTACT_ID, normalize_email, normalize_phone
 from identity.observability import IGNORED_IDENTIFIERS, PAST_LIMIT_ANSWERS, metrics_page
 from identity.pool import get_db, new_database
 from identity.protection import Protection, screen_blocked
+from identity.protection_in_force import current_protection
 from identity.reads import (
     answer_rows,
     check_ready,

@@ -12,13 +12,13 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from identity.blocks import BLOCKS_TTL_S, current_protection
 from identity.canonical import MAX_LISTED, REPAIR_PAGE
 from identity.database import Database, utcnow
 from identity.errors import ApiError, DatabaseMisconfigured, DatabaseUnavailable, database_problem
 from identity.normalize import normalize_email, normalize_phone
 from identity.pool import get_db
 from identity.protection import DEFAULT_BLOCKED, BlockList, Protection, compile_pattern
+from identity.protection_in_force import BLOCKS_TTL_S, current_protection
 from identity.settings import database_location
 from identity.split import CustomerMoved, read_split_plan
 

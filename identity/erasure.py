@@ -9,13 +9,13 @@ from typing import Any
 
 import prometheus_client
 
-from identity.blocks import current_protection
 from identity.component import Component, connected_rows, oldest_first
 from identity.database import Database, Row, utcnow
 from identity.errors import ApiError
 from identity.history import current_request_id
 from identity.merge import touch_identifiers
 from identity.protection import Protection, screen_blocked
+from identity.protection_in_force import current_protection
 from identity.scrub import scrub_after_erasure
 from identity.transactions import in_transaction
 

@@ -14,10 +14,10 @@ from typing import Any
 import prometheus_client
 from flask import g, has_request_context
 
-from identity.blocks import current_protection
 from identity.database import Database, Row
 from identity.errors import ApiError
 from identity.merge import IdentifyPlan, Refusal
+from identity.protection_in_force import current_protection
 
 HISTORY_READS = prometheus_client.Counter("fluxkart_history_reads", "customer history pages answered")
 

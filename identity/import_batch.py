@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from identity.blocks import current_protection
 from identity.component import Component, CustomerRows
 from identity.database import Database, Row, utcnow
 from identity.errors import ApiError, RetryTransaction
@@ -23,6 +22,7 @@ from identity.merge import (
 )
 from identity.order_file import OrderBatch, OrderLine
 from identity.protection import Protection, screen_blocked
+from identity.protection_in_force import current_protection
 
 # In-memory ids of rows a batch inserts: above every real id, in creation
 # order, until the rows are written and get their real ids.

@@ -19,7 +19,6 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from identity.blocks import current_protection
 from identity.database import Database
 from identity.errors import DatabaseMisconfigured, DatabaseUnavailable, RetryTransaction, database_problem
 from identity.import_batch import OrderClock, import_batch, settled_read
@@ -35,6 +34,7 @@ from identity.order_file import (
 )
 from identity.pool import get_db, new_database
 from identity.progress import Progress, peak_rss_mib
+from identity.protection_in_force import current_protection
 from identity.settings import database_location
 from identity.transactions import in_transaction
 
@@ -252,7 +252,7 @@ def import_orders(file: IO[bytes], fmt: str, rejects: str | None, batch_size: in
     reader = None
     try:
         db.connect()  # before the fork: the schema is created (if missing) by this connection alone
-        current_protection(db)  # ... and the default blocked values seeded (identity/blocks.py)
+        current_protection(db)  # ... and the default blocked values seeded (identity/protection_in_force.py)
         reader = ReadAhead(orders, batch_size, new_database())
         for batch in reader:
             totals.lines += batch.lines

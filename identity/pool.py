@@ -69,7 +69,7 @@ class AppState:
     pool: DatabasePool
     local: threading.local = field(default_factory=threading.local)
     own_sign_in: set[str] = field(default_factory=set)
-    # (monotonic time read, Protection): identity/blocks.py's cache of the list in force.
+    # (monotonic time read, Protection): identity/protection_in_force.py's cache of the list in force.
     protection: tuple[float, Any] | None = None
 
 

@@ -1,6 +1,6 @@
 """Merge protection's rules (SPEC, "Merge protection"): blocked values identify nobody, and a
 customer holds at most a limit of identifiers. Pure: the list in force is read from the
-database by identity/blocks.py, applied by identity/merge.py.
+database by identity/protection_in_force.py, applied by identity/merge.py.
 """
 
 from __future__ import annotations

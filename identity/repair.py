@@ -16,7 +16,6 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from identity.blocks import BLOCKS_TTL_S, current_protection
 from identity.canonical import MAX_LISTED, REPAIR_PAGE, NormalizeReport, normalize_stored_identifiers
 from identity.database import Database, Row, utcnow
 from identity.errors import DatabaseMisconfigured, DatabaseUnavailable, database_problem
@@ -25,6 +24,7 @@ from identity.merge import IdentifyPlan, first_carrying, lock_customer, plan_ide
 from identity.pool import app_state, get_db
 from identity.progress import Progress, peak_rss_mib
 from identity.protection import Protection
+from identity.protection_in_force import BLOCKS_TTL_S, current_protection
 from identity.settings import database_location
 from identity.split import (
     MAX_READS,

@@ -35,7 +35,6 @@ from flask import (
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from identity.blocks import current_protection
 from identity.component import Component, connected_rows, oldest_first
 from identity.console.graph import link_graph, mask_email, mask_phone
 from identity.console.operator import (
@@ -58,6 +57,7 @@ from identity.history import customer_history, resolve_customer
 from identity.normalize import MAX_CONTACT_ID, normalize_email, normalize_phone
 from identity.pool import app_state
 from identity.protection import screen_blocked
+from identity.protection_in_force import current_protection
 from identity.reads import lookup_customer
 from identity.sessions import end_session, forgive, open_session, record_failure, session_alive, throttled_for
 from identity.transactions import reconnect_once

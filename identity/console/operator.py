@@ -9,12 +9,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from identity.blocks import current_protection
 from identity.database import Database, Row, utcnow
 from identity.errors import ApiError
 from identity.normalize import normalize_email, normalize_phone
 from identity.pool import app_state
 from identity.protection import DEFAULT_BLOCKED, FORMS, KINDS, compile_pattern
+from identity.protection_in_force import current_protection
 
 # Rows per page of the operator pages, and how many customers a block preview names.
 OPERATOR_PAGE = 50
@@ -133,7 +133,7 @@ def is_blocked(db: Database, rule: BlockRule) -> bool:
 
 
 def forget_cached_protection() -> None:
-    """This worker applies a change at once; the others within BLOCKS_TTL_S (identity/blocks.py)."""
+    """This worker applies a change at once; the others within BLOCKS_TTL_S (protection_in_force.py)."""
     app_state().protection = None
 
 
