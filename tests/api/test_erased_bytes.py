@@ -71,9 +71,9 @@ def test_no_byte_of_an_erased_customer_stays_in_the_file_or_wal(
     found = console.post("/console/search", {"kind": "email", "identifier": erased[-1][0]})
     primary_id = int(found.url.rsplit("/", 1)[-1])
     preview = console.get(f"/console/customers/{primary_id}/erase")
-    ids = re.search(r'name="contact_ids" value="([^"]*)"', preview.text)
-    assert ids is not None
-    done = console.post(f"/console/customers/{primary_id}/erase", {"contact_ids": ids.group(1)})
+    fingerprint = re.search(r'name="fingerprint" value="([0-9a-f]{32})"', preview.text)
+    assert fingerprint is not None
+    done = console.post(f"/console/customers/{primary_id}/erase", {"fingerprint": fingerprint.group(1)})
     assert done.status_code == 200, done.text
 
     on_disk = stored_bytes(settings)
