@@ -7,17 +7,30 @@ twice and skips nothing.
 
     python3 docs/changes_consumer.py http://127.0.0.1:3000 [TOKEN]    # follows until Ctrl-C
 
-tests/api/test_changes.py runs this very file against the service.
+TOKEN is the service's FLUXKART_API_TOKEN (without it, the environment's FLUXKART_API_TOKEN;
+none for a service without a token). tests/api/test_changes.py runs this very file against
+the service.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
+
+USAGE = (
+    "usage: python3 docs/changes_consumer.py BASE_URL [TOKEN]\n"
+    "  BASE_URL  the service, e.g. http://127.0.0.1:3000\n"
+    "  TOKEN     its FLUXKART_API_TOKEN (default: the environment's FLUXKART_API_TOKEN)\n"
+    "Follows GET /changes (docs/changes.md) until Ctrl-C."
+)
+RETRY_S = 5  # how long the command waits before trying again after a failure it can outlast
 
 
 class Partition:
@@ -65,10 +78,20 @@ def resync(base: str, token: str | None, partition: Partition) -> None:
     partition.cursor = head
 
 
-def poll(base: str, token: str | None, partition: Partition, wait: int = 20, limit: int = 1000) -> int:
-    """One read of the feed, applied; returns how many changes it held. Resyncs on 410."""
+def poll(
+    base: str,
+    token: str | None,
+    partition: Partition,
+    wait: int = 20,
+    limit: int = 1000,
+    on_resync: Callable[[str], None] | None = None,
+) -> int:
+    """One read of the feed, applied; returns how many changes it held. Resyncs on 410.
+    `on_resync(why)`, when given, is called after each resync (e.g. to log it)."""
     if partition.cursor is None:
         resync(base, token, partition)
+        if on_resync:
+            on_resync("start")
     query = urllib.parse.urlencode({"after": partition.cursor, "limit": limit, "wait": wait})
     try:
         page = get_json(f"{base}/changes?{query}", token, timeout=wait + 30)
@@ -76,6 +99,8 @@ def poll(base: str, token: str | None, partition: Partition, wait: int = 20, lim
         if error.code != 410:  # anything else: let the caller back off and retry
             raise
         resync(base, token, partition)
+        if on_resync:
+            on_resync("410 cursor_expired")
         return 0
     for change in page["changes"]:
         partition.apply(change)
@@ -88,9 +113,48 @@ def start_from_beginning(partition: Partition) -> None:
     partition.cursor = 0
 
 
-if __name__ == "__main__":
-    service, api_token = sys.argv[1].rstrip("/"), (sys.argv[2] if len(sys.argv) > 2 else None)
+def main(argv: list[str]) -> int:
+    """The command: follow the feed from BASE_URL until Ctrl-C, one line per page; exit status."""
+    if len(argv) not in (2, 3) or argv[1] in ("-h", "--help"):
+        print(USAGE, file=sys.stderr)
+        return 0 if argv[1:2] in (["-h"], ["--help"]) else 2
+    service = argv[1].rstrip("/")
+    api_token = (argv[2] if len(argv) > 2 else "") or os.environ.get("FLUXKART_API_TOKEN") or None
     local = Partition()
-    while True:
-        if poll(service, api_token, local):
-            print(f"cursor {local.cursor}: {len(local.customer_of)} contacts", flush=True)
+
+    def synced(why: str) -> None:
+        print(
+            f"synced ({why}): {len(local.customer_of)} contacts copied from /contacts; "
+            f"following the feed from cursor {local.cursor}",
+            flush=True,
+        )
+
+    try:
+        while True:
+            try:
+                if poll(service, api_token, local, on_resync=synced):
+                    print(f"cursor {local.cursor}: {len(local.customer_of)} contacts", flush=True)
+            except urllib.error.HTTPError as error:
+                if error.code in (401, 403):
+                    given = "was refused" if api_token else "is missing"
+                    print(
+                        f"{service}: HTTP {error.code}: the token {given}; pass the service's "
+                        "FLUXKART_API_TOKEN as the second argument (or set FLUXKART_API_TOKEN)",
+                        file=sys.stderr,
+                    )
+                    return 1
+                print(
+                    f"{service}: HTTP {error.code}; trying again in {RETRY_S} s", file=sys.stderr, flush=True
+                )
+                time.sleep(RETRY_S)
+            except (urllib.error.URLError, OSError) as error:
+                why = getattr(error, "reason", error)
+                print(f"{service}: {why}; trying again in {RETRY_S} s", file=sys.stderr, flush=True)
+                time.sleep(RETRY_S)
+    except KeyboardInterrupt:
+        print(f"stopped at cursor {local.cursor}", flush=True)
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
