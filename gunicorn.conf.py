@@ -15,7 +15,7 @@ bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '3000')}"
 # serves each client connection in a greenlet, so idle keep-alive connections and
 # clients that send slowly cost a few KiB each instead of a whole worker: with the
 # old default (6 sync workers) 8 slow clients stopped the service; with this one
-# 1,000 do not (tests/test_slow_clients.py). PyMySQL is pure Python, so once gevent
+# 1,000 do not (tests/merge/test_slow_clients.py). PyMySQL is pure Python, so once gevent
 # has patched the socket module a greenlet waiting for MariaDB lets the others run;
 # each request borrows its own connection from the worker's pool
 # (FLUXKART_DB_POOL_SIZE), never shared while in use. Throughput and CPU per request
