@@ -310,14 +310,22 @@ def insert_rows(db: Database, new: list[Row], real_ids: dict[int, int], read_bac
 
 
 def record_batch_events(db: Database, customers: BatchCustomers, real_ids: dict[int, int]) -> None:
-    """History for what a batch changed, in its transaction, in real ids: each merge and
-    refusal as identify records it (`merged` with its evidence and demoted primary, `refused`
-    with the identifier's kind and the customers it would have joined), then one `imported`
-    event per customer, naming the rows the batch re-pointed and the rows it inserted."""
+    """History for what a batch changed, in its transaction, in real ids: one `imported` event
+    per customer, naming the rows the batch re-pointed and the rows it inserted, then each
+    merge and refusal as identify records it (`merged` with its evidence and demoted primary,
+    `refused` with the identifier's kind and the customers it would have joined). The
+    `imported` events come first and are stamped with the batch's first order, so whatever
+    reads history in time order (the changes feed) meets a batch's rows before its merges."""
 
     def real(row_id: int) -> int:
         return real_ids.get(row_id, row_id)
 
+    touched: dict[int, set[int]] = defaultdict(set)
+    for row_id in [*customers.changed, *customers.inserted]:
+        row = customers.rows[row_id]
+        touched[real(row["linkedId"] or row_id)].add(real(row_id))
+    first = min((event.at for event in customers.events), default=utcnow())
+    record_imported(db, {customer_id: sorted(ids) for customer_id, ids in sorted(touched.items())}, first)
     events = []
     for event in customers.events:
         detail: dict[str, Any]
@@ -331,11 +339,6 @@ def record_batch_events(db: Database, customers: BatchCustomers, real_ids: dict[
             history_event(event.kind, real(event.customer_id), contact_ids, event.at, former, detail)
         )
     db.run_many("insert_history_event", events)
-    touched: dict[int, set[int]] = defaultdict(set)
-    for row_id in [*customers.changed, *customers.inserted]:
-        row = customers.rows[row_id]
-        touched[real(row["linkedId"] or row_id)].add(real(row_id))
-    record_imported(db, {customer_id: sorted(ids) for customer_id, ids in sorted(touched.items())}, utcnow())
 
 
 def insert_params(row: Row, linked_id: int | None) -> dict[str, Any]:

@@ -75,7 +75,8 @@ def test_an_unexpected_error_is_a_json_500_without_internals(app: Any, service_l
         "error": {"code": "internal_error", "message": "internal error; it has been logged"}
     }
     assert "secret" not in response.text and "Traceback" not in response.text
-    assert response.headers["X-Request-ID"] == "boom-1"
+    # The service makes the request id; the client's is kept beside it (SPEC, "History and erasure").
+    assert response.headers["X-Client-Request-ID"] == "boom-1" != response.headers["X-Request-ID"]
     errors = [r for r in service_log.records if r.levelno >= logging.ERROR and r.exc_info]
     assert len(errors) == 1, service_log.records
     assert errors[0].exc_info is not None and secret in str(errors[0].exc_info[1])
