@@ -24,6 +24,7 @@ ratio the test allows.
 from __future__ import annotations
 
 import json
+import sqlite3
 import statistics
 import threading
 import time
@@ -569,20 +570,25 @@ def test_control_the_comparison_sees_a_customer_that_holds_the_writer(
 ) -> None:
     """The test above can fail: when requests for one customer hold what every write needs
     (here, as the issue measured before merge protection: SQLite's one writer lock, held by
-    the test in 50 ms transactions while the blob's orders run), the same comparison sees
+    the test in 100 ms transactions while the blob's orders run), the same comparison sees
     unrelated orders slowed past DELAY_RATIO (or answered 503, counted as never answered).
 
     A raised limit is no control: this service reads a customer before it takes SQLite's
     writer lock, so even a 3,000-row customer within the limit barely delays others there."""
     holding = threading.Event()
+    holds: list[float] = []  # when each hold began: the control holds the writer, or it proves nothing
 
     def hold_the_writer() -> None:
         while not holding.is_set():
-            conn = lock_customer(settings, 1)
-            time.sleep(0.05)
+            try:
+                conn = lock_customer(settings, 1)
+            except sqlite3.OperationalError:  # the service held it past the connection's wait
+                continue
+            holds.append(time.monotonic())
+            time.sleep(0.1)
             conn.rollback()
             conn.close()
-            time.sleep(0.01)
+            time.sleep(0.005)
 
     real_write_blob = write_blob
     holder = threading.Thread(target=hold_the_writer, daemon=True)
@@ -602,4 +608,5 @@ def test_control_the_comparison_sees_a_customer_that_holds_the_writer(
         f"\ncontrol: {before * 1000:.1f} ms without the blob, {after * 1000:.1f} ms with it "
         f"and the writer held ({ratio:.1f}x); statuses {dict(Counter(statuses))}"
     )
+    assert len(holds) > 5, f"the writer was held {len(holds)} times"
     assert ratio > DELAY_RATIO, f"only {ratio:.1f}x: the comparison could not see a delay"
