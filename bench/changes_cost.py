@@ -16,12 +16,11 @@ B/A per quarter). Nobody reads /changes during the run, as on a service no consu
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.history_cost import measure
+from bench.history_cost import measure, report
 from tests.harness.database import run_sql
 from tests.harness.gunicorn import Gunicorn, gunicorn_env
 from tests.harness.mariadb import MariaDBServer
@@ -47,28 +46,6 @@ SQLITE_WITHOUT_FEED = [
 MYSQL_WITHOUT_FEED = [
     "ALTER TABLE CustomerHistory DROP INDEX CustomerHistory_feedSeq, DROP COLUMN feedSeq",
 ]
-
-
-def report(backend: str, results: dict[str, dict[str, list[float]]], n: int) -> None:
-    """A markdown table of the figures."""
-    print(f"\n{backend}: {n} requests per kind and side, sides alternating A B B A")
-    print(
-        "| request | A p50 ms (no feed column) | B p50 ms (feed) | B/A "
-        "| median of B - A, ms | B/A by quarter |"
-    )
-    print("|---|---|---|---|---|---|")
-    for kind, times in results.items():
-        a, b = times["A"], times["B"]
-        p50a, p50b = statistics.median(a) * 1000, statistics.median(b) * 1000
-        diff = statistics.median(y - x for x, y in zip(a, b, strict=True)) * 1000
-        q = len(a) // 4
-        quarters = [
-            statistics.median(b[i : i + q]) / statistics.median(a[i : i + q]) for i in range(0, 4 * q, q)
-        ]
-        print(
-            f"| {kind} | {p50a:.2f} | {p50b:.2f} | {p50b / p50a:.3f} | {diff:+.2f} "
-            f"| {min(quarters):.3f}-{max(quarters):.3f} |"
-        )
 
 
 def main() -> int:
@@ -107,7 +84,7 @@ def main() -> int:
                 server.stop()
             if mariadb is not None:
                 mariadb.stop()
-    report(args.backend, results, args.requests)
+    report(args.backend, results, args.requests, ("no feed column", "feed"))
     return 0
 
 

@@ -77,11 +77,16 @@ def measure(servers: dict[str, Gunicorn], requests_per_kind: int) -> dict[str, d
     return {"new customer": created, "merge": merged}
 
 
-def report(backend: str, results: dict[str, dict[str, list[float]]], n: int) -> None:
-    """A markdown table of the figures."""
+def report(
+    backend: str,
+    results: dict[str, dict[str, list[float]]],
+    n: int,
+    sides: tuple[str, str] = ("history off", "history on"),
+) -> None:
+    """A markdown table of the figures; `sides` names A and B (bench.changes_cost shares it)."""
     print(f"\n{backend}: {n} requests per kind and side, sides alternating A B B A")
     print(
-        "| request | A p50 ms (history off) | B p50 ms (history on) | B/A "
+        f"| request | A p50 ms ({sides[0]}) | B p50 ms ({sides[1]}) | B/A "
         "| median of B - A, ms | B/A by quarter |"
     )
     print("|---|---|---|---|---|---|")
