@@ -314,6 +314,15 @@ def sqlite_definitions(create_table: str) -> dict[str, str]:
     return definitions
 
 
+def definition_changes(current: dict[str, str], target: dict[str, str]) -> list[str]:
+    """'column: old -> new' for every definition (sqlite_definitions) that differs, target's first."""
+    return [
+        f"{name}: {current.get(name, '(none)')} -> {target.get(name, '(none)')}"
+        for name in dict.fromkeys([*target, *current])
+        if current.get(name) != target.get(name)
+    ]
+
+
 def plan_sqlite_contact(db: Database, plan: MigrationPlan, has_sequence: bool) -> None:
     """The rebuild step when Contact's definition differs from sql/sqlite/schema.sql's."""
     current = sqlite_definitions(str((db.one("select_contact_definition") or {})["sql"]))
@@ -323,11 +332,7 @@ def plan_sqlite_contact(db: Database, plan: MigrationPlan, has_sequence: bool) -
         raise click.ClickException(
             f"Contact has no column {', '.join(missing)}: it is not a table migrate knows how to adopt"
         )
-    changes = [
-        f"{name}: {current.get(name, '(none)')} -> {target.get(name, '(none)')}"
-        for name in dict.fromkeys([*target, *current])
-        if current.get(name) != target.get(name)
-    ]
+    changes = definition_changes(current, target)
     if not changes:
         return
     indexes = {str(row["name"]): str(row["column_list"]) for row in db.all("select_contact_indexes")}
@@ -423,11 +428,7 @@ def plan_sqlite_history(db: Database, plan: MigrationPlan) -> None:
     constraint cannot be altered), every event kept with its id, its indexes made again."""
     current = sqlite_definitions(str((db.one("select_history_definition") or {})["sql"]))
     target = sqlite_definitions(db.queries["create_history_new"])
-    changes = [
-        f"{name}: {current.get(name, '(none)')} -> {target.get(name, '(none)')}"
-        for name in dict.fromkeys([*target, *current])
-        if current.get(name) != target.get(name)
-    ]
+    changes = definition_changes(current, target)
     if not changes:
         return
     indexes = [s for s in db.schema if CREATE_INDEX_NAME.match(s) and " ON CustomerHistory " in s]
@@ -462,11 +463,7 @@ def plan_sqlite_erasure(db: Database, plan: MigrationPlan) -> None:
     feed index is a table constraint), every record kept with its id."""
     current = sqlite_definitions(str((db.one("select_erasure_definition") or {})["sql"]))
     target = sqlite_definitions(db.queries["create_erasure_new"])
-    changes = [
-        f"{name}: {current.get(name, '(none)')} -> {target.get(name, '(none)')}"
-        for name in dict.fromkeys([*target, *current])
-        if current.get(name) != target.get(name)
-    ]
+    changes = definition_changes(current, target)
     if not changes:
         return
 
