@@ -33,7 +33,18 @@ from identity.changes import FEED_WAITING
 from identity.database import utcnow
 from identity.errors import ConfigurationError
 from identity.settings import load_settings
-from tests.harness.changes import Recording, check_replay, consumer, drain, flask_command, order, partition_of
+from tests.harness.changes import (
+    FEED_KINDS,
+    Recording,
+    check_commands,
+    check_replay,
+    consumer,
+    drain,
+    flask_command,
+    order,
+    partition_of,
+    run_beside_the_consumer,
+)
 from tests.harness.database import mysql_connect, read_contacts, run_sql
 from tests.harness.servers import Api
 
@@ -118,23 +129,15 @@ def test_replay_equals_state_under_concurrent_traffic(
         outcomes["block"] = flask_command(settings, "block", "add", BLOB_PHONE)
         outcomes["repair"] = flask_command(settings, "repair")
 
-    follower = threading.Thread(target=follow)
-    follower.start()
     workers = [threading.Thread(target=identify_client, args=(seed,)) for seed in range(CLIENTS)]
     workers += [threading.Thread(target=eraser), threading.Thread(target=import_and_split)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    stop.set()
-    follower.join()
+    run_beside_the_consumer(follow, stop, workers)
     assert not errors, errors[:5]
-    for name, outcome in outcomes.items():
-        assert outcome.returncode == 0, (name, outcome.stdout[-2000:], outcome.stderr[-2000:])
+    check_commands(outcomes)
     drain(api, partition, TOKEN)
     check_replay(partition, table_partition(settings))
     kinds = {change["kind"] for change in partition.changes}
-    assert {"created", "linked", "merged", "imported", "split", "erased"} <= kinds, kinds
+    assert FEED_KINDS <= kinds, kinds
     print(
         f"\n{len(partition.changes)} changes followed; the consumer ran at most {max(lags)} behind the head"
     )

@@ -50,8 +50,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pymysql
-import pymysql.cursors
 import pytest
 import requests
 
@@ -67,7 +65,7 @@ from tests.harness.bursts import (
     run_burst,
 )
 from tests.harness.checker import check_answers, check_invariants, violation_kinds
-from tests.harness.galera import GaleraCluster, GaleraNode
+from tests.harness.galera import GaleraCluster
 from tests.harness.gunicorn import Gunicorn
 from tests.harness.processes import SERVICE_DIR
 from tests.harness.unlocked import build_unlocked_copy
@@ -124,23 +122,6 @@ def serve(gunicorn: Any) -> Serve:
     return start
 
 
-def causal_connection(node: GaleraNode, database: str) -> pymysql.connections.Connection:
-    """A connection whose reads wait until the node has applied everything committed before."""
-    conn = pymysql.connect(
-        host="127.0.0.1",
-        port=node.port,
-        user="root",
-        password="",
-        database=database,
-        autocommit=True,
-        cursorclass=pymysql.cursors.DictCursor,
-        connect_timeout=5,
-    )
-    with conn.cursor() as cur:
-        cur.execute("SET SESSION wsrep_sync_wait = 1")
-    return conn
-
-
 Tables = tuple[list[dict[str, Any]], list[dict[str, Any]]]  # (Contact rows, ContactIdentifier rows)
 
 
@@ -148,7 +129,7 @@ def node_tables(cluster: GaleraCluster, database: str) -> list[Tables]:
     """(Contact rows, ContactIdentifier rows) as each node holds them, node 1 first."""
     tables = []
     for node in cluster.nodes:
-        with causal_connection(node, database) as conn, conn.cursor() as cur:
+        with node.causal_connection(database) as conn, conn.cursor() as cur:
             cur.execute(
                 "SELECT id, phoneNumber, email, linkedId, linkPrecedence, createdAt, updatedAt, deletedAt "
                 "FROM Contact ORDER BY id"

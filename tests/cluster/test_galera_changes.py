@@ -28,7 +28,18 @@ import pymysql.cursors
 import pytest
 
 from identity.database import utcnow
-from tests.harness.changes import Recording, check_replay, consumer, drain, flask_command, order, partition_of
+from tests.harness.changes import (
+    FEED_KINDS,
+    Recording,
+    check_commands,
+    check_replay,
+    consumer,
+    drain,
+    flask_command,
+    order,
+    partition_of,
+    run_beside_the_consumer,
+)
 from tests.harness.galera import GaleraCluster, GaleraNode
 from tests.harness.gunicorn import Gunicorn
 from tests.harness.servers import Api
@@ -46,24 +57,8 @@ BLOB_PHONE = "5550100777"
 database_numbers = itertools.count(1)
 
 
-def causal(node: GaleraNode, database: str) -> pymysql.connections.Connection:
-    """A connection to `node` whose reads wait for everything the cluster committed before."""
-    conn = pymysql.connect(
-        host="127.0.0.1",
-        port=node.port,
-        user="root",
-        password="",
-        database=database,
-        autocommit=True,
-        cursorclass=pymysql.cursors.DictCursor,
-    )
-    with conn.cursor() as cur:
-        cur.execute("SET SESSION wsrep_sync_wait = 1")
-    return conn
-
-
 def query(node: GaleraNode, database: str, sql: str, params: Any = ()) -> list[dict[str, Any]]:
-    with causal(node, database) as conn, conn.cursor() as cur:
+    with node.causal_connection(database) as conn, conn.cursor() as cur:
         cur.execute(sql, params)
         return list(cur.fetchall())
 
@@ -132,24 +127,16 @@ def test_replay_equals_state_reading_another_node(
         outcomes["block"] = flask_command(settings[0], "block", "add", BLOB_PHONE)
         outcomes["repair"] = flask_command(settings[0], "repair")
 
-    follower = threading.Thread(target=follow)
-    follower.start()
     threads = [threading.Thread(target=identify_client, args=(seed,)) for seed in range(CLIENTS)]
     threads += [threading.Thread(target=eraser), threading.Thread(target=import_and_split)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    stop.set()
-    follower.join()
+    run_beside_the_consumer(follow, stop, threads)
     assert not errors, errors[:5]
-    for name, outcome in outcomes.items():
-        assert outcome.returncode == 0, (name, outcome.stdout[-2000:], outcome.stderr[-2000:])
+    check_commands(outcomes)
     drain(reader, partition, TOKEN)
     rows = query(galera.nodes[2], database, "SELECT id, linkedId, deletedAt FROM Contact")
     check_replay(partition, partition_of(rows))
     kinds = {change["kind"] for change in partition.changes}
-    assert {"created", "linked", "merged", "imported", "split", "erased"} <= kinds, kinds
+    assert FEED_KINDS <= kinds, kinds
     ids = [row["id"] for row in query(galera.nodes[2], database, "SELECT id FROM CustomerHistory")]
     residues = {i % 3 for i in ids}
     print(

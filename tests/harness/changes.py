@@ -12,6 +12,8 @@ import importlib.util
 import random
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -104,3 +106,28 @@ def flask_command(settings: dict[str, Any], *args: str) -> subprocess.CompletedP
         timeout=300,
         check=False,
     )
+
+
+# Every kind of change the concurrent replay tests must see at least once.
+FEED_KINDS = {"created", "linked", "merged", "imported", "split", "erased"}
+
+
+def run_beside_the_consumer(
+    follow: Callable[[], None], stop: threading.Event, workers: list[threading.Thread]
+) -> None:
+    """Start the consumer (`follow`, which returns once `stop` is set), run every worker to
+    its end, then stop the consumer and wait for it."""
+    follower = threading.Thread(target=follow)
+    follower.start()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    stop.set()
+    follower.join()
+
+
+def check_commands(outcomes: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    """Every command the traffic ran (import, block, repair) exited 0."""
+    for name, outcome in outcomes.items():
+        assert outcome.returncode == 0, (name, outcome.stdout[-2000:], outcome.stderr[-2000:])

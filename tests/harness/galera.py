@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pymysql
+import pymysql.cursors
 
 from tests.harness.mariadb import MariaDBServer, server_binaries
 from tests.harness.processes import free_port
@@ -78,6 +79,23 @@ class GaleraNode(MariaDBServer):
         self.number = number
         self.provider = provider
         self.gcomm_port, self.ist_port, self.sst_port = gcomm_port, ist_port, sst_port
+
+    def causal_connection(self, database: str) -> pymysql.connections.Connection:
+        """A connection to this node whose reads wait until it has applied everything the
+        cluster committed before them (wsrep_sync_wait = 1)."""
+        conn = pymysql.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user="root",
+            password="",
+            database=database,
+            autocommit=True,
+            cursorclass=pymysql.cursors.DictCursor,
+            connect_timeout=5,
+        )
+        with conn.cursor() as cur:
+            cur.execute("SET SESSION wsrep_sync_wait = 1")
+        return conn
 
     def wsrep_args(self, cluster_address: str, bootstrap: bool) -> list[str]:
         """The node's Galera options; `bootstrap` starts a new cluster from this node alone."""
