@@ -46,6 +46,7 @@ backend's section kept) and prints it.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import platform
@@ -497,6 +498,11 @@ def write_out(path: Path, backend: str, text: str) -> str:
 # --------------------------------------------------------------------------
 
 
+def server_cpu_seconds(server: Gunicorn) -> float:
+    """CPU a service has used so far: its gunicorn master and workers."""
+    return total_cpu_seconds(server.all_pids())
+
+
 def measure(options: argparse.Namespace, work: Path) -> dict[str, Any]:
     phases: dict[str, float] = {}
     started = time.monotonic()
@@ -534,9 +540,7 @@ def measure(options: argparse.Namespace, work: Path) -> dict[str, Any]:
         for kind in part1 + part2:
             client.run(kind, WARMUP, timed=False)
         parties: dict[str, Callable[[], float]] = {
-            f"service {name} (gunicorn master and worker)": (
-                lambda server=server: total_cpu_seconds(server.all_pids())
-            )
+            f"service {name} (gunicorn master and worker)": functools.partial(server_cpu_seconds, server)
             for name, server in servers.items()
         }
         if mariadb is not None and mariadb.process is not None:
