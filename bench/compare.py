@@ -28,6 +28,7 @@ import contextlib
 import copy
 import json
 import os
+import random
 import shlex
 import statistics
 import subprocess
@@ -40,11 +41,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import database
+from bench import database, statements
 from bench.loadgen import percentiles_ms, run_wrk, timed_posts
-from bench.measure import Bench, CpuSnapshot, Options, Tenant, log, run_record, scrape_metrics
+from bench.measure import (
+    Bench,
+    CpuSnapshot,
+    Options,
+    Tenant,
+    log,
+    run_record,
+    scrape_metrics,
+)
 from bench.procs import descendant_pids, rss_mib
-from bench.workload import Batch, commit
+from bench.workload import Batch, ShopMix, commit, shop_batch
 from tests.harness.gunicorn import Gunicorn
 from tests.harness.processes import stop_process
 from tests.harness.slow_clients import SlowClients, raise_open_files_limit
@@ -148,6 +157,12 @@ def both_keys(body: str) -> str:
     return json.dumps(data)
 
 
+def with_both_keys(batch: Batch) -> Batch:
+    """The batch, every body carrying both keys (both_keys)."""
+    batch.bodies = [both_keys(body) for body in batch.bodies]
+    return batch
+
+
 class Compare(Bench):
     """The side-by-side run: throwaway MariaDB, this service and the other, interleaved."""
 
@@ -232,9 +247,7 @@ class Compare(Bench):
     # -- load -----------------------------------------------------------------
 
     def batch(self, tenant: Tenant, workload: str, count: int) -> Batch:
-        batch = super().batch(tenant, workload, count)
-        batch.bodies = [both_keys(body) for body in batch.bodies]
-        return batch
+        return with_both_keys(super().batch(tenant, workload, count))
 
     def side_run(self, side: Side, label: str, duration: float | None = None) -> dict[str, Any]:
         """One shop run against a side (unmeasured with `duration`), its requests folded into its model."""
@@ -293,6 +306,76 @@ class Compare(Bench):
         )
         return out
 
+    # -- statements per request ------------------------------------------------
+
+    def statements_phase(self, count: int) -> dict[str, Any]:
+        """Statements per identify by request kind (bench/statements.py): one stream of `count`
+        shop requests, sent one at a time to the first service side, then to the other, each
+        classified against that side's own model before it is sent.
+
+        Runs before any load, while both models are still the seeded copy, so both sides get
+        the same bodies and classify them alike (checked). Several gunicorn configurations
+        share one database, so only the first is counted: statements do not depend on it.
+        """
+        service = next(side for side in self.sides if side.server is not None)
+        other = next(side for side in self.sides if side.server is None)
+        if service.tenant.model.parent != other.tenant.model.parent:
+            raise RuntimeError(
+                "the statements phase needs both sides' models still equal: run it before the load"
+            )
+        rng = random.Random(self.options.seed)
+        batch = with_both_keys(shop_batch(rng, service.tenant.model, self.ids, count))
+        # Repeats only: they change nothing stored, so the models stay equal.
+        warm_up = with_both_keys(shop_batch(rng, service.tenant.model, self.ids, 20, ShopMix(0, 0, 0)))
+        conn = database.connect(self.port)
+        with conn:
+            counter = statements.QuestionsCounter(conn)
+            counter.calibrate()
+            idle = {"before": counter.idle_rate()}
+            log(
+                f"  the status query adds {counter.own} to Questions (back to back: "
+                f"{sorted(set(counter.back_to_back))}); idle: {idle['before']:.2f} statements/s"
+            )
+            sides: dict[str, Any] = {}
+            sent_by_side: list[list[statements.Sent]] = []
+            for side in (service, other):
+                sent = statements.send_counted(
+                    side.port,
+                    batch,
+                    counter,
+                    statements.KnownIdentifiers(side.tenant.model),
+                    warm_up.bodies,
+                    side.label,
+                )
+                idle[f"after {side.label}"] = counter.idle_rate()
+                side.tenant.record("statements warm-up", warm_up.pairs, len(warm_up.pairs))
+                side.tenant.record("statements", batch.pairs, len(sent))
+                side.tenant.non_2xx += sum(1 for s in sent if s.status >= 400)
+                summary = statements.summarize(sent)
+                sent_by_side.append(sent)
+                sides[side.label] = {
+                    "summary": summary,
+                    "statements": [s.statements for s in sent],
+                    "errors": {str(i): s.status for i, s in enumerate(sent) if s.status >= 400},
+                }
+                log(
+                    f"  {side.label}: {summary['all']['mean']:.2f} statements per request ("
+                    + ", ".join(f"{k} {v['mean']:.2f}" for k, v in summary.items() if k != "all")
+                    + ")"
+                )
+        return {
+            "requests": count,
+            "seed": self.options.seed,
+            "status_query_adds": counter.own,
+            "back_to_back_reads": counter.back_to_back,
+            "idle_per_s": idle,
+            "kinds": [s.kind for s in sent_by_side[0]],
+            "kinds_differ": statements.kinds_differ(*sent_by_side),
+            "service": service.label,
+            "other": other.label,
+            "sides": sides,
+        }
+
     # -- the whole run ----------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
@@ -314,31 +397,16 @@ class Compare(Bench):
                     Side(f"service ({config.label()})", server.port, self.main, server.all_pids, server)
                 )
         self.sides.append(Side(f"other ({self.other.url})", self.other.port, other_tenant, self.other.pids))
-        with self.phase("warm-up"):
-            for side in self.sides:
-                self.side_run(side, "warm-up", o.warmup)
-        for side in self.sides:
-            time.sleep(1)
-            side.rss_rest = [round(rss_mib(pid), 1) for pid in side.pids()]
-            side.rss_load = {}
+        statements_figures: dict[str, Any] = {}
+        if o.statements:
+            with self.phase(f"statements per request: {o.statements:,} requests per side, one at a time"):
+                statements_figures = self.statements_phase(o.statements)
         runs: dict[str, list[dict[str, Any]]] = {side.label: [] for side in self.sides}
         order: dict[str, list[str]] = {}
-        with self.phase("load: side by side"):
-            for rep in range(o.runs):
-                sequence = self.sides if rep % 2 == 0 else self.sides[::-1]
-                order[str(rep + 1)] = [s.label for s in sequence]
-                for side in sequence:
-                    record = self.side_run(side, f"run {rep + 1} {side.label}")
-                    runs[side.label].append(record)
-                    errors = f" non-2xx {record['non_2xx']}" if record["non_2xx"] else ""
-                    log(
-                        f"  {rep + 1}/{o.runs} {side.label}: {record['throughput']:,.0f}/s "
-                        f"p50 {record['p50']:.2f} ms p99 {record['p99']:.2f} ms "
-                        f"server {record['workers_us']:.0f} µs/req "
-                        f"mariadbd {record['mariadb_us']:.0f} µs/req{errors}"
-                    )
+        if not o.statements_only:
+            self.load(runs, order)
         slow: dict[str, Any] = {}
-        if o.slow_clients:
+        if o.slow_clients and not o.statements_only:
             raise_open_files_limit(4 * o.slow_clients + 1000)
             with self.phase(f"{o.slow_clients} slow clients"):
                 for side in self.sides:
@@ -359,9 +427,35 @@ class Compare(Bench):
             "runs": runs,
             "order": order,
             "slow_clients": slow,
+            "statements": statements_figures,
             "other": {"url": self.other.url, "database": self.other.database, "command": o.compare_command},
         }
         return self.results
+
+    def load(self, runs: dict[str, list[dict[str, Any]]], order: dict[str, list[str]]) -> None:
+        """Warm-up, RSS at rest, then `runs` shop runs per side, the order reversed every repetition."""
+        o = self.options
+        with self.phase("warm-up"):
+            for side in self.sides:
+                self.side_run(side, "warm-up", o.warmup)
+        for side in self.sides:
+            time.sleep(1)
+            side.rss_rest = [round(rss_mib(pid), 1) for pid in side.pids()]
+            side.rss_load = {}
+        with self.phase("load: side by side"):
+            for rep in range(o.runs):
+                sequence = self.sides if rep % 2 == 0 else self.sides[::-1]
+                order[str(rep + 1)] = [s.label for s in sequence]
+                for side in sequence:
+                    record = self.side_run(side, f"run {rep + 1} {side.label}")
+                    runs[side.label].append(record)
+                    errors = f" non-2xx {record['non_2xx']}" if record["non_2xx"] else ""
+                    log(
+                        f"  {rep + 1}/{o.runs} {side.label}: {record['throughput']:,.0f}/s "
+                        f"p50 {record['p50']:.2f} ms p99 {record['p99']:.2f} ms "
+                        f"server {record['workers_us']:.0f} µs/req "
+                        f"mariadbd {record['mariadb_us']:.0f} µs/req{errors}"
+                    )
 
 
 def median_of(records: list[dict[str, Any]], key: str) -> float:
@@ -376,21 +470,66 @@ def spread(records: list[dict[str, Any]], key: str, digits: int = 0) -> str:
     return text + (f" [{min(found):,.{digits}f}-{max(found):,.{digits}f}]" if len(found) > 1 else "")
 
 
-def write_markdown(results: dict[str, Any], path: Path) -> None:
-    """latest-compare.md: one table per figure, one column per side, ratios against the other service."""
-    m, o, cmp = results["machine"], results["options"], results["compare"]
+def statements_table(figures: dict[str, Any], contacts: int) -> list[str]:
+    """Statements per identify by request kind, both sides, with the phase's own checks."""
+    service, other = figures["sides"][figures["service"]], figures["sides"][figures["other"]]
+    lines = [
+        "## Statements per identify, by request kind",
+        "",
+        f"{figures['requests']:,} shop requests per side (seed {figures['seed']}, {contacts:,} contacts "
+        "preloaded), the same bodies to both, one at a time on one keep-alive connection, before any "
+        "load; each request's kind decided before it was sent, from the benchmark's model of what is "
+        "stored. A request's statements: MariaDB's global `Questions` counter read before and after it, "
+        f"less the {figures['status_query_adds']} the status query itself adds (BEGIN and COMMIT count). "
+        "Mean, and median [min-max] per request:",
+        "",
+        f"| request kind | share | {figures['service']} mean | median [min-max] | "
+        f"{figures['other']} mean | median [min-max] |",
+        "|---|---|---|---|---|---|",
+    ]
+    total = figures["requests"]
+    for kind, label in [*statements.KINDS.items(), ("all", "all")]:
+        a, b = service["summary"].get(kind), other["summary"].get(kind)
+        if not a or not b:
+            continue
+        share = "" if kind == "all" else f"{a['requests'] / total:.0%} ({a['requests']:,})"
+
+        def cells(f: dict[str, Any]) -> str:
+            return f"**{f['mean']:.2f}** | {f['median']:g} [{f['min']}-{f['max']}]"
+
+        lines.append(f"| {label} | {share} | {cells(a)} | {cells(b)} |")
+    idle = figures["idle_per_s"]
+    lines += [
+        "",
+        "Other clients' statements while none was sent (the counter is global, so they would be counted "
+        "against the request in flight): "
+        + ", ".join(f"{when} {rate:.2f}/s" for when, rate in idle.items())
+        + ". The service re-reads its blocked values (every 2 s) and ServiceState (every 5 s) inside the "
+        "next request: those statements are in the means, rarely in the medians.",
+    ]
+    notes = []
+    if figures["kinds_differ"]:
+        notes.append(f"the two sides' models classified {figures['kinds_differ']} requests differently")
+    for label in (figures["service"], figures["other"]):
+        errors = figures["sides"][label]["errors"]
+        if errors:
+            notes.append(f"{label} answered {len(errors)} of them with an error status")
+        if any(v < 0 for v in figures["sides"][label]["statements"]):
+            notes.append(f"{label}: a negative count (the status query's own count is not constant)")
+    if notes:
+        lines += ["", "**Check:** " + "; ".join(notes) + "."]
+    lines.append("")
+    return lines
+
+
+def load_table(results: dict[str, Any]) -> list[str]:
+    """The load runs: one row per figure, one column per side."""
+    o, cmp = results["options"], results["compare"]
     sides, runs = cmp["sides"], cmp["runs"]
     other = next(s for s in sides if not s["service"])
     base = runs[other["label"]]
-    argv = " ".join(shlex.quote(a) for a in o.get("argv", []))
     lines = [
-        "# FluxKart Identity side by side with another service",
-        "",
-        f"Measured {m['date']} on {m['nproc']} cores ({m['cpu_model']}); MariaDB {m['mariadb']} (throwaway, "
-        f"innodb_flush_log_at_trx_commit={o['flush_at_commit']}); {m['gunicorn']}; {m['wrk']}; "
-        f"commit {m['commit']}.",
-        "",
-        f"Command: `python3 dev.py bench {argv}`",
+        "## Load, side by side",
         "",
         f"{o['contacts']:,} contacts preloaded into both databases; shop workload, C={max(o['concurrency'])} "
         f"keep-alive connections (wrk, 1 thread), {o['runs']} runs of {o['duration']:g} s per side, "
@@ -444,7 +583,28 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"`{cmp['other']['command'] or 'the hand-started service'}` for the other. RSS per process: the "
         "gunicorn master first, then each worker; under load, the highest VmRSS sampled every 0.5 s."
     )
-    lines.append("")
+    return lines
+
+
+def write_markdown(results: dict[str, Any], path: Path) -> None:
+    """latest-compare.md: statements per request kind, then one table per figure, one column
+    per side, ratios against the other service."""
+    m, o, cmp = results["machine"], results["options"], results["compare"]
+    argv = " ".join(shlex.quote(a) for a in o.get("argv", []))
+    lines = [
+        "# FluxKart Identity side by side with another service",
+        "",
+        f"Measured {m['date']} on {m['nproc']} cores ({m['cpu_model']}); MariaDB {m['mariadb']} (throwaway, "
+        f"innodb_flush_log_at_trx_commit={o['flush_at_commit']}); {m['gunicorn']}; {m['wrk']}; "
+        f"commit {m['commit']}.",
+        "",
+        f"Command: `python3 dev.py bench {argv}`",
+        "",
+    ]
+    if cmp.get("statements"):
+        lines += statements_table(cmp["statements"], o["contacts"])
+    if any(cmp["runs"].values()):
+        lines += [*load_table(results), ""]
     slow = cmp.get("slow_clients")
     if slow:
         held = o["slow_clients"]

@@ -103,6 +103,8 @@ class Options:
     compare: str | None = None  # "URL@DATABASE" of another service (bench/compare.py)
     compare_command: str | None = None
     slow_clients: int = 0
+    statements: int = 0  # --compare: requests per side counted one at a time (bench/statements.py)
+    statements_only: bool = False  # --compare: only that phase (no load, no slow clients)
 
 
 # --------------------------------------------------------------------------

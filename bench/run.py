@@ -108,9 +108,24 @@ def parse_options(argv: list[str]) -> Options:
         help="with --compare: a fast client's identify latency while N idle/slow connections are held "
         "(default 1000; 0 skips)",
     )
+    parser.add_argument(
+        "--statements",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="with --compare: statements per identify by request kind, N requests per side sent one "
+        "at a time (default 1000; 0 skips)",
+    )
+    parser.add_argument(
+        "--statements-only",
+        action="store_true",
+        help="with --compare: only the statements phase (no load, no slow clients)",
+    )
     parser.add_argument("--seed", type=int, default=20261124)
     parser.add_argument("--out", type=Path, help="results folder (default bench/results)")
     args = parser.parse_args(argv)
+    if args.statements_only and not (args.compare and args.statements):
+        parser.error("--statements-only needs --compare and a --statements count above 0")
     quick = args.quick
     if args.gunicorn:
         configs = [GunicornConfig.parse(text) for text in args.gunicorn]
@@ -139,6 +154,8 @@ def parse_options(argv: list[str]) -> Options:
         compare=args.compare,
         compare_command=args.compare_command,
         slow_clients=args.slow_clients,
+        statements=args.statements,
+        statements_only=args.statements_only,
     )
 
 
