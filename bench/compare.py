@@ -44,6 +44,7 @@ from typing import Any
 from bench import database, statements
 from bench.loadgen import percentiles_ms, run_wrk, timed_posts
 from bench.measure import (
+    DISTURBED_CORES,
     Bench,
     CpuSnapshot,
     Options,
@@ -426,6 +427,7 @@ class Compare(Bench):
             ],
             "runs": runs,
             "order": order,
+            "disturbed_above_cores": DISTURBED_CORES,
             "slow_clients": slow,
             "statements": statements_figures,
             "other": {"url": self.other.url, "database": self.other.database, "command": o.compare_command},
@@ -468,6 +470,13 @@ def spread(records: list[dict[str, Any]], key: str, digits: int = 0) -> str:
         return "-"
     text = f"{statistics.median(found):,.{digits}f}"
     return text + (f" [{min(found):,.{digits}f}-{max(found):,.{digits}f}]" if len(found) > 1 else "")
+
+
+def undisturbed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs the medians use: those where other processes used at most DISTURBED_CORES,
+    or every run when all of them were disturbed (the report then says so)."""
+    quiet = [r for r in records if not r.get("disturbed")]
+    return quiet or records
 
 
 def statements_table(figures: dict[str, Any], contacts: int) -> list[str]:
@@ -523,11 +532,17 @@ def statements_table(figures: dict[str, Any], contacts: int) -> list[str]:
 
 
 def load_table(results: dict[str, Any]) -> list[str]:
-    """The load runs: one row per figure, one column per side."""
+    """The load runs: one row per figure, one column per side; disturbed runs left out of the medians."""
     o, cmp = results["options"], results["compare"]
-    sides, runs = cmp["sides"], cmp["runs"]
+    sides, every_run = cmp["sides"], cmp["runs"]
+    limit = cmp.get("disturbed_above_cores", DISTURBED_CORES)
+    runs = {label: undisturbed(records) for label, records in every_run.items()}
     other = next(s for s in sides if not s["service"])
     base = runs[other["label"]]
+    left_out = {label: sum(1 for r in records if r.get("disturbed")) for label, records in every_run.items()}
+    all_disturbed = [
+        label for label, records in every_run.items() if records and left_out[label] == len(records)
+    ]
     lines = [
         "## Load, side by side",
         "",
@@ -536,20 +551,36 @@ def load_table(results: dict[str, Any]) -> list[str]:
         "interleaved "
         + "; ".join(f"run {k}: {' → '.join(v)}" for k, v in cmp["order"].items())
         + ". Medians [min-max]; a ratio is this side's median / the other service's median, "
-        "and in brackets the range of the per-repetition ratios.",
+        "and in brackets the range of the per-repetition ratios. A run during which processes outside "
+        f"the benchmark used more than {limit:g} cores is **disturbed**: left out of the medians and ratios "
+        "(the non-2xx, others and disturbed rows count every run).",
         "",
+    ]
+    if all_disturbed:
+        lines += [
+            f"**Every run of {', '.join(all_disturbed)} was disturbed**: its figures below come from those "
+            "disturbed runs (nothing else was measured); measure again on a quiet machine.",
+            "",
+        ]
+    lines += [
         "| figure | " + " | ".join(s["label"] for s in sides) + " |",
         "|---|" + "---|" * len(sides),
     ]
 
-    def row(name: str, cell: Any) -> None:
-        lines.append(f"| {name} | " + " | ".join(cell(s, runs[s["label"]]) for s in sides) + " |")
+    def row(name: str, cell: Any, every: bool = False) -> None:
+        chosen = every_run if every else runs
+        lines.append(f"| {name} | " + " | ".join(cell(s, chosen[s["label"]]) for s in sides) + " |")
 
     def ratio(key: str) -> Any:
         def cell(side: dict[str, Any], records: list[dict[str, Any]]) -> str:
             if side is other:
                 return "1"
-            pairs = [a[key] / b[key] for a, b in zip(records, base, strict=False) if b[key]]
+            kept = {id(r) for r in records} | {id(r) for r in base}
+            pairs = [
+                a[key] / b[key]
+                for a, b in zip(every_run[side["label"]], every_run[other["label"]], strict=False)
+                if b[key] and id(a) in kept and id(b) in kept
+            ]
             whole = median_of(records, key) / median_of(base, key) if median_of(base, key) else 0
             return f"**{whole:.2f}**" + (f" [{min(pairs):.2f}-{max(pairs):.2f}]" if len(pairs) > 1 else "")
 
@@ -560,7 +591,7 @@ def load_table(results: dict[str, Any]) -> list[str]:
     row("p50 ms", lambda s, r: spread(r, "p50", 2))
     row("p99 ms", lambda s, r: spread(r, "p99", 2))
     row("p99 ratio", ratio("p99"))
-    row("non-2xx (all runs)", lambda s, r: str(sum(x["non_2xx"] for x in r)))
+    row("non-2xx (all runs)", lambda s, r: str(sum(x["non_2xx"] for x in r)), every=True)
     row("server processes µs/req", lambda s, r: spread(r, "workers_us"))
     row("server in kernel", lambda s, r: f"{median_of(r, 'workers_system_share'):.0%}")
     row("mariadbd µs/req", lambda s, r: spread(r, "mariadb_us"))
@@ -568,7 +599,15 @@ def load_table(results: dict[str, Any]) -> list[str]:
     row("wrk µs/req", lambda s, r: spread(r, "generator_us", 1))
     row("server cores", lambda s, r: spread(r, "workers_cores", 2))
     row("mariadbd cores", lambda s, r: spread(r, "mariadb_cores", 2))
-    row("others (cores)", lambda s, r: spread(r, "others_cores", 2))
+    row("others (cores), every run", lambda s, r: spread(r, "others_cores", 2), every=True)
+    row(
+        f"disturbed runs (others > {limit:g} cores), left out",
+        lambda s, r: (
+            f"{left_out[s['label']]} of {len(r)}"
+            + (" (all: used anyway)" if s["label"] in all_disturbed else "")
+        ),
+        every=True,
+    )
     row(
         "RSS at rest MiB (total; per process)",
         lambda s, r: f"{sum(s['rss_rest_mib']):.0f}; {', '.join(f'{v:.0f}' for v in s['rss_rest_mib'])}",

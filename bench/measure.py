@@ -64,6 +64,9 @@ CEILING_DATABASE = "bench_ceiling"
 SERVICE_RATE_CAP = 6000
 # The trivial app's bodies are never stored, so a small list that wraps is fine.
 TRIVIAL_BODIES = 5000
+# A run during which processes outside the benchmark used more CPU than this (in cores)
+# shared the machine: it is marked disturbed and left out of the medians (issue 24).
+DISTURBED_CORES = 0.2
 
 
 def log(message: str) -> None:
@@ -218,6 +221,7 @@ def run_record(result: LoadResult, before: CpuSnapshot, after: CpuSnapshot) -> d
         "workers_cores": workers / seconds,
         "mariadb_cores": mariadb / seconds,
         "others_cores": max(others, 0.0) / seconds,
+        "disturbed": max(others, 0.0) / seconds > DISTURBED_CORES,
         # Share of the workers' CPU spent in the kernel (socket syscalls), not in Python.
         "workers_system_share": (after.workers_system - before.workers_system) / workers if workers else 0.0,
     }
