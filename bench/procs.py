@@ -90,23 +90,27 @@ def peak_rss_mib(pid: int) -> float:
 
 @dataclass
 class GunicornConfig:
-    """The three settings gunicorn.conf.py reads from the environment; None keeps its default."""
+    """The settings gunicorn.conf.py reads from the environment, and the worker's database
+    connections (FLUXKART_DB_POOL_SIZE: the requests it runs at once); None keeps the default."""
 
     workers: int | None = None
     threads: int | None = None
     worker_class: str | None = None
+    pool_size: int | None = None
 
     @classmethod
     def parse(cls, text: str) -> GunicornConfig:
-        """'2:8:gthread', '4:1:sync', ':16:' (empty parts keep gunicorn.conf.py's default)."""
-        parts = (text.split(":") + ["", "", ""])[:3]
-        return cls(int(parts[0]) if parts[0] else None, int(parts[1]) if parts[1] else None, parts[2] or None)
+        """'2:8:gthread', '4:1:sync', ':16:', '2::gevent:4' (empty parts keep the defaults)."""
+        parts = (text.split(":") + ["", "", "", ""])[:4]
+        workers, threads, pool = (int(part) if part else None for part in (parts[0], parts[1], parts[3]))
+        return cls(workers, threads, parts[2] or None, pool)
 
     def env(self) -> dict[str, str]:
         values = {
             "WEB_CONCURRENCY": self.workers,
             "GUNICORN_THREADS": self.threads,
             "GUNICORN_WORKER_CLASS": self.worker_class,
+            "FLUXKART_DB_POOL_SIZE": self.pool_size,
         }
         return {name: str(value) for name, value in values.items() if value is not None}
 
@@ -117,6 +121,8 @@ class GunicornConfig:
         threads = self.threads or 1
         if worker_class == "sync" and threads > 1:
             worker_class = "gthread"  # what gunicorn itself does with sync and threads > 1
-        return f"{workers} {worker_class} workers" + (
-            f" x {threads} threads" if worker_class == "gthread" else ""
+        return (
+            f"{workers} {worker_class} workers"
+            + (f" x {threads} threads" if worker_class == "gthread" else "")
+            + (f", {self.pool_size} connections each" if self.pool_size else "")
         )
