@@ -33,6 +33,7 @@ The contract is docs/api.md (with openapi.json).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ from identity.merge import (
     is_settled,
     lock_customer,
     plan_within_limits,
+    seen_customers,
     touch_identifiers,
     trusts_fast_path,
     write_plan,
@@ -104,11 +106,14 @@ def identify(db: Database, email: str | None, phone: str | None) -> tuple[dict[s
     db.connect()
     protection = current_protection(db)
     email, phone, ignored = screen_blocked(protection, email, phone)
+    seen: list[Row] = []
     if trusts_fast_path(db):
         rows = db.all("select_customer", email=email, phone=phone, limit=protection.max_rows + 1)
-        if protection.count(rows) <= protection.max_identifiers and is_settled(rows, email, phone):
-            return customer_answer(rows, ignored, protection=protection), "unchanged"
-    plan = in_transaction(db, lambda db: apply_identify(db, email, phone, protection), "identify")
+        if protection.count(rows) <= protection.max_identifiers:
+            if is_settled(rows, email, phone):
+                return customer_answer(rows, ignored, protection=protection), "unchanged"
+            seen = seen_customers(rows, protection)
+    plan = in_transaction(db, lambda db: apply_identify(db, email, phone, protection, seen), "identify")
     ignored += plan.ignored
     for name, reason in ignored:
         IGNORED_IDENTIFIERS.labels(name, reason).inc()
@@ -120,17 +125,19 @@ def identify(db: Database, email: str | None, phone: str | None) -> tuple[dict[s
 
 
 def apply_identify(
-    db: Database, email: str | None, phone: str | None, protection: Protection
+    db: Database, email: str | None, phone: str | None, protection: Protection, seen: Sequence[Row] = ()
 ) -> IdentifyPlan:
     """The SPEC's identify rules inside one transaction, healing whatever the customer looks like.
 
     The merge protocol (identity/merge.py): 1. touch the request's identifier rows;
     2. lock every live row of the customers they belong to; 3. decide in memory, within the
     identifier limit; 4. write; 5. record in history what was written, in the same
-    transaction.
+    transaction. `seen`: the customer's rows as the read before the transaction found them
+    (lock_customer locks them at once).
     """
     touch_identifiers(db, email, phone)
-    found = lock_customer(db, {email} - {None}, {phone} - {None}, protection=protection)  # type: ignore[arg-type]
+    emails, phones = {email} - {None}, {phone} - {None}
+    found = lock_customer(db, emails, phones, protection=protection, seen=list(seen))  # type: ignore[arg-type]
     now = utcnow()
     plan = plan_within_limits(found, email, phone, now, protection)
     write_plan(db, plan, protection)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import Any
 
 from identity.database import Database, Row
 from identity.protection import UNPROTECTED, Protection
@@ -138,6 +139,77 @@ class Component(dict[int, Row]):
         return not self.past_limit
 
 
+class Exploration:
+    """The walk connected_rows makes, one step at a time: `next_step` says what to read next
+    (select_connected's parameters, None when done), `take` adds what that step found. A
+    caller may send a step early, beside another statement, and hand its rows to `take`."""
+
+    def __init__(
+        self,
+        emails: set[str],
+        phones: set[str],
+        known: dict[int, Row] | None = None,
+        ids: Iterable[int] = (),
+        protection: Protection = UNPROTECTED,
+    ):
+        self.protection = protection
+        self.graph = CustomerRows(protection, (known or {}).values())
+        blocked = protection.blocked
+        self.new = list(self.graph.rows.values())
+        self.emails = {e for e in emails if not blocked.blocks("email", e)}
+        self.phones = {p for p in phones if not blocked.blocks("phone", p)}
+        self.searched: set[tuple[str, str]] = set()
+        self.parents = set(ids)
+        self.step: dict[str, Any] | None = None
+
+    def next_step(self) -> dict[str, Any] | None:
+        """select_connected's parameters for the next step from what is new, or None when
+        nothing is left to follow."""
+        graph = self.graph
+        frontier = [row for row in self.new if not graph.is_past_limit(row["id"])]
+        for row in frontier:
+            for kind, value in self.protection.identifiers(row):
+                (self.emails if kind == "email" else self.phones).add(value)
+        emails = {e for e in self.emails if ("email", e) not in self.searched}
+        phones = {p for p in self.phones if ("phone", p) not in self.searched}
+        parents = self.parents | {row["linkedId"] for row in frontier if row["linkedId"] is not None}
+        parents -= graph.rows.keys()
+        children = {row["id"] for row in frontier}
+        self.emails, self.phones, self.parents, self.new = emails, phones, parents, []
+        if not (emails or phones or parents or children):
+            return None
+        # A bound per step that no customer within the limit reaches.
+        limit = (self.protection.max_rows + 1) * (len(emails) + len(phones) + len(parents) + len(children))
+        self.step = {
+            "emails": sorted(emails),
+            "phones": sorted(phones),
+            "parents": sorted(parents),
+            "children": sorted(children),
+            "known": sorted(graph.rows),  # found before: only what is new comes back
+            "limit": min(limit, 2**31 - 1),
+        }
+        return self.step
+
+    def take(self, found: list[Row]) -> None:
+        """Add the rows the last step read; a step cut short by its limit marks what it
+        reached past the limit."""
+        assert self.step is not None
+        graph = self.graph
+        self.searched |= {("email", e) for e in self.emails} | {("phone", p) for p in self.phones}
+        self.emails, self.phones, self.parents = set(), set(), set()
+        found_by_id = {row["id"]: row for row in found}  # a row found twice comes once
+        self.new = [row for row in found_by_id.values() if row["id"] not in graph.rows]
+        for row in self.new:
+            graph.add(row)
+        if len(found) >= self.step["limit"]:  # cut short: whatever it reached is too large to follow
+            graph.past |= {graph.root(row["id"]) for row in self.new}
+        graph.check_limits()
+
+    def component(self) -> Component:
+        """The rows found so far."""
+        return Component(self.graph.rows, self.graph.past_limit_ids())
+
+
 def connected_rows(
     db: Database,
     emails: set[str],
@@ -145,6 +217,7 @@ def connected_rows(
     known: dict[int, Row] | None = None,
     ids: Iterable[int] = (),
     protection: Protection = UNPROTECTED,
+    answered: tuple[dict[str, Any], list[Row]] | None = None,
 ) -> Component:
     """Every live row connected to these identifiers, to the `known` rows or to the rows `ids`.
 
@@ -153,43 +226,26 @@ def connected_rows(
     that turns out past the limit is followed no further: the answer holds a bounded part of
     it, marked (Component.past_limit), and a step never reads more than max_rows rows per
     value it looks for, so the work is bounded by the limit whatever the table holds (SPEC,
-    "Merge protection", "Bounded cost").
+    "Merge protection", "Bounded cost"). `answered`: a first step already sent (its
+    parameters and rows); used only when the first step is exactly that one.
     """
-    graph = CustomerRows(protection, (known or {}).values())
-    blocked = protection.blocked
-    new = list(graph.rows.values())
-    emails = {e for e in emails if not blocked.blocks("email", e)}
-    phones = {p for p in phones if not blocked.blocks("phone", p)}
-    searched: set[tuple[str, str]] = set()
-    parents = set(ids)
-    while True:
-        frontier = [row for row in new if not graph.is_past_limit(row["id"])]
-        for row in frontier:
-            for kind, value in protection.identifiers(row):
-                (emails if kind == "email" else phones).add(value)
-        emails = {e for e in emails if ("email", e) not in searched}
-        phones = {p for p in phones if ("phone", p) not in searched}
-        parents |= {row["linkedId"] for row in frontier if row["linkedId"] is not None} - graph.rows.keys()
-        children = {row["id"] for row in frontier}
-        if not (emails or phones or parents or children):
-            break
-        # A bound per step that no customer within the limit reaches.
-        limit = (protection.max_rows + 1) * (len(emails) + len(phones) + len(parents) + len(children))
-        found = db.all(
-            "select_connected",
-            emails=sorted(emails),
-            phones=sorted(phones),
-            parents=sorted(parents),
-            children=sorted(children),
-            known=sorted(graph.rows),  # found before: only what is new comes back
-            limit=min(limit, 2**31 - 1),
-        )
-        searched |= {("email", e) for e in emails} | {("phone", p) for p in phones}
-        emails, phones, parents = set(), set(), set()
-        new = [row for row in dict((row["id"], row) for row in found).values() if row["id"] not in graph.rows]
-        for row in new:
-            graph.add(row)
-        if len(found) >= limit:  # cut short: whatever it reached is too large to follow
-            graph.past |= {graph.root(row["id"]) for row in new}
-        graph.check_limits()
-    return Component(graph.rows, graph.past_limit_ids())
+    walk = Exploration(emails, phones, known, ids, protection)
+    while (step := walk.next_step()) is not None:
+        if answered is not None and answered[0] == step:
+            walk.take(answered[1])
+        else:
+            walk.take(db.all("select_connected", **step))
+        answered = None
+    return walk.component()
+
+
+def first_step(
+    emails: set[str],
+    phones: set[str],
+    known: dict[int, Row],
+    ids: Iterable[int] = (),
+    protection: Protection = UNPROTECTED,
+) -> dict[str, Any] | None:
+    """connected_rows' first step from these rows, identifiers and ids (None when there is
+    none), for a caller that sends it early, beside another statement (merge.lock_customer)."""
+    return Exploration(emails, phones, known, ids, protection).next_step()

@@ -19,6 +19,7 @@ from typing import Any
 
 import pymysql
 import pymysql.cursors
+from pymysql.constants import CLIENT
 
 from identity.errors import DatabaseMisconfigured, DatabaseUnavailable, RetryTransaction
 from identity.sql import CONNECTION_SQL, load_queries
@@ -97,6 +98,8 @@ def connect_mysql(
         read_timeout=read_timeout,
         write_timeout=MYSQL_READ_TIMEOUT_S,
         cursorclass=pymysql.cursors.DictCursor,
+        # Several statements in one round trip (Database.defer): fewer turns while locks are held.
+        client_flag=CLIENT.MULTI_STATEMENTS,
     )
     database = settings["MYSQL_DATABASE"]
     try:
@@ -129,6 +132,9 @@ def connect_mysql(
             cur.execute(
                 session["set_wsrep_sync_wait"], {"sync_wait": int(settings["FLUXKART_WSREP_SYNC_WAIT"])}
             )
+    # Read by Database: only a multi-primary cluster needs the writes that make two nodes'
+    # transactions conflict (identity/merge.py, write_plan).
+    conn.fluxkart_multi_primary = bool(wsrep and wsrep["Value"] == "ON")
     return conn
 
 
@@ -200,6 +206,21 @@ def expand_lists(sql: str, params: dict[str, Any], dialect: str) -> tuple[str, d
     return SQLITE_NAMED.sub(expanded, sql), params
 
 
+class Result:
+    """One statement's answer out of a multi-statement query, kept before the cursor moves on."""
+
+    def __init__(self, cur: Any):
+        self.rows: list[Row] = list(cur.fetchall() or [])
+        self.rowcount: int = cur.rowcount
+        self.lastrowid: int | None = cur.lastrowid
+
+    def fetchall(self) -> list[Row]:
+        return self.rows
+
+    def fetchone(self) -> Row | None:
+        return self.rows[0] if self.rows else None
+
+
 class Database:
     """One thread's connection to MySQL or SQLite, opened lazily, dropped on failure.
 
@@ -235,6 +256,10 @@ class Database:
         self.read_timeout = read_timeout
         self.conn: Any = None
         self.in_transaction = False
+        # MySQL, inside a transaction: statements whose answer nobody needs yet (BEGIN, writes),
+        # sent in the same round trip as the next statement that is read, or as COMMIT.
+        self.deferred: list[tuple[str, dict[str, Any]]] = []
+        self.multi_primary = False  # a Galera node: set at connect
         self.state: dict[str, str] = {}  # ServiceState as read at connect
         self.state_read_at = 0.0
 
@@ -246,6 +271,7 @@ class Database:
                     self.dialect == "sqlite" and self.create_database is None
                 )
                 self.conn = CONNECT[self.dialect](self.settings, self.read_timeout, create)
+                self.multi_primary = getattr(self.conn, "fluxkart_multi_primary", False)
                 if self.create_schema:
                     self.ensure_schema()
             except Exception as exc:
@@ -300,6 +326,7 @@ class Database:
         """Drop the connection; the next call opens a new one."""
         conn, self.conn = self.conn, None
         self.in_transaction = False
+        self.deferred = []
         if conn is not None:
             try:
                 conn.close()
@@ -307,16 +334,58 @@ class Database:
                 pass
 
     def execute(self, name: str, params: dict[str, Any]) -> Any:
-        """Run a named statement with its parameters; returns the driver's cursor."""
+        """Run a named statement with its parameters (after any deferred ones, in the same
+        round trip); returns the driver's cursor, positioned on this statement's result."""
+        return self.send([(name, params)])[-1]
+
+    def send(self, statements: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+        """Run the deferred statements, then these, in order; returns one cursor per statement
+        given (with its rows, rowcount and lastrowid). On one MySQL server they travel as one
+        multi-statement query, each one's parameters escaped by PyMySQL as `execute` would
+        (`mogrify`): one round trip; the server stops at the first error, raised here."""
         conn = self.connect()
-        sql = self.queries[name]
-        sql, params = expand_lists(sql, params, self.dialect)
+        batch = [expand_lists(self.queries[name], params, self.dialect) for name, params in self.deferred]
+        batch += [expand_lists(self.queries[name], params, self.dialect) for name, params in statements]
+        self.deferred = []
         try:
+            if not self.batches or len(batch) < 2:
+                cursors = [conn.cursor() for _ in batch]
+                for cur, (sql, params) in zip(cursors, batch, strict=True):
+                    cur.execute(sql, params)
+                return cursors[len(batch) - len(statements) :]
             cur = conn.cursor()
-            cur.execute(sql, params)
-            return cur
+            cur.execute(";\n".join(cur.mogrify(sql, params) for sql, params in batch))
+            results = []
+            for index in range(len(batch)):
+                if index:
+                    cur.nextset()
+                results.append(Result(cur))
+            return results[len(batch) - len(statements) :]
         except Exception as exc:
             raise self.translate(exc) from exc
+
+    @property
+    def batches(self) -> bool:
+        """True when statements may travel together (`send`): one MySQL server. SQLite runs in
+        this process (nothing to save). A Galera node can report a transaction it aborted
+        mid-query as committed when the abort falls on a statement inside a multi-statement
+        query (seen in tests/api/test_erasure.py's Galera race: answered rows that never
+        existed), so there every statement is its own round trip."""
+        return self.dialect == "mysql" and not self.multi_primary
+
+    def defer(self, name: str, **params: Any) -> None:
+        """Run a named write whose answer is not needed: inside a transaction where statements
+        travel together (`batches`) it waits for the next statement sent (its errors surface
+        there, or at commit); elsewhere it runs now."""
+        self.connect()
+        if self.in_transaction and self.batches:
+            self.deferred.append((name, params))
+        else:
+            self.execute(name, params)
+
+    def all_together(self, *statements: tuple[str, dict[str, Any]]) -> list[list[Row]]:
+        """Every row of each named query, all sent in one round trip (MySQL), in order."""
+        return [list(cur.fetchall()) for cur in self.send(list(statements))]
 
     def all(self, name: str, **params: Any) -> list[Row]:
         """Every row of a named query, as dicts."""
@@ -336,23 +405,31 @@ class Database:
         (PyMySQL's executemany rewrites it), in-process calls on SQLite."""
         if not rows:
             return
+        if self.deferred:
+            self.send([])
         try:
             self.connect().cursor().executemany(self.queries[name], rows)
         except Exception as exc:
             raise self.translate(exc) from exc
 
     def begin(self) -> None:
-        """Start a write transaction (`begin_write`: SQLite takes its write lock now, not at first write)."""
-        self.execute("begin_write", {})
+        """Start a write transaction (`begin_write`: SQLite takes its write lock now, not at first
+        write). On MySQL the BEGIN is deferred: it travels with the transaction's first statement."""
         self.in_transaction = True
+        self.defer("begin_write")
 
     def commit(self) -> None:
-        """Commit the open transaction; errors (a Galera conflict can come here) are translated."""
-        self.execute("commit", {})
+        """Commit the open transaction, sending any deferred writes with it; errors (a Galera
+        conflict can come here, or from a deferred write) are translated."""
+        if self.deferred == [("begin_write", {})]:
+            self.deferred = []  # nothing was sent: there is nothing to commit
+        else:
+            self.execute("commit", {})
         self.in_transaction = False
 
     def rollback(self) -> None:
         """Roll back the open transaction, if any; a broken connection is simply dropped."""
+        self.deferred = []
         if self.conn is None or not self.in_transaction:
             return
         self.in_transaction = False

@@ -109,7 +109,7 @@ def record_event(
 ) -> None:
     """Append one history event (kind in EVENT_KINDS) in the caller's transaction. Ids only."""
     event = history_event(kind, customer_id, contact_ids, at, former_customer_id, detail)
-    db.run("insert_history_event", **event)
+    db.defer("insert_history_event", **event)  # travels with the next statement, or COMMIT
 
 
 def record_identify_events(db: Database, change: IdentifyChange, at: datetime) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from identity.component import Component, CustomerRows, connected_rows, oldest_first
+from identity.component import Component, CustomerRows, connected_rows, first_step, oldest_first
 from identity.database import Database, Row, utcnow
 from identity.errors import RetryTransaction
 from identity.protection import FIELDS, UNPROTECTED, Protection
@@ -43,6 +43,18 @@ def is_settled(rows: list[Row], email: str | None, phone: str | None) -> bool:
     )
 
 
+def seen_customers(rows: list[Row], protection: Protection) -> list[Row]:
+    """The rows select_customer read, as lock_customer's `seen`: the customer whole (fewer rows
+    than it may read) and within the limit; else none (lock_customer walks instead). Of two
+    customers (a merge) it read one: lock_customer's check finds the other."""
+    if len(rows) > protection.max_rows:
+        return []
+    seen = [{k: v for k, v in row.items() if k != "lastCustomerId"} for row in rows]
+    customers = CustomerRows(protection, seen)
+    customers.check_limits()
+    return [] if customers.past else seen
+
+
 # How often a thread reads ServiceState again: a `repair` that starts marks the
 # table not consistent, one that finishes marks it consistent.
 CONSISTENCY_RECHECK_S = 5
@@ -63,8 +75,9 @@ def trusts_fast_path(db: Database) -> bool:
 def touch_identifiers(db: Database, email: str | None, phone: str | None) -> None:
     """Step 1 of the protocol: write the request's identifier rows (ContactIdentifier), email
     first. Every request that could link to or merge the same customer writes one of them,
-    so such requests conflict here, on a multi-primary cluster too."""
-    db.run("touch_identifiers", email=email, phone=phone)
+    so such requests conflict here, on a multi-primary cluster too. Deferred: it travels
+    with the locking read that follows (one round trip)."""
+    db.defer("touch_identifiers", email=email, phone=phone)
 
 
 # A customer that keeps growing while we lock it is being merged into by
@@ -78,6 +91,7 @@ def lock_customer(
     phones: set[str],
     ids: Iterable[int] = (),
     protection: Protection = UNPROTECTED,
+    seen: list[Row] | None = None,
 ) -> Component:
     """Lock and return every live row of the customers owning these identifiers (or rows `ids`).
 
@@ -88,16 +102,30 @@ def lock_customer(
     commit. A customer past the limit is not locked: its rows come back read, marked
     (Component.past_limit), and must not be written. Raises RetryTransaction("customer_moved")
     when the customer keeps changing.
+
+    Each lock travels with its check, in one round trip: the check is the step from the rows
+    as they were read; when the locked rows are not what was read, it is made again from them.
+    `seen`: the customer's rows as a read just before the transaction found them (identify's
+    select_customer), whole and within the limit: they stand for the unlocked read.
     """
     locked: dict[int, Row] = {}
-    found = connected_rows(db, emails, phones, ids=ids, protection=protection)
+    if seen:
+        found = Component({row["id"]: row for row in seen})
+    else:
+        found = connected_rows(db, emails, phones, ids=ids, protection=protection)
     for _ in range(MAX_LOCK_ROUNDS):
         wanted = sorted(found.keys() - locked.keys() - found.past_limit)
         if not wanted:
             return Component({**{i: found[i] for i in found.past_limit}, **locked}, found.past_limit)
-        locked.update((row["id"], row) for row in db.all("lock_contacts", ids=wanted))
+        expected = {**locked, **{i: found[i] for i in wanted}}
+        check = first_step(emails, phones, expected, ids, protection)
+        results = db.all_together(
+            ("lock_contacts", {"ids": wanted}), *([("select_connected", check)] if check else [])
+        )
+        locked.update((row["id"], row) for row in results[0])
         # One step from the locked rows as they now are: anything new connects to them.
-        found = connected_rows(db, emails, phones, known=locked, ids=ids, protection=protection)
+        answered = (check, results[1]) if check else None
+        found = connected_rows(db, emails, phones, locked, ids, protection, answered)
     raise RetryTransaction("customer_moved")
 
 
@@ -216,28 +244,32 @@ def check_not_grown(db: Database, plan: IdentifyPlan, protection: Protection) ->
 
 def write_plan(db: Database, plan: IdentifyPlan, protection: Protection = UNPROTECTED) -> None:
     """Apply an IdentifyPlan inside the caller's transaction; sets the inserted row's id.
-    When the customer grows, its growth lock is written and the customer re-read
-    (check_not_grown), under `protection`.
+    Writes whose answer is not needed are deferred (Database.defer): they travel with the
+    insert, or with COMMIT.
 
-    Whenever existing rows change, the identifiers of every row whose link
-    changes are touched first, so on a multi-primary cluster a concurrent
-    request that linked a row to a demoted customer conflicts with this one
-    (README, "Concurrency").
+    Every row the plan changes is locked (lock_customer), which on one server is all it takes.
+    On a multi-primary cluster (Database.multi_primary) row locks are local to a node, so two
+    more writes make concurrent transactions on two nodes conflict: the identifiers of every
+    row whose link changes are touched, so a request that linked a row to a demoted customer
+    conflicts with this one (README, "Concurrency"); and when the customer grows, its growth
+    lock is written and the customer re-read (check_not_grown), under `protection`.
     """
     now = utcnow()
     primary_id = plan.rows[0]["id"]
     if plan.promoted or plan.relinked:
-        # Only the rows whose link changes: a request that linked to a demoted
-        # customer found it through one of these rows and wrote its identifier.
-        # Touching the whole customer would also deadlock with every request
-        # that is linking a new row to the survivor (identifier, then rows).
-        changed = plan.relinked + ([primary_id] if plan.promoted else [])
-        db.run("touch_contact_identifiers", ids=changed)
+        if db.multi_primary:
+            # Only the rows whose link changes: a request that linked to a demoted
+            # customer found it through one of these rows and wrote its identifier.
+            # Touching the whole customer would also deadlock with every request
+            # that is linking a new row to the survivor (identifier, then rows).
+            changed = plan.relinked + ([primary_id] if plan.promoted else [])
+            db.defer("touch_contact_identifiers", ids=changed)
         if plan.promoted:
-            db.run("promote_contact", id=primary_id, updated_at=now)
+            db.defer("promote_contact", id=primary_id, updated_at=now)
         if plan.relinked:
-            db.run("relink_contacts", ids=plan.relinked, primary_id=primary_id, updated_at=now)
-    if plan.demoted or (plan.inserted is not None and plan.inserted["linkedId"] is not None):
+            db.defer("relink_contacts", ids=plan.relinked, primary_id=primary_id, updated_at=now)
+    grows = plan.demoted or (plan.inserted is not None and plan.inserted["linkedId"] is not None)
+    if grows and db.multi_primary:
         touch_customer_locks(db, [primary_id, *plan.demoted])
         check_not_grown(db, plan, protection)
     new = plan.inserted
