@@ -44,10 +44,15 @@ def is_settled(rows: list[Row], email: str | None, phone: str | None) -> bool:
 
 
 def seen_customers(rows: list[Row], protection: Protection) -> list[Row]:
-    """The rows select_customer read, as lock_customer's `seen`: the customer whole (fewer rows
-    than it may read) and within the limit; else none (lock_customer walks instead). Of two
-    customers (a merge) it read one: lock_customer's check finds the other."""
-    if len(rows) > protection.max_rows:
+    """The rows select_customer read, as lock_customer's `seen`, when they are one customer
+    whole (fewer rows than it may read, one primary that every matching row leads to) and
+    within the limit; else none, and lock_customer walks. Of two customers (a merge) the read
+    holds one: locking it first and the other after would take row locks out of id order,
+    and merges of the same two customers would deadlock (twice the retries on Galera)."""
+    if not rows or len(rows) > protection.max_rows:
+        return []
+    primaries = primaries_of(rows)
+    if len(primaries) != 1 or any(row["lastCustomerId"] != primaries[0]["id"] for row in rows):
         return []
     seen = [{k: v for k, v in row.items() if k != "lastCustomerId"} for row in rows]
     customers = CustomerRows(protection, seen)
@@ -106,12 +111,12 @@ def lock_customer(
     Each lock travels with its check, in one round trip: the check is the step from the rows
     as they were read; when the locked rows are not what was read, it is made again from them.
     `seen`: the customer's rows as a read just before the transaction found them (identify's
-    select_customer), whole and within the limit: they stand for the unlocked read.
+    select_customer), whole and within the limit: when one read shows them unchanged, they
+    stand for the unlocked walk (`still_whole`).
     """
     locked: dict[int, Row] = {}
-    if seen:
-        found = Component({row["id"]: row for row in seen})
-    else:
+    found = still_whole(db, emails, phones, seen, protection) if seen else None
+    if found is None:
         found = connected_rows(db, emails, phones, ids=ids, protection=protection)
     for _ in range(MAX_LOCK_ROUNDS):
         wanted = sorted(found.keys() - locked.keys() - found.past_limit)
@@ -127,6 +132,23 @@ def lock_customer(
         answered = (check, results[1]) if check else None
         found = connected_rows(db, emails, phones, locked, ids, protection, answered)
     raise RetryTransaction("customer_moved")
+
+
+def still_whole(
+    db: Database, emails: set[str], phones: set[str], seen: list[Row], protection: Protection
+) -> Component | None:
+    """`seen` as a Component when one read, made now, finds those rows unchanged and nothing
+    else connected to them; else None (walk). Made after the identifier touch, which waits for
+    any request changing the customer through these identifiers: a merge that committed
+    meanwhile is seen here, and the rows are then locked in one batch in id order, as the walk
+    would lock them (locking stale rows first, then what they now connect to, would take
+    locks out of order: three times the deadlocks in the merge-heavy Galera test)."""
+    known = {row["id"]: row for row in seen}
+    step = first_step(emails, phones, known, protection=protection)
+    if step is None:
+        return Component(known)
+    now = {row["id"]: row for row in db.all("select_connected", **{**step, "known": []})}
+    return Component(known) if now == known else None
 
 
 @dataclass
