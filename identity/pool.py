@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +21,46 @@ from identity.sql import check_dialects_agree, load_queries, schema_statements
 POOL_WAIT_S = 5
 
 
+class Admission:
+    """At most `size` holders at once, the others served in order of arrival: a released slot
+    goes to the longest waiter, never to a request that arrived later (a plain semaphore lets
+    a newcomer take it while the woken waiter is still on its way, and a request can then
+    wait behind any number of later ones: the tail of the latency)."""
+
+    def __init__(self, size: int):
+        self.free = size
+        self.waiting: deque[threading.Event] = deque()
+        self.lock = threading.Lock()
+
+    def acquire(self, timeout: float) -> bool:
+        """Take a slot; False after `timeout` seconds without one."""
+        with self.lock:
+            if self.free and not self.waiting:
+                self.free -= 1
+                return True
+            turn = threading.Event()
+            self.waiting.append(turn)
+        if turn.wait(timeout):
+            return True
+        with self.lock:
+            if turn in self.waiting:  # still queued: give up the place
+                self.waiting.remove(turn)
+                return False
+        return True  # handed a slot just as the wait ended
+
+    def release(self) -> None:
+        """Give the slot to the longest waiter, or back to the pool."""
+        with self.lock:
+            if self.waiting:
+                self.waiting.popleft().set()
+            else:
+                self.free += 1
+
+
 class DatabasePool:
     """A worker's open connections, each lent to one request (thread or greenlet) at a time.
+    Its size is also how many requests a worker runs at once: the others wait their turn in
+    order of arrival (Admission), holding no connection and no lock.
 
     A connection outlives the request that used it, so its TCP and auth handshake is
     paid once, not per request nor per client connection (the gevent worker runs a
@@ -34,7 +73,7 @@ class DatabasePool:
         self.make = make
         self.idle: list[Database] = []
         self.lock = threading.Lock()
-        self.slots = threading.BoundedSemaphore(size)
+        self.slots = Admission(size)
 
     def acquire(self) -> Database:
         """A free Database (its connection opens at its first statement);
