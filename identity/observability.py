@@ -6,9 +6,9 @@ import json
 import logging
 import os
 import re
+import secrets
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +46,8 @@ IGNORED_IDENTIFIERS = prometheus_client.Counter(
 PAST_LIMIT_ANSWERS = prometheus_client.Counter(
     "fluxkart_past_limit_answers", "answers about a customer past the identifier limit (partial)"
 )
+# (method, route, status) -> its two series: a fixed set (KNOWN_METHODS, routes, statuses).
+request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 # Label values come from this fixed set, never from the client: an invented method counts
 # as "other" and a path that matches no route as "unmatched", so no request can add a series
@@ -85,7 +87,7 @@ def configure_logging() -> None:
 def start_request() -> None:
     """Make this request's id (the one history and audit lines record: SPEC, "History and
     erasure"); keep a sane X-Request-ID the client sent beside it, for correlation only."""
-    g.request_id = uuid.uuid4().hex
+    g.request_id = secrets.token_hex(16)  # 32 hex digits, as uuid4().hex, for less work
     given = request.headers.get("X-Request-ID", "")
     if REQUEST_ID.fullmatch(given):
         g.client_request_id = given
@@ -111,8 +113,12 @@ def finish_request(response: Response) -> Response:
     if client_id is not None:
         response.headers["X-Client-Request-ID"] = client_id
     method = method_label()
-    HTTP_REQUESTS.labels(method, route, response.status_code).inc()
-    HTTP_LATENCY.labels(method, route).observe(elapsed)
+    counted = (method, route, response.status_code)
+    if counted not in request_series:  # labels() validates and locks: once per series
+        request_series[counted] = (HTTP_REQUESTS.labels(*counted), HTTP_LATENCY.labels(method, route))
+    requests_counter, latency = request_series[counted]
+    requests_counter.inc()
+    latency.observe(elapsed)
     fields = {
         "method": method,
         "route": route,

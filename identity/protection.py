@@ -50,6 +50,10 @@ def phone_digit_forms(phone: str) -> set[str]:
     return forms
 
 
+# How many answers a BlockList keeps (a few hundred KiB at most).
+MAX_REMEMBERED_ANSWERS = 4096
+
+
 class BlockList:
     """The blocked values and patterns of each kind; `blocks(kind, value)` says whether a
     canonical value identifies nobody."""
@@ -63,15 +67,24 @@ class BlockList:
                 self.values[kind].add(text)
             else:
                 self.patterns[kind].append(compile_pattern(text))
+        # Answers already given: every row a request reads is screened, and a worker re-reads
+        # the list (a new BlockList) every few seconds, so this stays small and current.
+        self.answers: dict[tuple[str, str], bool] = {}
 
     def blocks(self, kind: str, value: str | None) -> bool:
         """True when the canonical `value` ("email" or "phone") is blocked; None is not."""
         if value is None:
             return False
-        forms = phone_digit_forms(value) if kind == "phone" else {value}
-        if forms & self.values[kind]:
-            return True
-        return any(pattern.fullmatch(form) for pattern in self.patterns[kind] for form in forms)
+        answer = self.answers.get((kind, value))
+        if answer is None:
+            forms = phone_digit_forms(value) if kind == "phone" else {value}
+            answer = bool(forms & self.values[kind]) or any(
+                pattern.fullmatch(form) for pattern in self.patterns[kind] for form in forms
+            )
+            if len(self.answers) >= MAX_REMEMBERED_ANSWERS:
+                self.answers.clear()
+            self.answers[(kind, value)] = answer
+        return answer
 
 
 def compile_pattern(text: str) -> re.Pattern[str]:
