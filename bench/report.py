@@ -20,7 +20,12 @@ Records = list[dict[str, Any]]
 # --------------------------------------------------------------------------
 
 
-def values(records: Records, field: str) -> list[float]:
+def values(records: Records, field: str, every: bool = False) -> list[float]:
+    """The field's values over the runs: a run marked disturbed (processes outside the
+    benchmark used more than DISTURBED_CORES) is left out, unless every run was, or `every`;
+    `others_cores` always counts every run, so the report shows the disturbance."""
+    if not every and field != "others_cores":
+        records = [r for r in records if not r.get("disturbed")] or records
     return [float(r[field]) for r in records if field in r]
 
 
@@ -50,7 +55,7 @@ def percent(records: Records, field: str) -> str:
 
 
 def total(records: Records, field: str) -> int:
-    return int(sum(values(records, field)))
+    return int(sum(values(records, field, every=True)))
 
 
 def concurrency_of(key: str) -> int:
@@ -97,9 +102,17 @@ def header(results: dict[str, Any]) -> list[str]:
         + f" - {o['contacts']:,} contacts preloaded; {runs} per configuration, interleaved; "
         "figures are medians [min-max]. Closed loop, keep-alive, wrk with one thread on the same machine. "
         "`others` is CPU (in cores) used during the run by processes outside the benchmark: "
-        "when it is not near 0, the machine was shared and absolute figures are low; ratios hold better.",
+        "when it is not near 0, the machine was shared and absolute figures are low; ratios hold better. "
+        "A run during which it passed 0.2 cores is disturbed and left out of the other figures "
+        f"({disturbed_count(results)} here; all of a configuration's runs are used when every one was).",
         "",
     ]
+
+
+def disturbed_count(results: dict[str, Any]) -> str:
+    """'1 of 12 runs': the runs marked disturbed, over every run recorded."""
+    runs = [r for records in results.get("runs", {}).values() for r in records if isinstance(r, dict)]
+    return f"{sum(1 for r in runs if r.get('disturbed'))} of {len(runs)} runs"
 
 
 def summary(results: dict[str, Any]) -> list[str]:
