@@ -133,7 +133,7 @@ def apply_identify(
     2. lock every live row of the customers they belong to; 3. decide in memory, within the
     identifier limit; 4. write; 5. record in history what was written, in the same
     transaction. `seen`: the customer's rows as the read before the transaction found them
-    (lock_customer locks them at once).
+    (one read confirms them instead of walking the customer again: merge.still_whole).
     """
     touch_identifiers(db, email, phone)
     emails, phones = {email} - {None}, {phone} - {None}
