@@ -11,7 +11,7 @@ import os
 # The platform (or the load balancer's target group) says which port.
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '3000')}"
 
-# gevent workers, one per core (measured in docs/performance.md). A gevent worker
+# gevent workers, one per core (docs/performance.md, "The worker model"). A gevent worker
 # serves each client connection in a greenlet, so idle keep-alive connections and
 # clients that send slowly cost a few KiB each instead of a whole worker: with the
 # old default (6 sync workers) 8 slow clients stopped the service; with this one

@@ -116,7 +116,7 @@ def disturbed_count(results: dict[str, Any]) -> str:
 
 
 def summary(results: dict[str, Any]) -> list[str]:
-    """The figures BASELINE.md sets targets for, first configuration, shop workload, top concurrency."""
+    """The figures with targets (docs/performance.md): first configuration, shop workload, top concurrency."""
     runs, o = results["runs"], results["options"]
     top = max(o["concurrency"])
     shop = series(runs, "shop/0/").get(top)
@@ -130,7 +130,7 @@ def summary(results: dict[str, Any]) -> list[str]:
     lines = [
         f"## Summary ({o['configs'][0]}, shop workload, C={top})",
         "",
-        "| figure | this run | target (BASELINE.md) |",
+        "| figure | this run | target |",
         "|---|---|---|",
         f"| throughput | {rate:,.0f} req/s | - |",
         f"| x DB ceiling | {ratio(rate, db)} | at least 0.55 (the Node reference: 0.42) |",

@@ -50,9 +50,11 @@ def parse_options(argv: list[str]) -> Options:
         "--quick", action="store_true", help="1 short run each, results under results/raw/quick"
     )
     parser.add_argument("--runs", type=int, help="repeats of each configuration (default 3; --quick 1)")
-    parser.add_argument("--duration", type=float, help="seconds per measured run (default 8; --quick 3)")
     parser.add_argument(
-        "--warmup", type=float, help="seconds of unmeasured load first (default 2; --quick 1)"
+        "--duration", type=float, help="seconds per measured run (default 8, with --compare 10; --quick 3)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, help="seconds of unmeasured load first (default 2, --compare 3; --quick 1)"
     )
     parser.add_argument(
         "--concurrency", type=int_list, help="e.g. 1,8,32 (default 1,8,32; with --compare 32)"
@@ -61,7 +63,7 @@ def parse_options(argv: list[str]) -> Options:
     parser.add_argument(
         "--gunicorn",
         action="append",
-        metavar="WORKERS:THREADS:CLASS",
+        metavar="WORKERS:THREADS:CLASS[:POOL]",
         help="a gunicorn configuration (repeat to compare; empty parts keep "
         "gunicorn.conf.py's defaults, e.g. 4:1:sync or :16:)",
     )
