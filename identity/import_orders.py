@@ -21,7 +21,7 @@ from flask.cli import with_appcontext
 
 from identity.database import Database
 from identity.errors import DatabaseMisconfigured, DatabaseUnavailable, RetryTransaction, database_problem
-from identity.import_batch import OrderClock, import_batch, settled_read
+from identity.import_batch import BatchResult, OrderClock, import_batch, settled_read
 from identity.merge import trusts_fast_path
 from identity.order_file import (
     ORDER_FORMATS,
@@ -187,6 +187,32 @@ class ReadAhead:
             self.wait()
 
 
+def apply_batch(db: Database, batch: OrderBatch, clock: OrderClock) -> BatchResult:
+    """import_batch in one transaction; when lock conflicts keep aborting it (in_transaction
+    gave up), in two halves, each in its own transaction, down to one order. A batch touches
+    dozens of identifiers: on a multi-primary cluster beside live traffic, some identify on
+    another node nearly always certifies first, and the batch would lose every retry (seen
+    in tests/cluster/test_galera_changes.py: 12 attempts in 1.2 s). Raises DatabaseUnavailable
+    when a single order cannot commit, or the database is gone."""
+    try:
+        return in_transaction(db, functools.partial(import_batch, batch=batch, clock=clock), "import")
+    except DatabaseUnavailable as exc:
+        conflict = isinstance(exc.__cause__, RetryTransaction) and exc.__cause__.reason != "connection_lost"
+        if len(batch.orders) < 2 or not conflict:
+            raise
+    half = len(batch.orders) // 2
+    result = BatchResult()
+    for orders, texts in (
+        (batch.orders[:half], batch.texts[:half]),
+        (batch.orders[half:], batch.texts[half:]),
+    ):
+        part = apply_batch(db, OrderBatch(orders=orders, texts=texts, header=batch.header), clock)
+        result.outcomes.update(part.outcomes)
+        result.left_out.update(part.left_out)
+        result.rejected += part.rejected
+    return result
+
+
 def raise_interrupt(signum: int, _frame: Any) -> None:
     """SIGTERM stops an import as Ctrl-C does: the open batch rolls back."""
     raise KeyboardInterrupt
@@ -259,8 +285,7 @@ def import_orders(file: IO[bytes], fmt: str, rejects: str | None, batch_size: in
             rejected.header = batch.header
             blocked: list[OrderLine] = []
             if batch.orders:
-                work = functools.partial(import_batch, batch=batch, clock=clock)
-                result = in_transaction(db, work, "import")
+                result = apply_batch(db, batch, clock)
                 if db.dialect == "sqlite" and time.monotonic() - held_since > SQLITE_HOLD_S:
                     time.sleep(SQLITE_PAUSE_S)  # let the writers waiting in line in
                     held_since = time.monotonic()

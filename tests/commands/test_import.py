@@ -39,9 +39,10 @@ from hypothesis import strategies as st
 
 import fluxkart
 from fluxkart import create_app
-from identity import import_batch
+from identity import import_batch, import_orders, transactions
 from identity.database import Database
 from identity.erasure import erase_customer
+from identity.errors import RetryTransaction
 from identity.pool import get_db
 from identity.protection import UNPROTECTED
 from identity.settings import SETTINGS
@@ -602,6 +603,57 @@ def test_importing_the_same_file_again_creates_nothing(
     assert second.exit_code == 0, second.output
     assert "customers created 0, rows linked 0, merges 0, repaired 0, unchanged 400" in second.stdout
     assert table(config) == before  # not even updatedAt moved
+
+
+def losing_batches(monkeypatch: pytest.MonkeyPatch, largest: int) -> None:
+    """Every transaction of a batch of more than `largest` orders loses its lock conflict, as a
+    batch beside live traffic on a multi-primary cluster nearly always does; two attempts each."""
+    real = import_orders.import_batch
+
+    def losing(db: Database, batch: Any, clock: Any) -> Any:
+        if len(batch.orders) > largest:
+            raise RetryTransaction("deadlock")
+        return real(db, batch, clock)
+
+    monkeypatch.setattr(import_orders, "import_batch", losing)
+    monkeypatch.setattr(transactions, "MAX_ATTEMPTS", 2)
+
+
+def test_a_batch_that_keeps_losing_its_conflicts_is_imported_in_halves(
+    fresh_database: Callable[[], dict[str, Any]],
+    replay: Replay,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    orders = shop_orders(60, seed=3, customers=20)
+    imported, replayed = fresh_database(), fresh_database()
+    path = tmp_path / "orders.jsonl"
+    path.write_text(order_text(orders, "jsonl"))
+    losing_batches(monkeypatch, largest=4)
+    result = run_import(imported, str(path), "--batch-size", "25")
+    assert result.exit_code == 0, result.output
+    assert "imported 60" in result.stdout, result.stdout
+    replay.send(replayed, orders)
+    assert canonical(table(imported)) == canonical(table(replayed))
+
+
+def test_control_without_halving_such_a_batch_stops_the_import(
+    fresh_database: Callable[[], dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = fresh_database()
+    path = tmp_path / "orders.jsonl"
+    path.write_text(order_text(shop_orders(60, seed=3, customers=20), "jsonl"))
+    losing_batches(monkeypatch, largest=4)
+    monkeypatch.setattr(
+        import_orders,
+        "apply_batch",
+        lambda db, batch, clock: transactions.in_transaction(
+            db, lambda db: import_orders.import_batch(db, batch, clock), "import"
+        ),
+    )
+    result = run_import(config, str(path), "--batch-size", "25")
+    assert result.exit_code == 1
+    assert "gave up after 2 attempts: deadlock" in result.output
 
 
 @pytest.mark.parametrize("backend", ["mysql"])  # SQLite's batch holds the write lock from its first read
