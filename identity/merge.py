@@ -25,6 +25,13 @@ def primaries_of(rows: Iterable[Row]) -> list[Row]:
     return [row for row in rows if row["linkPrecedence"] == "primary"]
 
 
+def is_one_customer(rows: list[Row]) -> bool:
+    """True when select_customer's rows are one customer that every matching row leads to:
+    one primary, and each row's largest matching customer id is that primary's."""
+    primaries = primaries_of(rows)
+    return len(primaries) == 1 and all(row["lastCustomerId"] == primaries[0]["id"] for row in rows)
+
+
 def is_settled(rows: list[Row], email: str | None, phone: str | None) -> bool:
     """True when the request would change nothing: one customer that has every identifier.
 
@@ -34,10 +41,8 @@ def is_settled(rows: list[Row], email: str | None, phone: str | None) -> bool:
     has them all, no other customer does.
     Only trusted on a table known to be consistent (see `trusts_fast_path`).
     """
-    primaries = primaries_of(rows)
     return (
-        len(primaries) == 1
-        and all(row["lastCustomerId"] == primaries[0]["id"] for row in rows)
+        is_one_customer(rows)
         and (email is None or any(row["email"] == email for row in rows))
         and (phone is None or any(row["phoneNumber"] == phone for row in rows))
     )
@@ -45,19 +50,14 @@ def is_settled(rows: list[Row], email: str | None, phone: str | None) -> bool:
 
 def seen_customers(rows: list[Row], protection: Protection) -> list[Row]:
     """The rows select_customer read, as lock_customer's `seen`, when they are one customer
-    whole (fewer rows than it may read, one primary that every matching row leads to) and
-    within the limit; else none, and lock_customer walks. Of two customers (a merge) the read
-    holds one: locking it first and the other after would take row locks out of id order,
-    and merges of the same two customers would deadlock (twice the retries on Galera)."""
-    if not rows or len(rows) > protection.max_rows:
+    whole (fewer rows than it may read, `is_one_customer`); else none, and lock_customer
+    walks. The caller has checked the identifier limit (identify). Of two customers (a
+    merge) the read holds one: locking it first and the other after would take row locks
+    out of id order, and merges of the same two customers would deadlock (twice the retries
+    on Galera)."""
+    if not rows or len(rows) > protection.max_rows or not is_one_customer(rows):
         return []
-    primaries = primaries_of(rows)
-    if len(primaries) != 1 or any(row["lastCustomerId"] != primaries[0]["id"] for row in rows):
-        return []
-    seen = [{k: v for k, v in row.items() if k != "lastCustomerId"} for row in rows]
-    customers = CustomerRows(protection, seen)
-    customers.check_limits()
-    return [] if customers.past else seen
+    return [{k: v for k, v in row.items() if k != "lastCustomerId"} for row in rows]
 
 
 # How often a thread reads ServiceState again: a `repair` that starts marks the
